@@ -1,0 +1,399 @@
+//! Message sections (AMQP 1.0 §3.2) and the annotated message the broker
+//! stores and re-emits.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codec::{self, DescribedList, F, Fields};
+use crate::{Dec, DecodeError, Symbol, Value};
+
+type Result<T> = std::result::Result<T, DecodeError>;
+type Fieldmap = Vec<(Value, Value)>;
+
+/// `message-format` of Service Bus batches: the body is one `data` section per
+/// inner, fully encoded message.
+pub const BATCH_MESSAGE_FORMAT: u32 = 0x8001_3700;
+
+pub const SECTION_HEADER: u64 = 0x70;
+pub const SECTION_DELIVERY_ANNOTATIONS: u64 = 0x71;
+pub const SECTION_MESSAGE_ANNOTATIONS: u64 = 0x72;
+pub const SECTION_PROPERTIES: u64 = 0x73;
+pub const SECTION_APPLICATION_PROPERTIES: u64 = 0x74;
+pub const SECTION_DATA: u64 = 0x75;
+pub const SECTION_AMQP_SEQUENCE: u64 = 0x76;
+pub const SECTION_AMQP_VALUE: u64 = 0x77;
+pub const SECTION_FOOTER: u64 = 0x78;
+
+fn invalid(msg: impl Into<String>) -> DecodeError {
+    DecodeError::InvalidMessage(msg.into())
+}
+
+/// `header` section (0x70).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Header {
+    pub durable: Option<bool>,
+    pub priority: Option<u8>,
+    /// Milliseconds.
+    pub ttl: Option<u32>,
+    pub first_acquirer: Option<bool>,
+    pub delivery_count: Option<u32>,
+}
+
+impl DescribedList for Header {
+    fn code(&self) -> u64 {
+        SECTION_HEADER
+    }
+    fn with_fields(&self, f: &mut dyn FnMut(&[F<'_>])) {
+        f(&[
+            self.durable.map_or(F::Null, F::Bool),
+            self.priority.map_or(F::Null, F::Ubyte),
+            self.ttl.map_or(F::Null, F::Uint),
+            self.first_acquirer.map_or(F::Null, F::Bool),
+            self.delivery_count.map_or(F::Null, F::Uint),
+        ])
+    }
+}
+
+fn decode_header(dec: &mut Dec<'_>) -> Result<Header> {
+    let mut f = Fields::open(dec, "header")?;
+    let h = Header {
+        durable: f.bool("durable")?,
+        priority: f.ubyte("priority")?,
+        ttl: f.uint("ttl")?,
+        first_acquirer: f.bool("first-acquirer")?,
+        delivery_count: f.uint("delivery-count")?,
+    };
+    f.finish()?;
+    Ok(h)
+}
+
+/// `properties` section (0x73). `message_id` / `correlation_id` keep their
+/// original AMQP type.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Properties {
+    pub message_id: Option<Value>,
+    pub user_id: Option<Bytes>,
+    pub to: Option<String>,
+    pub subject: Option<String>,
+    pub reply_to: Option<String>,
+    pub correlation_id: Option<Value>,
+    pub content_type: Option<Symbol>,
+    pub content_encoding: Option<Symbol>,
+    /// Milliseconds since the Unix epoch.
+    pub absolute_expiry_time: Option<i64>,
+    /// Milliseconds since the Unix epoch.
+    pub creation_time: Option<i64>,
+    pub group_id: Option<String>,
+    pub group_sequence: Option<u32>,
+    pub reply_to_group_id: Option<String>,
+}
+
+impl DescribedList for Properties {
+    fn code(&self) -> u64 {
+        SECTION_PROPERTIES
+    }
+    fn with_fields(&self, f: &mut dyn FnMut(&[F<'_>])) {
+        f(&[
+            self.message_id.as_ref().map_or(F::Null, F::Val),
+            self.user_id.as_deref().map_or(F::Null, F::Bin),
+            s(&self.to),
+            s(&self.subject),
+            s(&self.reply_to),
+            self.correlation_id.as_ref().map_or(F::Null, F::Val),
+            sym(&self.content_type),
+            sym(&self.content_encoding),
+            self.absolute_expiry_time.map_or(F::Null, F::Ts),
+            self.creation_time.map_or(F::Null, F::Ts),
+            s(&self.group_id),
+            self.group_sequence.map_or(F::Null, F::Uint),
+            s(&self.reply_to_group_id),
+        ])
+    }
+}
+
+fn decode_properties(dec: &mut Dec<'_>) -> Result<Properties> {
+    let mut f = Fields::open(dec, "properties")?;
+    let p = Properties {
+        message_id: f.value()?,
+        user_id: f.binary("user-id")?,
+        to: f.address("to")?,
+        subject: f.string("subject")?,
+        reply_to: f.address("reply-to")?,
+        correlation_id: f.value()?,
+        content_type: f.symbol("content-type")?,
+        content_encoding: f.symbol("content-encoding")?,
+        absolute_expiry_time: f.timestamp("absolute-expiry-time")?,
+        creation_time: f.timestamp("creation-time")?,
+        group_id: f.string("group-id")?,
+        group_sequence: f.uint("group-sequence")?,
+        reply_to_group_id: f.string("reply-to-group-id")?,
+    };
+    f.finish()?;
+    Ok(p)
+}
+
+fn s(o: &Option<String>) -> F<'_> {
+    o.as_deref().map_or(F::Null, F::Str)
+}
+
+fn sym(o: &Option<Symbol>) -> F<'_> {
+    o.as_ref().map_or(F::Null, |x| F::Sym(x.as_str()))
+}
+
+/// An annotated message: header, annotations, properties and application
+/// properties decoded; body sections and footer kept as raw bytes.
+#[derive(Default, Clone, Debug, PartialEq)]
+pub struct Message {
+    pub header: Option<Header>,
+    pub delivery_annotations: Option<Fieldmap>,
+    pub message_annotations: Option<Fieldmap>,
+    pub properties: Option<Properties>,
+    pub application_properties: Option<Fieldmap>,
+    /// Body sections (data 0x75 / amqp-sequence 0x76 / amqp-value 0x77, one
+    /// or more) and footer (0x78), exactly as received, re-emitted verbatim.
+    pub body_raw: Bytes,
+}
+
+/// The map of an annotations / application-properties / footer section.
+fn section_map(dec: &mut Dec<'_>, name: &str) -> Result<Option<Fieldmap>> {
+    let offset = dec.pos();
+    match dec.u8()? {
+        0x40 => Ok(None),
+        c @ (0xc1 | 0xd1) => Ok(Some(dec.map_entries(c == 0xd1)?)),
+        _ => Err(invalid(format!(
+            "{name} section at offset {offset} is not a map"
+        ))),
+    }
+}
+
+fn section_prefix(buf: &mut BytesMut, code: u64) {
+    buf.put_slice(&[0x00, 0x53, code as u8]);
+}
+
+impl Message {
+    /// Decode a message. Sections must be in spec order and not repeated
+    /// (except body sections of one kind: several `data` or several
+    /// `amqp-sequence`). `body_raw` is a zero-copy slice of `bytes`.
+    /// An empty input decodes to an empty message.
+    pub fn decode(bytes: &Bytes) -> Result<Message> {
+        let mut dec = Dec::with_bytes(bytes);
+        let mut msg = Message::default();
+        let mut stage = 0u8;
+        let mut body_start: Option<usize> = None;
+        let mut body_kind: Option<u64> = None;
+        while !dec.is_empty() {
+            let start = dec.pos();
+            if dec.u8()? != 0x00 {
+                return Err(invalid(format!(
+                    "expected a described section at offset {start}"
+                )));
+            }
+            let d = dec.descriptor()?;
+            let code = d
+                .code()
+                .ok_or_else(|| invalid(format!("unknown section {d:?}")))?;
+            let rank = match code {
+                SECTION_HEADER => 1,
+                SECTION_DELIVERY_ANNOTATIONS => 2,
+                SECTION_MESSAGE_ANNOTATIONS => 3,
+                SECTION_PROPERTIES => 4,
+                SECTION_APPLICATION_PROPERTIES => 5,
+                SECTION_DATA | SECTION_AMQP_SEQUENCE | SECTION_AMQP_VALUE => 6,
+                SECTION_FOOTER => 7,
+                _ => return Err(invalid(format!("unknown section descriptor 0x{code:x}"))),
+            };
+            if rank < stage || (rank == stage && rank != 6) {
+                return Err(invalid(format!(
+                    "section 0x{code:x} at offset {start} is duplicate or out of order"
+                )));
+            }
+            stage = rank;
+            match code {
+                SECTION_HEADER => msg.header = Some(decode_header(&mut dec)?),
+                SECTION_DELIVERY_ANNOTATIONS => {
+                    msg.delivery_annotations = section_map(&mut dec, "delivery-annotations")?
+                }
+                SECTION_MESSAGE_ANNOTATIONS => {
+                    msg.message_annotations = section_map(&mut dec, "message-annotations")?
+                }
+                SECTION_PROPERTIES => msg.properties = Some(decode_properties(&mut dec)?),
+                SECTION_APPLICATION_PROPERTIES => {
+                    msg.application_properties = section_map(&mut dec, "application-properties")?
+                }
+                SECTION_FOOTER => {
+                    body_start.get_or_insert(start);
+                    if !matches!(dec.peek_u8(), Some(0x40 | 0xc1 | 0xd1)) {
+                        return Err(invalid("footer is not a map"));
+                    }
+                    dec.skip_value()?;
+                }
+                _ => {
+                    match body_kind {
+                        None => {
+                            body_kind = Some(code);
+                            body_start = Some(start);
+                        }
+                        Some(k) if k == code && code != SECTION_AMQP_VALUE => {}
+                        Some(_) => {
+                            return Err(invalid(format!(
+                                "body section 0x{code:x} at offset {start} mixes body kinds"
+                            )));
+                        }
+                    }
+                    let ok = match (code, dec.peek_u8()) {
+                        (SECTION_DATA, Some(c)) => matches!(c, 0xa0 | 0xb0),
+                        (SECTION_AMQP_SEQUENCE, Some(c)) => matches!(c, 0x45 | 0xc0 | 0xd0),
+                        (_, c) => c.is_some(),
+                    };
+                    if !ok {
+                        return Err(invalid(format!("malformed body section at offset {start}")));
+                    }
+                    dec.skip_value()?;
+                }
+            }
+        }
+        if let Some(s) = body_start {
+            msg.body_raw = bytes.slice(s..);
+        }
+        Ok(msg)
+    }
+
+    /// Append the message: decoded sections re-encoded, then `body_raw` verbatim.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        buf.reserve(self.body_raw.len() + 64);
+        if let Some(h) = &self.header {
+            codec::encode_described_list(h, buf);
+        }
+        if let Some(m) = &self.delivery_annotations {
+            section_prefix(buf, SECTION_DELIVERY_ANNOTATIONS);
+            codec::encode_map(m, buf);
+        }
+        if let Some(m) = &self.message_annotations {
+            section_prefix(buf, SECTION_MESSAGE_ANNOTATIONS);
+            codec::encode_map(m, buf);
+        }
+        if let Some(p) = &self.properties {
+            codec::encode_described_list(p, buf);
+        }
+        if let Some(m) = &self.application_properties {
+            section_prefix(buf, SECTION_APPLICATION_PROPERTIES);
+            codec::encode_map(m, buf);
+        }
+        buf.put_slice(&self.body_raw);
+    }
+
+    /// Encode into a fresh buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(self.encoded_size());
+        self.encode(&mut buf);
+        buf.freeze()
+    }
+
+    /// Exact number of bytes [`Message::encode`] writes.
+    pub fn encoded_size(&self) -> usize {
+        let maps = [
+            &self.delivery_annotations,
+            &self.message_annotations,
+            &self.application_properties,
+        ];
+        self.header
+            .as_ref()
+            .map_or(0, |h| codec::described_list_size(h))
+            + self
+                .properties
+                .as_ref()
+                .map_or(0, |p| codec::described_list_size(p))
+            + maps
+                .iter()
+                .filter_map(|m| m.as_deref())
+                .map(|m| 3 + codec::map_size(m))
+                .sum::<usize>()
+            + self.body_raw.len()
+    }
+
+    /// For `message-format = 0x80013700` batches: the inner messages are the
+    /// payloads of the `data` sections of the body (zero-copy slices).
+    pub fn batch_inner_messages(&self) -> Result<Vec<Bytes>> {
+        self.data_sections()
+    }
+
+    /// One `data` section, encoded.
+    pub fn body_data(data: &[u8]) -> Bytes {
+        let mut buf = BytesMut::with_capacity(data.len() + 8);
+        section_prefix(&mut buf, SECTION_DATA);
+        codec::put_binary(&mut buf, data);
+        buf.freeze()
+    }
+
+    /// One `amqp-value` section, encoded.
+    pub fn body_value(v: &Value) -> Bytes {
+        let mut buf = BytesMut::with_capacity(v.encoded_size() + 3);
+        section_prefix(&mut buf, SECTION_AMQP_VALUE);
+        v.encode(&mut buf);
+        buf.freeze()
+    }
+
+    /// One `amqp-sequence` section, encoded.
+    pub fn body_sequence(items: &[Value]) -> Bytes {
+        let mut buf = BytesMut::new();
+        section_prefix(&mut buf, SECTION_AMQP_SEQUENCE);
+        codec::encode_list_values(items, &mut buf);
+        buf.freeze()
+    }
+
+    /// The payloads of the body's `data` sections (zero-copy); an error if
+    /// the body has other sections (a trailing footer is ignored).
+    pub fn data_sections(&self) -> Result<Vec<Bytes>> {
+        let mut out = Vec::new();
+        self.walk_body(|code, dec| {
+            if code != SECTION_DATA {
+                return Err(invalid("body is not made of data sections"));
+            }
+            let n = match dec.u8()? {
+                0xa0 => usize::from(dec.u8()?),
+                0xb0 => dec.u32()? as usize,
+                _ => return Err(invalid("data section is not binary")),
+            };
+            out.push(dec.bytes(n)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The value of an `amqp-value` body; `Ok(None)` if the body is of
+    /// another kind (or empty).
+    pub fn amqp_value(&self) -> Result<Option<Value>> {
+        let mut out = None;
+        self.walk_body(|code, dec| {
+            if code == SECTION_AMQP_VALUE && out.is_none() {
+                out = Some(dec.value()?);
+            } else {
+                dec.skip_value()?;
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each body section's code and a decoder positioned on
+    /// its value (which `f` must consume); stops at the footer.
+    fn walk_body(&self, mut f: impl FnMut(u64, &mut Dec<'_>) -> Result<()>) -> Result<()> {
+        let mut dec = Dec::with_bytes(&self.body_raw);
+        while !dec.is_empty() {
+            let start = dec.pos();
+            if dec.u8()? != 0x00 {
+                return Err(invalid(format!(
+                    "expected a described section at offset {start}"
+                )));
+            }
+            let d = dec.descriptor()?;
+            match d.code() {
+                Some(SECTION_FOOTER) => return Ok(()),
+                Some(c @ (SECTION_DATA | SECTION_AMQP_SEQUENCE | SECTION_AMQP_VALUE)) => {
+                    f(c, &mut dec)?
+                }
+                _ => return Err(invalid(format!("unexpected body section {d:?}"))),
+            }
+        }
+        Ok(())
+    }
+}

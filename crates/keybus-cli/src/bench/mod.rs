@@ -1,0 +1,622 @@
+//! `keybus bench`: drive a running broker over AMQP 1.0 and report throughput, latency and
+//! the broker's CPU time per message.
+//!
+//! Phases (each run for every `--queue-counts` entry, `--repeat` times):
+//!
+//! * **send** — durable send throughput: every message waits for the broker's settled
+//!   `accepted` disposition; up to `--inflight` unsettled deliveries per link, links spread
+//!   over `--connections` connections. Fills the queues.
+//! * **receive** — receive-and-complete throughput: peek-lock receivers with
+//!   `--credit` credit complete every message (unsettled `accepted` disposition) and a
+//!   message counts when the broker's settled echo arrives. Drains what `send` filled.
+//! * **latency** — end-to-end latency at a fixed total rate (`--rate` msg/s for
+//!   `--latency-secs`): senders stamp the send time into an application property, peek-lock
+//!   receivers (in this process, same clock) record receive time − send time and complete.
+//!
+//! Broker CPU time per message comes from `/proc/PID/stat` (utime + stime) before and after
+//! each phase; the client's own CPU time per message is reported too, since client and
+//! broker usually share the machine.
+
+pub mod client;
+mod stats;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use client::{ClientError, Connection, Endpoint, LinkId, MessageTemplate, Pacing, RecvWork, SendWork, Tally};
+use stats::{PhaseRun, Summary};
+
+/// Benchmark phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Phase {
+    /// Durable send throughput.
+    Send,
+    /// Peek-lock receive + complete throughput (drains what `send` filled).
+    Receive,
+    /// End-to-end latency at a fixed rate.
+    Latency,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Send => "send",
+            Phase::Receive => "receive",
+            Phase::Latency => "latency",
+        }
+    }
+}
+
+/// Arguments of `keybus bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Connection string printed by `keybus serve` (Endpoint=sb://HOST:PORT;SharedAccessKeyName=..;SharedAccessKey=..).
+    #[arg(long, env = "KEYBUS_CONNECTION_STRING", hide_env_values = true)]
+    pub connection_string: String,
+    /// Existing queues to use (declare them in the broker's config file).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "bench-1,bench-2,bench-3,bench-4,bench-5,bench-6,bench-7,bench-8"
+    )]
+    pub queues: Vec<String>,
+    /// Run every phase with the first N queues, for each N listed.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub queue_counts: Vec<usize>,
+    /// Phases to run, in order (`receive` drains what `send` filled, so it needs `send`).
+    #[arg(long, value_delimiter = ',', default_value = "send,receive,latency")]
+    pub phases: Vec<Phase>,
+    /// Messages per send / receive phase (spread evenly over the queues).
+    #[arg(long, default_value_t = 20_000)]
+    pub messages: u64,
+    /// Body size in bytes (one `data` section).
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Total send rate of the latency phase, messages per second (spread over the queues).
+    #[arg(long, default_value_t = 500)]
+    pub rate: u32,
+    /// Duration of the latency phase in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub latency_secs: u64,
+    /// AMQP connections per phase (links are spread over them; each queue gets at least one link).
+    #[arg(long, default_value_t = 2)]
+    pub connections: usize,
+    /// Unsettled sends allowed per sender link.
+    #[arg(long, default_value_t = 1000)]
+    pub inflight: u32,
+    /// Link credit kept outstanding per receiver link.
+    #[arg(long, default_value_t = 1000)]
+    pub credit: u32,
+    /// Broker process id, for its CPU time (default: the process listening on the endpoint's port, if visible).
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Run each phase K times; report the median and the min–max spread.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up on a phase after this many seconds beyond its expected duration.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("bench: {0}")]
+    Usage(String),
+    #[error("bench: {context}: {source}")]
+    Client {
+        context: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("bench: {0}")]
+    Failed(String),
+}
+
+fn ctx(context: impl Into<String>) -> impl FnOnce(ClientError) -> BenchError {
+    let context = context.into();
+    move |source| BenchError::Client { context, source }
+}
+
+/// CPU time (µs) of a process from `/proc/PID/stat` (utime + stime).
+fn cpu_us(pid: &str, clk_tck: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) * 1_000_000 / clk_tck.max(1))
+}
+
+fn clk_tck() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t: &u64| t > 0)
+        .unwrap_or(100)
+}
+
+/// The pid of the process listening on TCP `port` (via /proc/net/tcp* socket inodes).
+fn find_listener(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else { continue };
+            let lport = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && lport == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && inodes.iter().any(|i| target.as_os_str() == i.as_str())
+            {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// CPU meters sampled around a phase.
+struct Meters {
+    broker_pid: Option<String>,
+    clk_tck: u64,
+}
+
+struct Sample {
+    broker: Option<u64>,
+    client: Option<u64>,
+    at: Instant,
+}
+
+impl Meters {
+    fn sample(&self) -> Sample {
+        Sample {
+            broker: self.broker_pid.as_deref().and_then(|p| cpu_us(p, self.clk_tck)),
+            client: cpu_us("self", self.clk_tck),
+            at: Instant::now(),
+        }
+    }
+}
+
+/// Split `total` into `parts` near-equal shares.
+fn shares(total: u64, parts: usize) -> Vec<u64> {
+    let parts = parts.max(1) as u64;
+    (0..parts).map(|i| total / parts + u64::from(i < total % parts)).collect()
+}
+
+struct Bench {
+    args: BenchArgs,
+    endpoint: Endpoint,
+    meters: Meters,
+    setup_timeout: Duration,
+    /// Messages each queue holds because of our send phases.
+    filled: BTreeMap<String, u64>,
+}
+
+/// One link of a phase: which connection, which queue, its id once opened.
+struct Placement {
+    conn: usize,
+    queue: usize,
+    id: Option<LinkId>,
+}
+
+type Joined = Result<(Connection, Result<(), ClientError>, Instant), tokio::task::JoinError>;
+
+impl Bench {
+    async fn connect(&self, n: usize) -> Result<Vec<Connection>, BenchError> {
+        let mut conns = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = Connection::connect(&self.endpoint, self.setup_timeout)
+                .await
+                .map_err(ctx(format!("connection {i} to {}:{}", self.endpoint.host, self.endpoint.port)))?;
+            conns.push(c);
+        }
+        Ok(conns)
+    }
+
+    /// Authorize every queue a connection uses, open the links, wait for attach (and credit).
+    async fn open_links(
+        &self,
+        conns: &mut [Connection],
+        queues: &[String],
+        placements: &mut [Placement],
+        sender: bool,
+    ) -> Result<(), BenchError> {
+        for (ci, conn) in conns.iter_mut().enumerate() {
+            let mut authorized: Vec<usize> = Vec::new();
+            for p in placements.iter_mut().filter(|p| p.conn == ci) {
+                let q = queues.get(p.queue).map(String::as_str).unwrap_or_default();
+                if !authorized.contains(&p.queue) {
+                    conn.put_token(q, self.setup_timeout).await.map_err(ctx(format!("authorizing '{q}'")))?;
+                    authorized.push(p.queue);
+                }
+                p.id = Some(if sender { conn.open_sender(q) } else { conn.open_receiver(q) });
+            }
+            let ids: Vec<LinkId> = placements.iter().filter(|p| p.conn == ci).filter_map(|p| p.id).collect();
+            conn.wait_ready(&ids, self.setup_timeout).await.map_err(ctx("opening links"))?;
+        }
+        Ok(())
+    }
+
+    /// Throughput layout: each queue gets ceil(connections / queues) links, link j on
+    /// connection j % connections.
+    fn layout(&self, nq: usize) -> (usize, Vec<Placement>) {
+        let nc = self.args.connections.max(1);
+        let per_queue = nc.div_ceil(nq).max(1);
+        let placements = (0..nq * per_queue)
+            .map(|j| Placement { conn: j % nc, queue: j / per_queue, id: None })
+            .collect();
+        (nc, placements)
+    }
+
+    /// Run every connection to completion concurrently; returns them and the time the last finished.
+    async fn run_all(&self, conns: Vec<Connection>, what: &'static str, budget: Duration) -> Result<(Vec<Connection>, Instant), BenchError> {
+        let deadline = Instant::now() + budget;
+        let tasks: Vec<_> = conns
+            .into_iter()
+            .map(|mut c| {
+                tokio::spawn(async move {
+                    let r = c.run_until(deadline, what, Connection::work_done).await;
+                    (c, r, Instant::now())
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut end = Instant::now();
+        let mut first_err = None;
+        for t in tasks {
+            let j: Joined = t.await;
+            match j {
+                Ok((c, r, at)) => {
+                    end = end.max(at);
+                    if let Err(e) = r {
+                        first_err.get_or_insert(e);
+                    }
+                    out.push(c);
+                }
+                Err(e) => return Err(BenchError::Failed(format!("{what} task failed: {e}"))),
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(BenchError::Client { context: format!("{what} phase"), source: e });
+        }
+        Ok((out, end))
+    }
+
+    async fn close_all(conns: Vec<Connection>) {
+        for c in conns {
+            let _ = c.close().await;
+        }
+    }
+
+    fn run_record(&self, phase: Phase, nq: usize, rep: usize, messages: u64, before: &Sample, after: &Sample) -> PhaseRun {
+        let secs = after.at.duration_since(before.at).as_secs_f64();
+        let per_msg = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) if messages > 0 => Some(a.saturating_sub(b) as f64 / messages as f64),
+            _ => None,
+        };
+        PhaseRun {
+            phase: phase.name(),
+            queues: nq,
+            rep,
+            messages,
+            secs,
+            rate: if secs > 0.0 { messages as f64 / secs } else { 0.0 },
+            broker_cpu_us: per_msg(after.broker, before.broker),
+            client_cpu_us: per_msg(after.client, before.client),
+            p50_ms: None,
+            p99_ms: None,
+            max_ms: None,
+            errors: 0,
+        }
+    }
+
+    async fn send_phase(&mut self, queues: &[String], rep: usize) -> Result<PhaseRun, BenchError> {
+        let nq = queues.len();
+        let (nc, mut placements) = self.layout(nq);
+        let mut conns = self.connect(nc).await?;
+        self.open_links(&mut conns, queues, &mut placements, true).await?;
+        let template = Arc::new(MessageTemplate::new(self.args.size, false));
+        let per_queue = shares(self.args.messages, nq);
+        let mut assigned: Vec<(usize, LinkId, u64)> = Vec::new();
+        for (qi, &qn) in per_queue.iter().enumerate() {
+            let links: Vec<&Placement> = placements.iter().filter(|p| p.queue == qi).collect();
+            for (p, n) in links.iter().zip(shares(qn, links.len())) {
+                if let Some(id) = p.id {
+                    assigned.push((p.conn, id, n));
+                }
+            }
+        }
+        let before = self.meters.sample();
+        for &(ci, id, n) in &assigned {
+            if let Some(c) = conns.get_mut(ci) {
+                c.set_send_work(
+                    id,
+                    SendWork { count: n, max_inflight: self.args.inflight.max(1), pacing: None, template: template.clone() },
+                );
+            }
+        }
+        let budget = Duration::from_secs(self.args.timeout_secs);
+        let (conns, end) = self.run_all(conns, "send", budget).await?;
+        let mut after = self.meters.sample();
+        after.at = end;
+        let (mut accepted, mut rejected, mut last_error) = (0, 0, None);
+        for p in &placements {
+            let Some(s) = p.id.and_then(|id| conns.get(p.conn)?.sender(id)) else { continue };
+            accepted += s.accepted;
+            rejected += s.rejected;
+            if s.last_error.is_some() {
+                last_error.clone_from(&s.last_error);
+            }
+            if let Some(q) = queues.get(p.queue) {
+                *self.filled.entry(q.clone()).or_default() += s.accepted;
+            }
+        }
+        Self::close_all(conns).await;
+        let mut run = self.run_record(Phase::Send, nq, rep, accepted, &before, &after);
+        run.errors = rejected;
+        if rejected > 0 {
+            eprintln!("keybus bench: {rejected} sends were not accepted (last: {})", last_error.unwrap_or_default());
+        }
+        Ok(run)
+    }
+
+    async fn receive_phase(&mut self, queues: &[String], rep: usize) -> Result<PhaseRun, BenchError> {
+        let nq = queues.len();
+        let (nc, mut placements) = self.layout(nq);
+        let mut conns = self.connect(nc).await?;
+        self.open_links(&mut conns, queues, &mut placements, false).await?;
+        let tallies: Vec<Arc<Tally>> =
+            queues.iter().map(|q| Tally::new(self.filled.get(q).copied().unwrap_or(0))).collect();
+        let before = self.meters.sample();
+        for p in &placements {
+            if let (Some(id), Some(c), Some(t)) = (p.id, conns.get_mut(p.conn), tallies.get(p.queue)) {
+                c.set_recv_work(
+                    id,
+                    RecvWork { credit_window: self.args.credit.max(1), tally: Some(t.clone()), measure_latency: false },
+                );
+            }
+        }
+        let budget = Duration::from_secs(self.args.timeout_secs);
+        let (conns, end) = self.run_all(conns, "receive", budget).await?;
+        let mut after = self.meters.sample();
+        after.at = end;
+        let (mut completed, mut errors, mut last_error) = (0, 0, None);
+        for p in &placements {
+            let Some(r) = p.id.and_then(|id| conns.get(p.conn)?.receiver(id)) else { continue };
+            completed += r.completed;
+            errors += r.complete_errors;
+            if r.last_error.is_some() {
+                last_error.clone_from(&r.last_error);
+            }
+            if let Some(q) = queues.get(p.queue) {
+                let f = self.filled.entry(q.clone()).or_default();
+                *f = f.saturating_sub(r.completed);
+            }
+        }
+        Self::close_all(conns).await;
+        let mut run = self.run_record(Phase::Receive, nq, rep, completed, &before, &after);
+        run.errors = errors;
+        if errors > 0 {
+            eprintln!("keybus bench: {errors} completions failed (last: {})", last_error.unwrap_or_default());
+        }
+        Ok(run)
+    }
+
+    async fn latency_phase(&mut self, queues: &[String], rep: usize) -> Result<PhaseRun, BenchError> {
+        let nq = queues.len();
+        let nc = self.args.connections.max(1);
+        let mut conns = self.connect(nc).await?;
+        // Receiver of queue i on connection i % nc, its sender on the next connection.
+        let mut rplace: Vec<Placement> = (0..nq).map(|i| Placement { conn: i % nc, queue: i, id: None }).collect();
+        let mut splace: Vec<Placement> = (0..nq).map(|i| Placement { conn: (i + 1) % nc, queue: i, id: None }).collect();
+        self.open_links(&mut conns, queues, &mut rplace, false).await?;
+        self.open_links(&mut conns, queues, &mut splace, true).await?;
+        let rate_q = f64::from(self.args.rate.max(1)) / nq as f64;
+        let count_q = ((rate_q * self.args.latency_secs as f64).round() as u64).max(1);
+        let tallies: Vec<Arc<Tally>> = (0..nq).map(|_| Tally::new(count_q)).collect();
+        for p in &rplace {
+            if let (Some(id), Some(c), Some(t)) = (p.id, conns.get_mut(p.conn), tallies.get(p.queue)) {
+                c.set_recv_work(
+                    id,
+                    RecvWork { credit_window: self.args.credit.max(1), tally: Some(t.clone()), measure_latency: true },
+                );
+            }
+        }
+        // Grant the receivers' credit before the first send.
+        for c in &mut conns {
+            c.run_until(Instant::now() + self.setup_timeout, "granting credit", |_| true)
+                .await
+                .map_err(ctx("granting credit"))?;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let template = Arc::new(MessageTemplate::new(self.args.size, true));
+        let before = self.meters.sample();
+        let pacing = Pacing { start: Instant::now(), interval: Duration::from_secs_f64(1.0 / rate_q) };
+        for p in &splace {
+            if let (Some(id), Some(c)) = (p.id, conns.get_mut(p.conn)) {
+                c.set_send_work(
+                    id,
+                    SendWork { count: count_q, max_inflight: self.args.inflight.max(1), pacing: Some(pacing), template: template.clone() },
+                );
+            }
+        }
+        let budget = Duration::from_secs(self.args.latency_secs + self.args.timeout_secs);
+        let (conns, end) = self.run_all(conns, "latency", budget).await?;
+        let mut after = self.meters.sample();
+        after.at = end;
+        let mut lat: Vec<u32> = Vec::new();
+        let (mut completed, mut errors) = (0, 0);
+        for p in &rplace {
+            if let Some(r) = p.id.and_then(|id| conns.get(p.conn)?.receiver(id)) {
+                lat.extend_from_slice(&r.latencies_us);
+                completed += r.completed;
+                errors += r.complete_errors;
+            }
+        }
+        for p in &splace {
+            if let Some(s) = p.id.and_then(|id| conns.get(p.conn)?.sender(id)) {
+                errors += s.rejected;
+            }
+        }
+        Self::close_all(conns).await;
+        let mut run = self.run_record(Phase::Latency, nq, rep, completed, &before, &after);
+        run.errors = errors;
+        lat.sort_unstable();
+        run.p50_ms = stats::percentile(&lat, 0.50).map(|us| f64::from(us) / 1000.0);
+        run.p99_ms = stats::percentile(&lat, 0.99).map(|us| f64::from(us) / 1000.0);
+        run.max_ms = lat.last().map(|&us| f64::from(us) / 1000.0);
+        if lat.len() as u64 != completed {
+            eprintln!("keybus bench: {} of {completed} latency messages carried no timestamp", completed - lat.len() as u64);
+        }
+        Ok(run)
+    }
+
+    /// Remove messages left in the queues (e.g. by an interrupted run): receive and complete
+    /// until nothing arrives for half a second.
+    async fn drain_leftovers(&mut self, queues: &[String]) -> Result<u64, BenchError> {
+        let mut conns = self.connect(1).await?;
+        let mut placements: Vec<Placement> =
+            (0..queues.len()).map(|i| Placement { conn: 0, queue: i, id: None }).collect();
+        self.open_links(&mut conns, queues, &mut placements, false).await?;
+        let Some(mut conn) = conns.pop() else { return Ok(0) };
+        let ids: Vec<LinkId> = placements.iter().filter_map(|p| p.id).collect();
+        for &id in &ids {
+            conn.set_recv_work(id, RecvWork { credit_window: 500, tally: None, measure_latency: false });
+        }
+        let start = Instant::now();
+        let quiet = Duration::from_millis(500);
+        let deadline = start + Duration::from_secs(self.args.timeout_secs);
+        let check = ids.clone();
+        conn.run_until(deadline, "draining leftover messages", move |c| {
+            let now = Instant::now();
+            check.iter().all(|&id| {
+                c.receiver(id).is_none_or(|r| {
+                    r.awaiting_echo == 0 && now.duration_since(r.last_delivery.unwrap_or(start)) >= quiet
+                })
+            })
+        })
+        .await
+        .map_err(ctx("draining"))?;
+        let drained = ids.iter().filter_map(|&id| conn.receiver(id)).map(|r| r.completed).sum();
+        let _ = conn.close().await;
+        Ok(drained)
+    }
+}
+
+/// Entry point of `keybus bench`.
+pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
+    let endpoint = Endpoint::parse(&args.connection_string).map_err(BenchError::Usage)?;
+    let queues: Vec<String> = args.queues.iter().map(|q| q.trim().to_string()).filter(|q| !q.is_empty()).collect();
+    if queues.is_empty() {
+        return Err(BenchError::Usage("--queues is empty".into()));
+    }
+    let mut counts: Vec<usize> = args.queue_counts.iter().copied().filter(|&n| n > 0).collect();
+    counts.dedup();
+    if let Some(&n) = counts.iter().find(|&&n| n > queues.len()) {
+        return Err(BenchError::Usage(format!("--queue-counts asks for {n} queues but --queues lists {}", queues.len())));
+    }
+    if counts.is_empty() {
+        return Err(BenchError::Usage("--queue-counts is empty".into()));
+    }
+    if args.phases.contains(&Phase::Receive) && !args.phases.contains(&Phase::Send) {
+        return Err(BenchError::Usage("the receive phase drains what the send phase filled: add `send` to --phases".into()));
+    }
+    if args.size == 0 || args.size > 100 * 1024 * 1024 {
+        return Err(BenchError::Usage("--size must be between 1 and 104857600".into()));
+    }
+    let mut phases = args.phases.clone();
+    phases.sort();
+    phases.dedup();
+    let repeat = args.repeat.max(1);
+
+    let clk = clk_tck();
+    let (broker_pid, pid_note) = match args.broker_pid {
+        Some(p) => (Some(p), format!("broker pid {p}")),
+        None => match find_listener(endpoint.port) {
+            Some(p) => (Some(p), format!("broker pid {p} (the process listening on port {})", endpoint.port)),
+            None => (None, "broker CPU not measured (pass --broker-pid)".to_string()),
+        },
+    };
+    if let Some(p) = broker_pid
+        && cpu_us(&p.to_string(), clk).is_none()
+    {
+        return Err(BenchError::Usage(format!("cannot read /proc/{p}/stat")));
+    }
+    let meters = Meters { broker_pid: broker_pid.map(|p| p.to_string()), clk_tck: clk };
+    let mut bench = Bench {
+        args: args.clone(),
+        endpoint,
+        meters,
+        setup_timeout: Duration::from_secs(10),
+        filled: BTreeMap::new(),
+    };
+    let max_q = counts.iter().copied().max().unwrap_or(1);
+    let all = queues.get(..max_q).unwrap_or(&queues).to_vec();
+    eprintln!("keybus bench: {pid_note}; draining leftovers from {} queue(s)", all.len());
+    let drained = bench.drain_leftovers(&all).await?;
+    if drained > 0 {
+        eprintln!("keybus bench: removed {drained} leftover message(s)");
+    }
+
+    let mut runs: Vec<PhaseRun> = Vec::new();
+    for &n in &counts {
+        let qs = queues.get(..n).unwrap_or(&queues).to_vec();
+        for rep in 0..repeat {
+            for &phase in &phases {
+                let r = match phase {
+                    Phase::Send => bench.send_phase(&qs, rep).await?,
+                    Phase::Receive => bench.receive_phase(&qs, rep).await?,
+                    Phase::Latency => bench.latency_phase(&qs, rep).await?,
+                };
+                eprintln!("keybus bench: {}", r.one_line());
+                runs.push(r);
+            }
+            // Whatever a failed receive left behind must not leak into the next run.
+            if bench.filled.values().any(|&v| v > 0) && phases.contains(&Phase::Receive) {
+                let left: u64 = bench.filled.values().sum();
+                return Err(BenchError::Failed(format!("{left} message(s) sent but not received")));
+            }
+        }
+    }
+    let summaries = Summary::of(&runs);
+    let cfg = stats::Config {
+        size: args.size,
+        messages: args.messages,
+        connections: args.connections.max(1),
+        inflight: args.inflight,
+        credit: args.credit,
+        rate: args.rate,
+        latency_secs: args.latency_secs,
+        repeat,
+        broker_pid,
+        note: pid_note,
+    };
+    if args.json {
+        println!("{}", stats::json(&cfg, &runs, &summaries));
+    } else {
+        print!("{}", stats::table(&cfg, &summaries));
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! Entity definitions and their properties, with Azure Service Bus defaults.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest message size an entity may allow (100 MB, the Premium limit).
+pub const MAX_MESSAGE_SIZE_LIMIT: u64 = 100 * 1024 * 1024;
+/// Azure Standard's message size limit: the default.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 256 * 1024;
+
+/// Properties of a queue (and, later, of a subscription). Durations in milliseconds;
+/// `None` TTL means unlimited (`TimeSpan.MaxValue`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueProperties {
+    pub lock_duration_ms: i64,
+    pub max_delivery_count: u32,
+    pub default_message_ttl_ms: Option<i64>,
+    pub dead_lettering_on_message_expiration: bool,
+    pub requires_duplicate_detection: bool,
+    pub duplicate_detection_window_ms: i64,
+    pub requires_session: bool,
+    pub max_message_size: u64,
+    pub max_size_bytes: u64,
+    pub forward_to: Option<String>,
+    pub forward_dead_lettered_messages_to: Option<String>,
+}
+
+impl Default for QueueProperties {
+    fn default() -> Self {
+        Self {
+            lock_duration_ms: 60_000,
+            max_delivery_count: 10,
+            default_message_ttl_ms: None,
+            dead_lettering_on_message_expiration: false,
+            requires_duplicate_detection: false,
+            duplicate_detection_window_ms: 10 * 60_000,
+            requires_session: false,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_size_bytes: 1024 * 1024 * 1024,
+            forward_to: None,
+            forward_dead_lettered_messages_to: None,
+        }
+    }
+}
+
+impl QueueProperties {
+    /// Check ranges; the error names the property and its allowed range.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1_000..=300_000).contains(&self.lock_duration_ms) {
+            return Err(format!(
+                "lock duration {} ms is out of range (1 s to 5 min)",
+                self.lock_duration_ms
+            ));
+        }
+        if self.max_delivery_count < 1 {
+            return Err("max delivery count must be at least 1".into());
+        }
+        if let Some(ttl) = self.default_message_ttl_ms
+            && ttl < 1_000
+        {
+            return Err(format!("default message time to live {ttl} ms is below 1 s"));
+        }
+        if !(20_000..=7 * 24 * 3_600_000).contains(&self.duplicate_detection_window_ms) {
+            return Err(format!(
+                "duplicate detection window {} ms is out of range (20 s to 7 days)",
+                self.duplicate_detection_window_ms
+            ));
+        }
+        if !(1024..=MAX_MESSAGE_SIZE_LIMIT).contains(&self.max_message_size) {
+            return Err(format!(
+                "max message size {} bytes is out of range (1 KB to 100 MB)",
+                self.max_message_size
+            ));
+        }
+        if self.max_size_bytes < 1024 * 1024 {
+            return Err("max size must be at least 1 MB".into());
+        }
+        Ok(())
+    }
+}
+
+/// What kind of entity a definition describes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EntityKind {
+    Queue(QueueProperties),
+}
+
+/// A named, durable entity of the namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntityDefinition {
+    /// The path as the user wrote it (case kept for display); lookups use its lower-case form.
+    pub name: String,
+    pub kind: EntityKind,
+}
+
+impl EntityDefinition {
+    pub fn key(&self) -> String {
+        self.name.to_ascii_lowercase()
+    }
+}
+
+/// Validate an entity name: Service Bus forbids `@ ? # *`, empty segments and over-long paths.
+pub fn validate_entity_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 260 {
+        return Err(format!("entity name '{name}' must be 1 to 260 characters"));
+    }
+    if name.chars().any(|c| matches!(c, '@' | '?' | '#' | '*' | '\\') || c.is_control()) {
+        return Err(format!("entity name '{name}' contains a forbidden character (@ ? # * \\)"));
+    }
+    if name.starts_with('/') || name.ends_with('/') || name.contains("//") || name.starts_with('$') {
+        return Err(format!("entity name '{name}' is not a valid path"));
+    }
+    if name.split('/').any(|s| s == "." || s == ".." || s.starts_with('$')) {
+        return Err(format!("entity name '{name}' is not a valid path"));
+    }
+    Ok(())
+}

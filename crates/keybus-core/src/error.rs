@@ -1,0 +1,104 @@
+//! Domain errors and their one mapping to AMQP error conditions.
+
+/// The Service Bus error conditions the domain can produce (wire reference §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCondition {
+    NotFound,
+    MessageLockLost,
+    MessageNotFound,
+    SessionLockLost,
+    MessageSizeExceeded,
+    QuotaExceeded,
+    ArgumentError,
+    NotAllowed,
+    InternalError,
+    ServerBusy,
+}
+
+impl ErrorCondition {
+    /// The AMQP `symbol`.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Self::NotFound => "amqp:not-found",
+            Self::MessageLockLost => "com.microsoft:message-lock-lost",
+            Self::MessageNotFound => "com.microsoft:message-not-found",
+            Self::SessionLockLost => "com.microsoft:session-lock-lost",
+            Self::MessageSizeExceeded => "amqp:link:message-size-exceeded",
+            Self::QuotaExceeded => "amqp:resource-limit-exceeded",
+            Self::ArgumentError => "com.microsoft:argument-error",
+            Self::NotAllowed => "amqp:not-allowed",
+            Self::InternalError => "amqp:internal-error",
+            Self::ServerBusy => "com.microsoft:server-busy",
+        }
+    }
+
+    /// The `$management` `statusCode`.
+    pub fn status_code(self) -> i32 {
+        match self {
+            Self::NotFound | Self::MessageNotFound => 404,
+            Self::MessageLockLost | Self::SessionLockLost => 410,
+            Self::MessageSizeExceeded | Self::QuotaExceeded => 403,
+            Self::ArgumentError | Self::NotAllowed => 400,
+            Self::InternalError => 500,
+            Self::ServerBusy => 503,
+        }
+    }
+}
+
+/// Why a send was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SendError {
+    #[error("The received message (size {size} bytes) exceeds the limit ({limit} bytes) currently allowed on the link.")]
+    MessageSizeExceeded { size: u64, limit: u64 },
+    #[error("The maximum entity size has been reached or exceeded for '{entity}'. Size: {size} bytes, limit: {limit} bytes.")]
+    QuotaExceeded { entity: String, size: u64, limit: u64 },
+    #[error("{0}")]
+    Argument(String),
+}
+
+impl SendError {
+    pub fn condition(&self) -> ErrorCondition {
+        match self {
+            Self::MessageSizeExceeded { .. } => ErrorCondition::MessageSizeExceeded,
+            Self::QuotaExceeded { .. } => ErrorCondition::QuotaExceeded,
+            Self::Argument(_) => ErrorCondition::ArgumentError,
+        }
+    }
+}
+
+/// Why a settlement or lock renewal failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SettleError {
+    #[error("The lock supplied is invalid. Either the lock expired, or the message has already been removed from the queue.")]
+    LockLost,
+}
+
+impl SettleError {
+    pub fn condition(&self) -> ErrorCondition {
+        ErrorCondition::MessageLockLost
+    }
+}
+
+/// Errors of `$management` operations on an entity.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ManagementError {
+    #[error("{0}")]
+    Settle(#[from] SettleError),
+    #[error("{0}")]
+    Send(#[from] SendError),
+    #[error("The message with sequence number {0} could not be found (it is not deferred or does not exist).")]
+    MessageNotFound(i64),
+    #[error("{0}")]
+    Argument(String),
+}
+
+impl ManagementError {
+    pub fn condition(&self) -> ErrorCondition {
+        match self {
+            Self::Settle(e) => e.condition(),
+            Self::Send(e) => e.condition(),
+            Self::MessageNotFound(_) => ErrorCondition::MessageNotFound,
+            Self::Argument(_) => ErrorCondition::ArgumentError,
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! keybus-core: the Service Bus domain.
+//!
+//! # Design
+//! Sans-I/O state machines for Service Bus entities: sequence numbers, peek-lock and settlement,
+//! delivery counts and dead-lettering, scheduling, deferral, duplicate detection and TTL.
+//! Time comes in as a `now` argument read from a [`Clock`]; persistence leaves as [`StoreOp`]s
+//! that the caller commits through the [`Store`] port. Nothing here touches a socket, a file or
+//! a runtime: the server wires it up.
+
+pub mod address;
+pub mod clock;
+pub mod entity;
+pub mod error;
+pub mod queue;
+pub mod record;
+pub mod store;
+
+pub use address::{NodeAddress, NodeKind, SubQueue};
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use entity::{validate_entity_name, EntityDefinition, EntityKind, QueueProperties, DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT};
+pub use error::{ErrorCondition, SendError, SettleError, ManagementError};
+pub use queue::{encode_delivery, Delivery, IncomingMessage, LockToken, Outcome, Queue, QueueCounts, ReceiveMode};
+pub use record::{MessageRecord, MessageState};
+pub use store::{CommitFuture, EntitySnapshot, Store, StoreError, StoreOp};

@@ -1,0 +1,949 @@
+//! The queue state machine: one entity's messages, its dead-letter sub-queue, locks,
+//! schedules, expiry and duplicate detection.
+//!
+//! Every method takes `now` and mutates memory only. Writes that must reach the store are
+//! queued and handed out by [`Queue::take_ops`]; the caller commits them and acknowledges the
+//! client only once the commit is durable. Sends are two-phase: [`Queue::enqueue`] keeps new
+//! messages invisible ("pending") until [`Queue::commit_pending`] is called after the commit,
+//! so no receiver ever sees a message that is not on disk.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use keybus_amqp::{Bytes, BytesMut, Header, Message, Symbol, Value};
+
+use crate::address::SubQueue;
+use crate::clock::Timestamp;
+use crate::entity::QueueProperties;
+use crate::error::{ManagementError, SendError, SettleError};
+use crate::record::{MessageRecord, MessageState};
+use crate::store::{EntitySnapshot, StoreOp};
+
+/// A lock token: a GUID in RFC 4122 byte order (as `$management` carries it as `uuid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LockToken(pub [u8; 16]);
+
+impl LockToken {
+    /// The delivery-tag form: .NET `Guid.ToByteArray()` order (first three fields little-endian).
+    pub fn to_delivery_tag(self) -> [u8; 16] {
+        let b = self.0;
+        [
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+            b[14], b[15],
+        ]
+    }
+
+    /// Inverse of [`LockToken::to_delivery_tag`]; `None` unless the tag is 16 bytes.
+    pub fn from_delivery_tag(tag: &[u8]) -> Option<LockToken> {
+        let b: [u8; 16] = tag.try_into().ok()?;
+        Some(LockToken([
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+            b[14], b[15],
+        ]))
+    }
+}
+
+/// How a receiver takes messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiveMode {
+    PeekLock,
+    ReceiveAndDelete,
+}
+
+/// A message as it arrives from a sender.
+#[derive(Debug, Clone)]
+pub struct IncomingMessage {
+    pub message: Message,
+    /// Encoded size in bytes, as it arrived.
+    pub size: u32,
+}
+
+/// A message handed to a receiver, encoded with broker annotations.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub sequence_number: i64,
+    /// Unique per delivery; the lock token in peek-lock mode.
+    pub lock_token: LockToken,
+    pub locked_until: Option<Timestamp>,
+    pub encoded: Bytes,
+}
+
+/// How a receiver settles a locked message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Complete,
+    Abandon { properties: Option<Vec<(Value, Value)>> },
+    Defer { properties: Option<Vec<(Value, Value)>> },
+    DeadLetter {
+        reason: Option<String>,
+        description: Option<String>,
+        properties: Option<Vec<(Value, Value)>>,
+    },
+    /// Unlock without counting a delivery attempt.
+    Release,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lock {
+    token: LockToken,
+    until: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    rec: MessageRecord,
+    lock: Option<Lock>,
+    pending: bool,
+}
+
+/// One message set (the queue itself or its dead-letter sub-queue) with its indexes.
+#[derive(Debug, Default)]
+struct MessageSet {
+    entries: BTreeMap<i64, Entry>,
+    available: BTreeSet<i64>,
+    scheduled: BTreeSet<(Timestamp, i64)>,
+    expiry: BTreeSet<(Timestamp, i64)>,
+    lock_expiry: BTreeSet<(Timestamp, i64)>,
+    size_bytes: u64,
+}
+
+impl MessageSet {
+    fn index(&mut self, seq: i64) {
+        let Some(e) = self.entries.get(&seq) else { return };
+        if e.pending {
+            return;
+        }
+        if let Some(l) = e.lock {
+            self.lock_expiry.insert((l.until, seq));
+            return;
+        }
+        match e.rec.state {
+            MessageState::Active => {
+                self.available.insert(seq);
+            }
+            MessageState::Scheduled => {
+                if let Some(t) = e.rec.scheduled_time {
+                    self.scheduled.insert((t, seq));
+                }
+            }
+            MessageState::Deferred => {}
+        }
+        if let Some(t) = e.rec.expires_at {
+            self.expiry.insert((t, seq));
+        }
+    }
+
+    fn unindex(&mut self, seq: i64) {
+        let Some(e) = self.entries.get(&seq) else { return };
+        self.available.remove(&seq);
+        if let Some(t) = e.rec.scheduled_time {
+            self.scheduled.remove(&(t, seq));
+        }
+        if let Some(t) = e.rec.expires_at {
+            self.expiry.remove(&(t, seq));
+        }
+        if let Some(l) = e.lock {
+            self.lock_expiry.remove(&(l.until, seq));
+        }
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        let seq = entry.rec.sequence_number;
+        self.size_bytes += u64::from(entry.rec.size);
+        self.entries.insert(seq, entry);
+        self.index(seq);
+    }
+
+    fn remove(&mut self, seq: i64) -> Option<Entry> {
+        self.unindex(seq);
+        let e = self.entries.remove(&seq)?;
+        self.size_bytes = self.size_bytes.saturating_sub(u64::from(e.rec.size));
+        Some(e)
+    }
+
+    fn first_deadline(&self) -> Option<Timestamp> {
+        [
+            self.lock_expiry.first().map(|x| x.0),
+            self.scheduled.first().map(|x| x.0),
+            self.expiry.first().map(|x| x.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// Broker-owned message annotations, stripped from incoming messages (§5.1).
+const BROKER_ANNOTATIONS: &[&str] = &[
+    "x-opt-sequence-number",
+    "x-opt-enqueued-time",
+    "x-opt-locked-until",
+    "x-opt-message-state",
+    "x-opt-enqueue-sequence-number",
+    "x-opt-deadletter-source",
+    "x-opt-lock-token",
+    "x-opt-partition-id",
+];
+
+/// Counts for runtime properties and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub active: u64,
+    pub dead_letter: u64,
+    pub scheduled: u64,
+    pub deferred: u64,
+    pub size_bytes: u64,
+}
+
+/// One queue with its dead-letter sub-queue.
+#[derive(Debug)]
+pub struct Queue {
+    name: String,
+    props: QueueProperties,
+    next_seq: i64,
+    main: MessageSet,
+    dlq: MessageSet,
+    locks: HashMap<LockToken, (SubQueue, i64)>,
+    dup_seen: HashMap<String, Timestamp>,
+    dup_order: VecDeque<(Timestamp, String)>,
+    ops: Vec<StoreOp>,
+    rng: u64,
+}
+
+impl Queue {
+    /// A new, empty queue. `seed` feeds lock-token generation.
+    pub fn new(name: impl Into<String>, props: QueueProperties, seed: u64) -> Queue {
+        Queue {
+            name: name.into().to_ascii_lowercase(),
+            props,
+            next_seq: 1,
+            main: MessageSet::default(),
+            dlq: MessageSet::default(),
+            locks: HashMap::new(),
+            dup_seen: HashMap::new(),
+            dup_order: VecDeque::new(),
+            ops: Vec::new(),
+            rng: seed | 1,
+        }
+    }
+
+    /// Rebuild a queue from what the store holds. Every lock is gone after a restart.
+    pub fn restore(
+        name: impl Into<String>,
+        props: QueueProperties,
+        snapshot: EntitySnapshot,
+        seed: u64,
+        now: Timestamp,
+    ) -> Queue {
+        let mut q = Queue::new(name, props, seed);
+        let mut max_seq = 0;
+        for rec in snapshot.main {
+            max_seq = max_seq.max(rec.sequence_number);
+            if q.props.requires_duplicate_detection
+                && rec.enqueued_time + q.props.duplicate_detection_window_ms > now
+                && let Some(id) = message_id_key(&rec.message)
+            {
+                q.remember_id(id, rec.enqueued_time);
+            }
+            q.main.insert(Entry { rec, lock: None, pending: false });
+        }
+        for rec in snapshot.dead_letter {
+            max_seq = max_seq.max(rec.sequence_number);
+            q.dlq.insert(Entry { rec, lock: None, pending: false });
+        }
+        q.next_seq = snapshot.next_sequence.max(max_seq + 1).max(1);
+        q
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn properties(&self) -> &QueueProperties {
+        &self.props
+    }
+
+    /// Replace the properties (update entity). Existing messages keep their state.
+    pub fn set_properties(&mut self, props: QueueProperties) {
+        self.props = props;
+    }
+
+    /// Writes queued since the last call, to be committed in order.
+    pub fn take_ops(&mut self) -> Vec<StoreOp> {
+        std::mem::take(&mut self.ops)
+    }
+
+    pub fn counts(&self) -> QueueCounts {
+        let mut c = QueueCounts {
+            dead_letter: self.dlq.entries.len() as u64,
+            size_bytes: self.main.size_bytes + self.dlq.size_bytes,
+            ..QueueCounts::default()
+        };
+        for e in self.main.entries.values() {
+            match e.rec.state {
+                MessageState::Active => c.active += 1,
+                MessageState::Deferred => c.deferred += 1,
+                MessageState::Scheduled => c.scheduled += 1,
+            }
+        }
+        c
+    }
+
+    /// True if a receiver on `sub` could take a message now.
+    pub fn has_available(&self, sub: SubQueue) -> bool {
+        !self.set(sub).available.is_empty()
+    }
+
+    /// The earliest time at which [`Queue::tick`] has work (lock expiry, schedule, TTL).
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        [self.main.first_deadline(), self.dlq.first_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn set(&self, sub: SubQueue) -> &MessageSet {
+        match sub {
+            SubQueue::Main => &self.main,
+            SubQueue::DeadLetter | SubQueue::TransferDeadLetter => &self.dlq,
+        }
+    }
+
+    fn set_mut(&mut self, sub: SubQueue) -> &mut MessageSet {
+        match sub {
+            SubQueue::Main => &mut self.main,
+            SubQueue::DeadLetter | SubQueue::TransferDeadLetter => &mut self.dlq,
+        }
+    }
+
+    fn next_token(&mut self) -> LockToken {
+        // splitmix64: unique, well-spread tokens from the injected seed.
+        let mut out = [0u8; 16];
+        for chunk in out.chunks_mut(8) {
+            self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.rng;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_be_bytes());
+        }
+        out[6] = (out[6] & 0x0f) | 0x40;
+        out[8] = (out[8] & 0x3f) | 0x80;
+        LockToken(out)
+    }
+
+    fn remember_id(&mut self, id: String, at: Timestamp) {
+        self.dup_seen.insert(id.clone(), at);
+        self.dup_order.push_back((at, id));
+    }
+
+    fn prune_duplicates(&mut self, now: Timestamp) {
+        let window = self.props.duplicate_detection_window_ms;
+        while let Some((t, _)) = self.dup_order.front() {
+            if t + window > now {
+                break;
+            }
+            if let Some((t, id)) = self.dup_order.pop_front()
+                && self.dup_seen.get(&id) == Some(&t)
+            {
+                self.dup_seen.remove(&id);
+            }
+        }
+    }
+
+    fn ttl_ms(&self, msg: &Message) -> Option<i64> {
+        let own = msg.header.as_ref().and_then(|h| h.ttl).map(i64::from).filter(|t| *t > 0);
+        match (own, self.props.default_message_ttl_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn check_incoming(&self, msgs: &[IncomingMessage]) -> Result<(), SendError> {
+        let mut total = 0u64;
+        for m in msgs {
+            let size = u64::from(m.size);
+            if size > self.props.max_message_size {
+                return Err(SendError::MessageSizeExceeded {
+                    size,
+                    limit: self.props.max_message_size,
+                });
+            }
+            if self.props.requires_session && group_id(&m.message).is_none() {
+                return Err(SendError::Argument(format!(
+                    "The SessionId was not set on a message, and it cannot be sent to the entity '{}'. Entities that have session support enabled can only receive messages that have the SessionId set to a valid value.",
+                    self.name
+                )));
+            }
+            total += size;
+        }
+        let used = self.main.size_bytes + self.dlq.size_bytes;
+        if used + total > self.props.max_size_bytes {
+            return Err(SendError::QuotaExceeded {
+                entity: self.name.clone(),
+                size: used,
+                limit: self.props.max_size_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Accept messages from a sender: assign sequence numbers, strip broker annotations, and
+    /// keep them pending (invisible) until [`Queue::commit_pending`]. Duplicates (by message id,
+    /// within the detection window) are accepted and dropped. Messages carrying a future
+    /// `x-opt-scheduled-enqueue-time` become scheduled. All or nothing.
+    pub fn enqueue(
+        &mut self,
+        msgs: Vec<IncomingMessage>,
+        now: Timestamp,
+    ) -> Result<Vec<i64>, SendError> {
+        self.check_incoming(&msgs)?;
+        self.accept(msgs, now, false)
+    }
+
+    /// `schedule-message`: like [`Queue::enqueue`], but every message is scheduled at its
+    /// `x-opt-scheduled-enqueue-time` (which it must carry). Returns the sequence numbers.
+    pub fn schedule(
+        &mut self,
+        msgs: Vec<IncomingMessage>,
+        now: Timestamp,
+    ) -> Result<Vec<i64>, SendError> {
+        self.check_incoming(&msgs)?;
+        for m in &msgs {
+            if scheduled_time(&m.message).is_none() {
+                return Err(SendError::Argument(
+                    "A scheduled message must carry x-opt-scheduled-enqueue-time.".into(),
+                ));
+            }
+        }
+        self.accept(msgs, now, true)
+    }
+
+    fn accept(
+        &mut self,
+        msgs: Vec<IncomingMessage>,
+        now: Timestamp,
+        always_assign: bool,
+    ) -> Result<Vec<i64>, SendError> {
+        if self.props.requires_duplicate_detection {
+            self.prune_duplicates(now);
+        }
+        let mut seqs = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let mut message = m.message;
+            if self.props.requires_duplicate_detection
+                && let Some(id) = message_id_key(&message)
+            {
+                if self.dup_seen.contains_key(&id) && !always_assign {
+                    continue;
+                }
+                self.remember_id(id, now);
+            }
+            message.delivery_annotations = None;
+            if let Some(ann) = message.message_annotations.as_mut() {
+                ann.retain(|(k, _)| {
+                    !k.as_str().is_some_and(|k| BROKER_ANNOTATIONS.contains(&k))
+                });
+            }
+            let sched = scheduled_time(&message).filter(|t| *t > now);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let (state, enqueued_time, expires_at) = match sched {
+                Some(t) => (MessageState::Scheduled, t, None),
+                None => (MessageState::Active, now, self.ttl_ms(&message).map(|ttl| now.saturating_add(ttl))),
+            };
+            let rec = MessageRecord {
+                sequence_number: seq,
+                enqueued_time,
+                state,
+                delivery_count: 0,
+                scheduled_time: sched,
+                expires_at,
+                message: Arc::new(message),
+                size: m.size,
+            };
+            self.ops.push(StoreOp::PutMessage {
+                entity: self.name.clone(),
+                sub: SubQueue::Main,
+                record: rec.clone(),
+            });
+            self.main.insert(Entry { rec, lock: None, pending: true });
+            seqs.push(seq);
+        }
+        self.ops.push(StoreOp::PutSequence { entity: self.name.clone(), next: self.next_seq });
+        Ok(seqs)
+    }
+
+    /// Make pending messages visible once their commit is durable. Returns true if any became
+    /// available to receivers.
+    pub fn commit_pending(&mut self, seqs: &[i64]) -> bool {
+        let mut any = false;
+        for &seq in seqs {
+            if let Some(e) = self.main.entries.get_mut(&seq)
+                && e.pending
+            {
+                e.pending = false;
+                any |= e.rec.state == MessageState::Active;
+                self.main.index(seq);
+            }
+        }
+        any
+    }
+
+    /// Forget pending messages whose commit failed.
+    pub fn abort_pending(&mut self, seqs: &[i64]) {
+        for &seq in seqs {
+            if self.main.entries.get(&seq).is_some_and(|e| e.pending) {
+                self.main.remove(seq);
+            }
+        }
+    }
+
+    /// Take the next available message for a receiver on `sub`.
+    pub fn acquire(
+        &mut self,
+        sub: SubQueue,
+        mode: ReceiveMode,
+        now: Timestamp,
+    ) -> Option<Delivery> {
+        loop {
+            let seq = self.set_mut(sub).available.pop_first()?;
+            let expired = self
+                .set(sub)
+                .entries
+                .get(&seq)
+                .and_then(|e| e.rec.expires_at)
+                .is_some_and(|t| t <= now && sub == SubQueue::Main);
+            if expired {
+                self.expire(seq, now);
+                continue;
+            }
+            let token = self.next_token();
+            match mode {
+                ReceiveMode::ReceiveAndDelete => {
+                    let entry = self.set_mut(sub).remove(seq)?;
+                    self.ops.push(StoreOp::DeleteMessage {
+                        entity: self.name.clone(),
+                        sub,
+                        sequence_number: seq,
+                    });
+                    let encoded = encode_delivery(&entry.rec, None);
+                    return Some(Delivery {
+                        sequence_number: seq,
+                        lock_token: token,
+                        locked_until: None,
+                        encoded,
+                    });
+                }
+                ReceiveMode::PeekLock => {
+                    let until = now.saturating_add(self.props.lock_duration_ms);
+                    let set = self.set_mut(sub);
+                    set.unindex(seq);
+                    let entry = set.entries.get_mut(&seq)?;
+                    entry.lock = Some(Lock { token, until });
+                    let encoded = encode_delivery(&entry.rec, Some(until));
+                    set.index(seq);
+                    self.locks.insert(token, (sub, seq));
+                    return Some(Delivery {
+                        sequence_number: seq,
+                        lock_token: token,
+                        locked_until: Some(until),
+                        encoded,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Find the message a live lock token names.
+    fn locked(&self, token: LockToken, now: Timestamp) -> Result<(SubQueue, i64), SettleError> {
+        let (sub, seq) = *self.locks.get(&token).ok_or(SettleError::LockLost)?;
+        let entry = self.set(sub).entries.get(&seq).ok_or(SettleError::LockLost)?;
+        match entry.lock {
+            Some(l) if l.token == token && l.until > now => Ok((sub, seq)),
+            _ => Err(SettleError::LockLost),
+        }
+    }
+
+    /// Settle a locked message.
+    pub fn settle(
+        &mut self,
+        token: LockToken,
+        outcome: Outcome,
+        now: Timestamp,
+    ) -> Result<(), SettleError> {
+        let (sub, seq) = match self.locked(token, now) {
+            Ok(x) => x,
+            Err(e) => {
+                // A lock that ran out but was not swept yet: sweep it now.
+                self.tick(now);
+                return Err(e);
+            }
+        };
+        self.locks.remove(&token);
+        let set = self.set_mut(sub);
+        set.unindex(seq);
+        if let Some(e) = set.entries.get_mut(&seq) {
+            e.lock = None;
+        }
+        match outcome {
+            Outcome::Complete => {
+                self.set_mut(sub).remove(seq);
+                self.ops.push(StoreOp::DeleteMessage {
+                    entity: self.name.clone(),
+                    sub,
+                    sequence_number: seq,
+                });
+            }
+            Outcome::Release => self.set_mut(sub).index(seq),
+            Outcome::Abandon { properties } => {
+                self.modify(sub, seq, properties.as_deref(), None);
+                self.count_attempt(sub, seq, now);
+            }
+            Outcome::Defer { properties } => {
+                self.modify(sub, seq, properties.as_deref(), Some(MessageState::Deferred));
+                self.persist(sub, seq);
+                self.set_mut(sub).index(seq);
+            }
+            Outcome::DeadLetter { reason, description, properties } => {
+                self.modify(sub, seq, properties.as_deref(), None);
+                if sub == SubQueue::Main {
+                    self.dead_letter(seq, reason, description);
+                } else {
+                    self.persist(sub, seq);
+                    self.set_mut(sub).index(seq);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Extend a lock by the lock duration; returns the new expiry.
+    pub fn renew_lock(&mut self, token: LockToken, now: Timestamp) -> Result<Timestamp, SettleError> {
+        let (sub, seq) = self.locked(token, now)?;
+        let until = now.saturating_add(self.props.lock_duration_ms);
+        let set = self.set_mut(sub);
+        set.unindex(seq);
+        if let Some(e) = set.entries.get_mut(&seq)
+            && let Some(l) = e.lock.as_mut()
+        {
+            l.until = until;
+        }
+        set.index(seq);
+        Ok(until)
+    }
+
+    /// Apply properties-to-modify and an optional new state to a stored message.
+    fn modify(
+        &mut self,
+        sub: SubQueue,
+        seq: i64,
+        properties: Option<&[(Value, Value)]>,
+        state: Option<MessageState>,
+    ) {
+        let Some(e) = self.set_mut(sub).entries.get_mut(&seq) else { return };
+        if let Some(props) = properties.filter(|p| !p.is_empty()) {
+            let msg = Arc::make_mut(&mut e.rec.message);
+            for (k, v) in props {
+                if let Some(name) = k.as_str() {
+                    set_app_property(msg, name, v.clone());
+                }
+            }
+        }
+        if let Some(s) = state {
+            e.rec.state = s;
+        }
+    }
+
+    fn persist(&mut self, sub: SubQueue, seq: i64) {
+        if let Some(e) = self.set(sub).entries.get(&seq) {
+            self.ops.push(StoreOp::PutMessage {
+                entity: self.name.clone(),
+                sub,
+                record: e.rec.clone(),
+            });
+        }
+    }
+
+    /// A delivery attempt ended without success (abandon or lock expiry): count it, and
+    /// dead-letter the message once it reaches the max delivery count.
+    fn count_attempt(&mut self, sub: SubQueue, seq: i64, _now: Timestamp) {
+        let max = self.props.max_delivery_count;
+        let Some(e) = self.set_mut(sub).entries.get_mut(&seq) else { return };
+        e.rec.delivery_count = e.rec.delivery_count.saturating_add(1);
+        if sub == SubQueue::Main && e.rec.delivery_count >= max {
+            let count = e.rec.delivery_count;
+            self.dead_letter(
+                seq,
+                Some("MaxDeliveryCountExceeded".into()),
+                Some(format!("Message could not be consumed after {count} delivery attempts.")),
+            );
+        } else {
+            self.persist(sub, seq);
+            self.set_mut(sub).index(seq);
+        }
+    }
+
+    /// Move a message of the main set to the dead-letter sub-queue, keeping its sequence number.
+    fn dead_letter(&mut self, seq: i64, reason: Option<String>, description: Option<String>) {
+        let Some(mut entry) = self.main.remove(seq) else { return };
+        {
+            let msg = Arc::make_mut(&mut entry.rec.message);
+            if let Some(r) = reason.filter(|r| !r.is_empty()) {
+                set_app_property(msg, "DeadLetterReason", Value::String(r));
+            }
+            if let Some(d) = description.filter(|d| !d.is_empty()) {
+                set_app_property(msg, "DeadLetterErrorDescription", Value::String(d));
+            }
+        }
+        entry.rec.state = MessageState::Active;
+        entry.rec.expires_at = None;
+        entry.rec.scheduled_time = None;
+        entry.lock = None;
+        self.ops.push(StoreOp::DeleteMessage {
+            entity: self.name.clone(),
+            sub: SubQueue::Main,
+            sequence_number: seq,
+        });
+        self.ops.push(StoreOp::PutMessage {
+            entity: self.name.clone(),
+            sub: SubQueue::DeadLetter,
+            record: entry.rec.clone(),
+        });
+        self.dlq.insert(entry);
+    }
+
+    /// A message of the main set outlived its TTL.
+    fn expire(&mut self, seq: i64, _now: Timestamp) {
+        if self.props.dead_lettering_on_message_expiration {
+            self.dead_letter(
+                seq,
+                Some("TTLExpiredException".into()),
+                Some("The message expired and was dead lettered.".into()),
+            );
+        } else if self.main.remove(seq).is_some() {
+            self.ops.push(StoreOp::DeleteMessage {
+                entity: self.name.clone(),
+                sub: SubQueue::Main,
+                sequence_number: seq,
+            });
+        }
+    }
+
+    /// Process everything due at `now`: lock expiries, scheduled messages, TTL, duplicate
+    /// history. Returns true if messages became available.
+    pub fn tick(&mut self, now: Timestamp) -> bool {
+        let mut woke = false;
+        for sub in [SubQueue::Main, SubQueue::DeadLetter] {
+            while let Some(&(t, seq)) = self.set(sub).lock_expiry.first() {
+                if t > now {
+                    break;
+                }
+                let set = self.set_mut(sub);
+                set.unindex(seq);
+                let token = set.entries.get_mut(&seq).and_then(|e| e.lock.take()).map(|l| l.token);
+                set.lock_expiry.remove(&(t, seq));
+                if let Some(token) = token {
+                    self.locks.remove(&token);
+                }
+                self.count_attempt(sub, seq, now);
+                woke = true;
+            }
+        }
+        while let Some(&(t, seq)) = self.main.scheduled.first() {
+            if t > now {
+                break;
+            }
+            self.main.unindex(seq);
+            let ttl = self.main.entries.get(&seq).and_then(|e| self.ttl_ms(&e.rec.message));
+            if let Some(e) = self.main.entries.get_mut(&seq) {
+                e.rec.state = MessageState::Active;
+                e.rec.enqueued_time = t;
+                e.rec.expires_at = ttl.map(|ttl| t.saturating_add(ttl));
+            }
+            self.persist(SubQueue::Main, seq);
+            self.main.index(seq);
+            woke = true;
+        }
+        while let Some(&(t, seq)) = self.main.expiry.first() {
+            if t > now {
+                break;
+            }
+            self.expire(seq, now);
+        }
+        if self.props.requires_duplicate_detection {
+            self.prune_duplicates(now);
+        }
+        woke
+    }
+
+    /// `peek-message`: up to `count` messages with sequence number ≥ `from`, without locks,
+    /// including deferred and scheduled ones.
+    pub fn peek(&self, sub: SubQueue, from: i64, count: usize, now: Timestamp) -> Vec<Bytes> {
+        self.set(sub)
+            .entries
+            .range(from..)
+            .filter(|(_, e)| !e.pending)
+            .filter(|(_, e)| sub != SubQueue::Main || e.rec.expires_at.is_none_or(|t| t > now))
+            .take(count)
+            .map(|(_, e)| encode_delivery(&e.rec, e.lock.map(|l| l.until)))
+            .collect()
+    }
+
+    /// `receive-by-sequence-number`: deferred messages only. All or nothing.
+    pub fn receive_deferred(
+        &mut self,
+        sub: SubQueue,
+        seqs: &[i64],
+        mode: ReceiveMode,
+        now: Timestamp,
+    ) -> Result<Vec<Delivery>, ManagementError> {
+        for &seq in seqs {
+            let ok = self.set(sub).entries.get(&seq).is_some_and(|e| {
+                !e.pending && e.lock.is_none() && e.rec.state == MessageState::Deferred
+            });
+            if !ok {
+                return Err(ManagementError::MessageNotFound(seq));
+            }
+        }
+        let mut out = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            let token = self.next_token();
+            match mode {
+                ReceiveMode::ReceiveAndDelete => {
+                    if let Some(e) = self.set_mut(sub).remove(seq) {
+                        self.ops.push(StoreOp::DeleteMessage {
+                            entity: self.name.clone(),
+                            sub,
+                            sequence_number: seq,
+                        });
+                        out.push(Delivery {
+                            sequence_number: seq,
+                            lock_token: token,
+                            locked_until: None,
+                            encoded: encode_delivery(&e.rec, None),
+                        });
+                    }
+                }
+                ReceiveMode::PeekLock => {
+                    let until = now.saturating_add(self.props.lock_duration_ms);
+                    let set = self.set_mut(sub);
+                    set.unindex(seq);
+                    if let Some(e) = set.entries.get_mut(&seq) {
+                        e.lock = Some(Lock { token, until });
+                        let encoded = encode_delivery(&e.rec, Some(until));
+                        out.push(Delivery {
+                            sequence_number: seq,
+                            lock_token: token,
+                            locked_until: Some(until),
+                            encoded,
+                        });
+                    }
+                    set.index(seq);
+                    self.locks.insert(token, (sub, seq));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `cancel-scheduled-message`: unknown or no longer scheduled numbers are ignored.
+    pub fn cancel_scheduled(&mut self, seqs: &[i64]) {
+        for &seq in seqs {
+            let scheduled = self
+                .main
+                .entries
+                .get(&seq)
+                .is_some_and(|e| e.rec.state == MessageState::Scheduled);
+            if scheduled {
+                self.main.remove(seq);
+                self.ops.push(StoreOp::DeleteMessage {
+                    entity: self.name.clone(),
+                    sub: SubQueue::Main,
+                    sequence_number: seq,
+                });
+            }
+        }
+    }
+
+    /// Whether a lock token is live on this queue.
+    pub fn owns_lock(&self, token: LockToken) -> bool {
+        self.locks.contains_key(&token)
+    }
+
+    /// Drop every message (entity deletion).
+    pub fn purge(&mut self) {
+        self.main = MessageSet::default();
+        self.dlq = MessageSet::default();
+        self.locks.clear();
+    }
+}
+
+/// The duplicate-detection key of a message: its message id as text.
+fn message_id_key(msg: &Message) -> Option<String> {
+    let id = msg.properties.as_ref()?.message_id.as_ref()?;
+    Some(match id {
+        Value::String(s) => format!("s:{s}"),
+        Value::Symbol(s) => format!("s:{}", s.as_str()),
+        Value::Ulong(n) => format!("n:{n}"),
+        Value::Uuid(u) => format!("u:{u:02x?}"),
+        Value::Binary(b) => format!("b:{b:02x?}"),
+        other => format!("o:{other:?}"),
+    })
+}
+
+fn group_id(msg: &Message) -> Option<&str> {
+    msg.properties.as_ref()?.group_id.as_deref()
+}
+
+fn scheduled_time(msg: &Message) -> Option<Timestamp> {
+    let ann = msg.message_annotations.as_ref()?;
+    match keybus_amqp::map_get(ann, "x-opt-scheduled-enqueue-time")? {
+        Value::Timestamp(t) | Value::Long(t) => Some(*t),
+        _ => None,
+    }
+}
+
+fn set_app_property(msg: &mut Message, name: &str, value: Value) {
+    let props = msg.application_properties.get_or_insert_with(Vec::new);
+    if let Some(slot) = props.iter_mut().find(|(k, _)| k.as_str() == Some(name)) {
+        slot.1 = value;
+    } else {
+        props.push((Value::String(name.to_string()), value));
+    }
+}
+
+/// Encode a stored message for a receiver or a peek: header with the delivery count, the
+/// client's annotations plus the broker's (§5.2, with their exact AMQP types), and the
+/// client's properties, application properties and body.
+pub fn encode_delivery(rec: &MessageRecord, locked_until: Option<Timestamp>) -> Bytes {
+    let src = &rec.message;
+    let mut header = src.header.clone().unwrap_or_default();
+    header.delivery_count = Some(rec.delivery_count);
+    let mut ann: Vec<(Value, Value)> = Vec::with_capacity(
+        src.message_annotations.as_ref().map_or(0, Vec::len) + 4,
+    );
+    if let Some(a) = &src.message_annotations {
+        ann.extend(a.iter().cloned());
+    }
+    let sym = |s: &str| Value::Symbol(Symbol::from(s));
+    ann.push((sym("x-opt-sequence-number"), Value::Long(rec.sequence_number)));
+    ann.push((sym("x-opt-enqueued-time"), Value::Timestamp(rec.enqueued_time)));
+    if let Some(t) = locked_until {
+        ann.push((sym("x-opt-locked-until"), Value::Timestamp(t)));
+    }
+    if rec.state != MessageState::Active {
+        ann.push((sym("x-opt-message-state"), Value::Int(rec.state as i32)));
+    }
+    let out = Message {
+        header: Some(Header { ..header }),
+        delivery_annotations: None,
+        message_annotations: Some(ann),
+        properties: src.properties.clone(),
+        application_properties: src.application_properties.clone(),
+        body_raw: src.body_raw.clone(),
+    };
+    let mut buf = BytesMut::with_capacity(out.encoded_size());
+    out.encode(&mut buf);
+    buf.freeze()
+}

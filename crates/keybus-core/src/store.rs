@@ -1,0 +1,72 @@
+//! The persistence port. Backends (in `keybus-store`) implement [`Store`]; the core only emits
+//! [`StoreOp`]s and never learns which backend holds them.
+//!
+//! The contract, which the shared conformance suite checks for every backend:
+//! - `commit` is atomic: after a crash either all ops of a batch are visible or none are.
+//! - Its future resolves `Ok` only once the batch is durable (fsync or database commit).
+//! - Batches submitted earlier are applied earlier (per store instance).
+//! - After any failed commit the store is poisoned: every later commit fails and `healthy()` is
+//!   false, so the broker stops acknowledging work it cannot keep.
+//!
+//! Keys are (entity path, sub-queue, sequence number), so a PostgreSQL backend maps them to
+//! one `messages` table with a primary key on those columns, and several broker nodes can
+//! share it with an entity-ownership lease (see ARCHITECTURE.md).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::address::SubQueue;
+use crate::entity::EntityDefinition;
+use crate::record::MessageRecord;
+
+/// One write.
+#[derive(Debug, Clone)]
+pub enum StoreOp {
+    /// Create or replace an entity definition.
+    PutEntity(EntityDefinition),
+    /// Remove an entity with all its messages and counters.
+    DeleteEntity { entity: String },
+    /// Raise the entity's sequence high-water mark (the next number to hand out).
+    PutSequence { entity: String, next: i64 },
+    /// Create or replace a message.
+    PutMessage { entity: String, sub: SubQueue, record: MessageRecord },
+    /// Remove a message.
+    DeleteMessage { entity: String, sub: SubQueue, sequence_number: i64 },
+}
+
+/// Everything the store holds for one entity.
+#[derive(Debug, Clone, Default)]
+pub struct EntitySnapshot {
+    pub next_sequence: i64,
+    /// Messages by sub-queue, in sequence order.
+    pub main: Vec<MessageRecord>,
+    pub dead_letter: Vec<MessageRecord>,
+}
+
+/// Failures of the store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store is poisoned after an earlier write failure; restart the broker")]
+    Poisoned,
+    #[error("store is closed")]
+    Closed,
+}
+
+/// Resolves once a batch is durable.
+pub type CommitFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
+/// The persistence port.
+pub trait Store: Send + Sync + 'static {
+    /// Submit a batch. Concurrent batches share one sync (group commit).
+    fn commit(&self, ops: Vec<StoreOp>) -> CommitFuture;
+    /// All entity definitions. Blocking; called at start-up.
+    fn list_entities(&self) -> Result<Vec<EntityDefinition>, StoreError>;
+    /// Everything stored for one entity (lower-case path). Blocking; called at start-up.
+    fn load_entity(&self, entity: &str) -> Result<EntitySnapshot, StoreError>;
+    /// False once a write failed (the store refuses writes from then on).
+    fn healthy(&self) -> bool;
+}

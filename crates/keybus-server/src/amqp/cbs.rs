@@ -1,0 +1,81 @@
+//! The `$cbs` node: `put-token` (wire reference §3). SAS tokens are validated and kept per
+//! connection, keyed by audience; links are authorised against them.
+
+use keybus_amqp::{Bytes, BytesMut, Message, Properties, Value};
+
+use super::connection::Conn;
+use crate::sas;
+
+/// Read `name` from a message's application properties as text.
+pub fn app_prop<'a>(msg: &'a Message, name: &str) -> Option<&'a Value> {
+    keybus_amqp::map_get(msg.application_properties.as_deref()?, name)
+}
+
+/// The single `amqp-value` body of a message.
+pub fn body_value(msg: &Message) -> Option<Value> {
+    let mut input: &[u8] = &msg.body_raw;
+    match Value::decode(&mut input).ok()? {
+        Value::Described(d, v) if matches!(*d, keybus_amqp::Descriptor::Code(0x77)) => Some(*v),
+        _ => None,
+    }
+}
+
+/// Build a response message: correlation-id = the request's message-id (same AMQP type),
+/// the given application properties, and an optional `amqp-value` body.
+pub fn response(request: &Message, app: Vec<(Value, Value)>, body: Option<Value>) -> Bytes {
+    let correlation_id = request.properties.as_ref().and_then(|p| p.message_id.clone());
+    let msg = Message {
+        properties: Some(Properties { correlation_id, ..Default::default() }),
+        application_properties: Some(app),
+        body_raw: Message::body_value(&body.unwrap_or(Value::Null)),
+        ..Default::default()
+    };
+    let mut buf = BytesMut::with_capacity(msg.encoded_size());
+    msg.encode(&mut buf);
+    buf.freeze()
+}
+
+fn s(v: &str) -> Value {
+    Value::String(v.to_string())
+}
+
+impl Conn {
+    pub(super) fn on_cbs_request(&mut self, channel: u16, msg: &Message) {
+        let op = app_prop(msg, "operation").and_then(Value::as_str).unwrap_or("");
+        let (status, description) = if op != "put-token" {
+            (400, format!("unsupported $cbs operation '{op}'"))
+        } else {
+            let name = app_prop(msg, "name").and_then(Value::as_str).unwrap_or("").to_string();
+            let kind = app_prop(msg, "type").and_then(Value::as_str).unwrap_or("");
+            let token = body_value(msg);
+            match (kind, token.as_ref().and_then(Value::as_str)) {
+                ("servicebus.windows.net:sastoken", Some(token)) => {
+                    match sas::validate(token, &name, &self.broker.policies, self.broker.now()) {
+                        Ok(grant) => {
+                            tracing::debug!(audience = %name, key = %grant.key_name, "token accepted");
+                            self.grants.retain(|(aud, _)| aud != &name);
+                            if self.grants.len() >= 1024 {
+                                self.grants.remove(0);
+                            }
+                            self.grants.push((name, grant));
+                            (200, "OK".to_string())
+                        }
+                        Err(e) => {
+                            tracing::info!(audience = %name, reason = %e, "token refused");
+                            (e.status(), e.to_string())
+                        }
+                    }
+                }
+                ("jwt", _) => (401, "JWT tokens are not accepted by this keybus version; use a SAS token".to_string()),
+                (_, None) => (400, "the put-token body must be the token as a string".to_string()),
+                (other, _) => (400, format!("unsupported token type '{other}'")),
+            }
+        };
+        let reply_to = msg.properties.as_ref().and_then(|p| p.reply_to.clone());
+        let app = vec![(s("status-code"), Value::Int(status)), (s("status-description"), s(&description))];
+        let bytes = response(msg, app, None);
+        if let Some((ch, h)) = self.reply_link(channel, reply_to.as_deref(), "$cbs") {
+            self.send_reply(ch, h, &bytes);
+        }
+    }
+}

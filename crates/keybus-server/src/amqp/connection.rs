@@ -1,0 +1,426 @@
+//! One AMQP connection: protocol headers and SASL, then a single task that owns all sessions
+//! and links, reads frames, reacts to entity events and writes through one batching buffer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use keybus_amqp::{
+    AmqpError, Begin, Bytes, BytesMut, Close, DecodeError, End, Flow, Frame, FrameBody, Open,
+    Performative, ProtocolHeader, SaslFrameBody, SaslMechanisms, SaslOutcome, Symbol, AMQP_HEADER,
+    SASL_HEADER,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::errors::{self, error};
+use super::link::{Link, PendingSend};
+use crate::broker::{Broker, ConnEvent};
+use crate::sas::Grant;
+
+/// Idle time-out we announce; clients send empty frames at half of it.
+pub const IDLE_TIMEOUT_MS: u32 = 120_000;
+/// We send an empty frame when we have been silent this long (JS/.NET need < 60 s).
+const HEARTBEAT: Duration = Duration::from_secs(20);
+/// Sessions advertise a window this large and re-open it when half is used.
+pub const SESSION_WINDOW: u32 = 1 << 20;
+
+/// A fatal connection error: we send `close` with it and hang up.
+#[derive(Debug)]
+pub struct ConnError(pub AmqpError);
+
+impl From<DecodeError> for ConnError {
+    fn from(e: DecodeError) -> Self {
+        ConnError(error(errors::DECODE_ERROR, e.to_string()))
+    }
+}
+
+/// One AMQP session.
+pub struct Session {
+    pub channel: u16,
+    pub next_outgoing_id: u32,
+    pub next_incoming_id: u32,
+    pub incoming_window: u32,
+    pub remote_incoming_window: u32,
+    pub links: HashMap<u32, Link>,
+    pub next_delivery_id: u32,
+    /// Deliveries sent unsettled on this session: delivery-id → (link handle, lock token).
+    pub unsettled: HashMap<u32, (u32, keybus_core::LockToken, Arc<crate::broker::Entity>)>,
+}
+
+/// The connection state owned by its task.
+pub struct Conn {
+    pub broker: Arc<Broker>,
+    pub out: BytesMut,
+    pub peer_max_frame: u32,
+    pub max_frame: u32,
+    pub sessions: HashMap<u16, Session>,
+    pub grants: Vec<(String, Grant)>,
+    pub tx: mpsc::UnboundedSender<ConnEvent>,
+    pub next_generation: u64,
+    pub hostname: String,
+    pub pending_sends: Vec<PendingSend>,
+    pub closed: bool,
+}
+
+impl Conn {
+    pub fn write(&mut self, channel: u16, p: Performative) {
+        keybus_amqp::encode_amqp_frame(channel, &p, &[], &mut self.out);
+    }
+
+    fn handle_frame(&mut self, frame: Frame) -> Result<(), ConnError> {
+        match frame.body {
+            FrameBody::Empty => Ok(()),
+            FrameBody::Sasl(_) => Err(ConnError(error(errors::FRAMING_ERROR, "SASL frame after SASL"))),
+            FrameBody::Amqp { performative, payload } => match performative {
+                Performative::Open(_) => Err(ConnError(error(errors::NOT_ALLOWED, "open received twice"))),
+                Performative::Close(_) => {
+                    self.write(0, Performative::Close(Close { error: None }));
+                    self.closed = true;
+                    Ok(())
+                }
+                Performative::Begin(b) => self.on_begin(frame.channel, b),
+                Performative::End(_) => {
+                    if let Some(s) = self.sessions.remove(&frame.channel) {
+                        self.write(s.channel, Performative::End(End { error: None }));
+                    }
+                    Ok(())
+                }
+                other => {
+                    if !self.sessions.contains_key(&frame.channel) {
+                        return Err(ConnError(error(
+                            errors::NOT_ALLOWED,
+                            format!("frame on channel {} without a session", frame.channel),
+                        )));
+                    }
+                    self.on_session_frame(frame.channel, other, payload)
+                }
+            },
+        }
+    }
+
+    fn on_begin(&mut self, channel: u16, b: Begin) -> Result<(), ConnError> {
+        if self.sessions.contains_key(&channel) {
+            return Err(ConnError(error(errors::NOT_ALLOWED, "channel already in use")));
+        }
+        let limit = self.broker.config.limits.max_sessions_per_connection;
+        let reply = Begin {
+            remote_channel: Some(channel),
+            next_outgoing_id: 1,
+            incoming_window: SESSION_WINDOW,
+            outgoing_window: SESSION_WINDOW,
+            handle_max: self.broker.config.limits.max_links_per_session.saturating_sub(1) as u32,
+            ..Default::default()
+        };
+        self.write(channel, Performative::Begin(reply));
+        if self.sessions.len() >= limit {
+            self.write(
+                channel,
+                Performative::End(End {
+                    error: Some(error(
+                        errors::RESOURCE_LIMIT,
+                        format!("the connection already has the maximum of {limit} sessions"),
+                    )),
+                }),
+            );
+            return Ok(());
+        }
+        self.sessions.insert(
+            channel,
+            Session {
+                channel,
+                next_outgoing_id: 1,
+                next_incoming_id: b.next_outgoing_id,
+                incoming_window: SESSION_WINDOW,
+                remote_incoming_window: b.incoming_window,
+                links: HashMap::new(),
+                next_delivery_id: 0,
+                unsettled: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Session-level part of an incoming `flow`.
+    pub fn on_session_flow(&mut self, channel: u16, f: &Flow) {
+        if let Some(s) = self.sessions.get_mut(&channel) {
+            let next_in = f.next_incoming_id.unwrap_or(1);
+            s.remote_incoming_window =
+                next_in.wrapping_add(f.incoming_window).wrapping_sub(s.next_outgoing_id);
+            if f.handle.is_none() && f.echo {
+                let flow = session_flow(s);
+                self.write(channel, Performative::Flow(flow));
+            }
+        }
+    }
+
+    /// Count an incoming transfer frame against our session window; re-open it when low.
+    pub fn count_incoming_transfer(&mut self, channel: u16) {
+        let mut reopen = None;
+        if let Some(s) = self.sessions.get_mut(&channel) {
+            s.next_incoming_id = s.next_incoming_id.wrapping_add(1);
+            s.incoming_window = s.incoming_window.saturating_sub(1);
+            if s.incoming_window < SESSION_WINDOW / 2 {
+                s.incoming_window = SESSION_WINDOW;
+                reopen = Some(session_flow(s));
+            }
+        }
+        if let Some(flow) = reopen {
+            self.write(channel, Performative::Flow(flow));
+        }
+    }
+
+    fn handle_event(&mut self, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Wake { channel, handle, generation } => self.on_wake(channel, handle, generation),
+            ConnEvent::SendsDone { channel, results } => self.on_sends_done(channel, results),
+            ConnEvent::SettlesDone { channel, results } => self.on_settles_done(channel, results),
+            ConnEvent::Reply { channel, handle, message } => self.send_reply(channel, handle, &message),
+        }
+    }
+}
+
+/// A session `flow` frame (no link fields).
+pub fn session_flow(s: &Session) -> Flow {
+    Flow {
+        next_incoming_id: Some(s.next_incoming_id),
+        incoming_window: s.incoming_window,
+        next_outgoing_id: s.next_outgoing_id,
+        outgoing_window: SESSION_WINDOW,
+        ..Default::default()
+    }
+}
+
+/// Pop one complete frame from the input buffer.
+fn next_frame(inbuf: &mut BytesMut, max: u32) -> Result<Option<Frame>, ConnError> {
+    let Some(size) = inbuf.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])) else {
+        return Ok(None);
+    };
+    if size < 8 {
+        return Err(ConnError(error(errors::FRAMING_ERROR, format!("frame size {size} is below 8"))));
+    }
+    if size > max {
+        return Err(ConnError(error(
+            errors::FRAMING_ERROR,
+            format!("frame size {size} exceeds the negotiated max-frame-size {max}"),
+        )));
+    }
+    if inbuf.len() < size as usize {
+        return Ok(None);
+    }
+    let bytes: Bytes = inbuf.split_to(size as usize).freeze();
+    match keybus_amqp::decode_frame_bytes(&bytes, max)? {
+        Some((frame, _)) => Ok(Some(frame)),
+        None => Err(ConnError(error(errors::FRAMING_ERROR, "incomplete frame"))),
+    }
+}
+
+async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> std::io::Result<()> {
+    buf.reserve(64 * 1024);
+    let n = r.read_buf(buf).await?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+async fn read_header<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> std::io::Result<[u8; 8]> {
+    while buf.len() < 8 {
+        read_more(r, buf).await?;
+    }
+    let h = buf.split_to(8);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&h);
+    Ok(out)
+}
+
+/// Negotiate headers and SASL (`MSSBCBS`, `ANONYMOUS`; or no SASL layer at all). Returns false
+/// if the peer spoke something else (we answered with our header and hang up).
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    inbuf: &mut BytesMut,
+) -> std::io::Result<bool> {
+    let header = read_header(io, inbuf).await?;
+    match keybus_amqp::parse_protocol_header(&header) {
+        Ok(ProtocolHeader::Amqp) => {
+            io.write_all(&AMQP_HEADER).await?;
+            return Ok(true);
+        }
+        Ok(ProtocolHeader::Sasl) => {}
+        Ok(ProtocolHeader::Tls) | Err(_) => {
+            io.write_all(&SASL_HEADER).await?;
+            return Ok(false);
+        }
+    }
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&SASL_HEADER);
+    let mechs = SaslMechanisms { mechanisms: vec![Symbol::from("MSSBCBS"), Symbol::from("ANONYMOUS")] };
+    keybus_amqp::encode_frame(0, &FrameBody::Sasl(SaslFrameBody::Mechanisms(mechs)), &mut out);
+    io.write_all(&out).await?;
+    let init = loop {
+        match next_frame(inbuf, 64 * 1024) {
+            Ok(Some(f)) => break f,
+            Ok(None) => read_more(io, inbuf).await?,
+            Err(_) => return Ok(false),
+        }
+    };
+    let code = match init.body {
+        FrameBody::Sasl(SaslFrameBody::Init(i))
+            if matches!(i.mechanism.as_str(), "ANONYMOUS" | "MSSBCBS" | "EXTERNAL") => 0,
+        _ => 1,
+    };
+    let mut out = BytesMut::new();
+    keybus_amqp::encode_frame(
+        0,
+        &FrameBody::Sasl(SaslFrameBody::Outcome(SaslOutcome { code, additional_data: None })),
+        &mut out,
+    );
+    io.write_all(&out).await?;
+    if code != 0 {
+        return Ok(false);
+    }
+    let header = read_header(io, inbuf).await?;
+    if header != AMQP_HEADER {
+        io.write_all(&AMQP_HEADER).await?;
+        return Ok(false);
+    }
+    io.write_all(&AMQP_HEADER).await?;
+    Ok(true)
+}
+
+/// Serve one accepted connection until it closes. Never panics on peer input.
+pub async fn serve_connection<S>(broker: Arc<Broker>, mut io: S, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut inbuf = BytesMut::with_capacity(64 * 1024);
+    match handshake(&mut io, &mut inbuf).await {
+        Ok(true) => {}
+        Ok(false) | Err(_) => {
+            tracing::debug!(%peer, "handshake failed");
+            let _ = io.shutdown().await;
+            return;
+        }
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let max_frame = broker.config.limits.max_frame_size;
+    let mut conn = Conn {
+        broker: broker.clone(),
+        out: BytesMut::with_capacity(64 * 1024),
+        peer_max_frame: 512,
+        max_frame,
+        sessions: HashMap::new(),
+        grants: Vec::new(),
+        tx,
+        next_generation: 1,
+        hostname: String::new(),
+        pending_sends: Vec::new(),
+        closed: false,
+    };
+    let over_limit = broker.connections.fetch_add(1, Ordering::SeqCst)
+        >= broker.config.limits.max_connections;
+    let result = run(&mut conn, &mut io, &mut inbuf, rx, over_limit).await;
+    broker.connections.fetch_sub(1, Ordering::SeqCst);
+    if let Err(ConnError(err)) = result {
+        tracing::debug!(%peer, condition = %err.condition.as_str(), "closing connection with error");
+        conn.out.clear();
+        conn.write(0, Performative::Close(Close { error: Some(err) }));
+        let _ = io.write_all(&conn.out).await;
+    } else {
+        let _ = io.write_all(&conn.out).await;
+    }
+    let _ = io.shutdown().await;
+}
+
+async fn run<S>(
+    conn: &mut Conn,
+    io: &mut S,
+    inbuf: &mut BytesMut,
+    mut rx: mpsc::UnboundedReceiver<ConnEvent>,
+    over_limit: bool,
+) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    // The first frame must be `open`.
+    let open = loop {
+        match next_frame(inbuf, conn.max_frame)? {
+            Some(Frame { body: FrameBody::Empty, .. }) => continue,
+            Some(Frame { body: FrameBody::Amqp { performative: Performative::Open(o), .. }, .. }) => break o,
+            Some(_) => return Err(ConnError(error(errors::NOT_ALLOWED, "the first frame must be open"))),
+            None => read_more(io, inbuf).await.map_err(|_| ConnError(error(errors::FRAMING_ERROR, "eof")))?,
+        }
+    };
+    conn.peer_max_frame = open.max_frame_size.max(512);
+    conn.hostname = open.hostname.clone().unwrap_or_else(|| "localhost".into());
+    conn.write(
+        0,
+        Performative::Open(Open {
+            container_id: format!("keybus-{}", conn.broker.config.namespace),
+            hostname: None,
+            max_frame_size: conn.max_frame,
+            channel_max: 65_535.min(conn.broker.config.limits.max_sessions_per_connection as u32 * 4) as u16,
+            idle_time_out: Some(IDLE_TIMEOUT_MS),
+            ..Default::default()
+        }),
+    );
+    if over_limit {
+        return Err(ConnError(error(
+            errors::RESOURCE_LIMIT,
+            format!(
+                "the broker already has the maximum of {} connections",
+                conn.broker.config.limits.max_connections
+            ),
+        )));
+    }
+    let peer_idle = open.idle_time_out.filter(|t| *t > 0).map(|t| Duration::from_millis(u64::from(t)));
+    let our_idle = Duration::from_millis(u64::from(IDLE_TIMEOUT_MS) * 2);
+    let heartbeat_every = peer_idle.map_or(HEARTBEAT, |p| (p / 2).min(HEARTBEAT));
+    let mut ticker = tokio::time::interval(heartbeat_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_in = Instant::now();
+    let mut last_out = Instant::now();
+    loop {
+        while let Some(frame) = next_frame(inbuf, conn.max_frame)? {
+            conn.handle_frame(frame)?;
+            if conn.closed {
+                break;
+            }
+        }
+        conn.flush_sends();
+        if !conn.out.is_empty() {
+            io.write_all(&conn.out).await.map_err(|_| ConnError(error(errors::FRAMING_ERROR, "write failed")))?;
+            conn.out.clear();
+            last_out = Instant::now();
+        }
+        if conn.closed {
+            return Ok(());
+        }
+        tokio::select! {
+            r = read_more(io, inbuf) => {
+                if r.is_err() {
+                    return Ok(());
+                }
+                last_in = Instant::now();
+            }
+            ev = rx.recv() => {
+                if let Some(ev) = ev {
+                    conn.handle_event(ev);
+                    while let Ok(ev) = rx.try_recv() {
+                        conn.handle_event(ev);
+                    }
+                }
+            }
+            _ = ticker.tick() => {
+                if last_in.elapsed() > our_idle {
+                    return Err(ConnError(error("amqp:resource-limit-exceeded", "idle timeout: no frames received")));
+                }
+                if last_out.elapsed() >= heartbeat_every {
+                    keybus_amqp::encode_empty_frame(&mut conn.out);
+                }
+                conn.check_token_expiry();
+            }
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! AMQP error conditions used by the server, and the one mapping from domain errors.
+
+use keybus_amqp::{AmqpError, Symbol};
+use keybus_core::ErrorCondition;
+
+pub const DECODE_ERROR: &str = "amqp:decode-error";
+pub const FRAMING_ERROR: &str = "amqp:connection:framing-error";
+pub const RESOURCE_LIMIT: &str = "amqp:resource-limit-exceeded";
+pub const NOT_ALLOWED: &str = "amqp:not-allowed";
+pub const NOT_FOUND: &str = "amqp:not-found";
+pub const UNAUTHORIZED: &str = "amqp:unauthorized-access";
+pub const INTERNAL: &str = "amqp:internal-error";
+pub const NOT_IMPLEMENTED: &str = "amqp:not-implemented";
+pub const INVALID_FIELD: &str = "amqp:invalid-field";
+pub const UNATTACHED_HANDLE: &str = "amqp:session:unattached-handle";
+pub const MESSAGE_SIZE_EXCEEDED: &str = "amqp:link:message-size-exceeded";
+pub const TIMEOUT: &str = "com.microsoft:timeout";
+
+pub fn error(condition: &str, description: impl Into<String>) -> AmqpError {
+    AmqpError {
+        condition: Symbol::from(condition),
+        description: Some(description.into()),
+        info: None,
+    }
+}
+
+pub fn from_condition(c: ErrorCondition, description: impl Into<String>) -> AmqpError {
+    error(c.symbol(), description)
+}
+
+/// The description the JS SDK needs to recognise a missing entity (wire reference §0 rule 19).
+pub fn entity_not_found(host: &str, path: &str) -> AmqpError {
+    error(
+        NOT_FOUND,
+        format!("The messaging entity 'sb://{host}/{path}' could not be found. To know more visit https://aka.ms/sbResourceMgrExceptions."),
+    )
+}

@@ -1,0 +1,941 @@
+//! Links: attach and detach, incoming transfers (sends, `$cbs` and `$management` requests),
+//! credit and outgoing transfers (`pump`), and settlement by disposition.
+
+use std::sync::Arc;
+
+use keybus_amqp::{
+    AmqpError, Attach, Bytes, BytesMut, DeliveryState, Detach, Disposition, Flow, Message,
+    Performative, ReceiverSettleMode, Role, SenderSettleMode, Source, Target, Transfer, Value,
+};
+use keybus_core::{IncomingMessage, LockToken, NodeAddress, NodeKind, Outcome, ReceiveMode, SubQueue};
+
+use super::connection::{Conn, ConnError};
+use super::errors::{self, error};
+use crate::broker::{ConnEvent, Entity, Waiter};
+use crate::config::Right;
+
+/// Credit we grant to client senders, topped up when half is used.
+const SENDER_CREDIT: u32 = 1000;
+
+/// What a link is attached to.
+pub enum LinkKind {
+    /// Client sends messages to an entity.
+    EntityIn { entity: Arc<Entity> },
+    /// Client receives messages from an entity (sub-queue).
+    EntityOut {
+        entity: Arc<Entity>,
+        sub: SubQueue,
+        mode: ReceiveMode,
+        credit: u32,
+        delivery_count: u32,
+        waiting: bool,
+        unsettled: u32,
+    },
+    /// Requests to `$cbs`.
+    CbsIn,
+    /// Requests to `<entity>/$management`.
+    MgmtIn { entity: Arc<Entity>, sub: SubQueue },
+    /// Responses from `$cbs` or `$management` (`node` is the normalised node address).
+    ReplyOut { node: String, target: Option<String>, next_tag: u64 },
+}
+
+/// A partly received multi-frame transfer.
+pub struct Partial {
+    delivery_id: u32,
+    format: u32,
+    settled: bool,
+    buf: BytesMut,
+    oversize: bool,
+}
+
+/// One attached link.
+pub struct Link {
+    pub name: String,
+    pub kind: LinkKind,
+    pub generation: u64,
+    /// The entity path and right that authorised the attach (re-checked on token expiry).
+    pub auth: Option<(String, Right)>,
+    partial: Option<Partial>,
+    /// For links the client sends on: credit left and the client's delivery count.
+    in_credit: u32,
+    in_count: u32,
+}
+
+/// A send waiting for the end of the input batch so its store write can share a commit.
+pub struct PendingSend {
+    pub channel: u16,
+    pub delivery_id: u32,
+    pub settled: bool,
+    pub entity: Arc<Entity>,
+    pub result: Result<Vec<IncomingMessage>, (&'static str, String)>,
+}
+
+fn node_key(addr: &NodeAddress) -> String {
+    match addr.kind {
+        NodeKind::Cbs => "$cbs".into(),
+        NodeKind::Management(sub) => format!("{}{}/$management", addr.entity, sub_suffix(sub)),
+        NodeKind::Entity(sub) => format!("{}{}", addr.entity, sub_suffix(sub)),
+    }
+}
+
+fn sub_suffix(sub: SubQueue) -> &'static str {
+    match sub {
+        SubQueue::Main => "",
+        SubQueue::DeadLetter => "/$deadletterqueue",
+        SubQueue::TransferDeadLetter => "/$transfer/$deadletterqueue",
+    }
+}
+
+fn outcome_of(state: &DeliveryState) -> Option<Outcome> {
+    match state {
+        DeliveryState::Accepted => Some(Outcome::Complete),
+        DeliveryState::Released => Some(Outcome::Release),
+        DeliveryState::Modified { undeliverable_here, message_annotations, .. } => {
+            let properties = message_annotations.clone();
+            if *undeliverable_here == Some(true) {
+                Some(Outcome::Defer { properties })
+            } else {
+                Some(Outcome::Abandon { properties })
+            }
+        }
+        DeliveryState::Rejected { error } => {
+            let mut reason = None;
+            let mut description = error.as_ref().and_then(|e| e.description.clone());
+            let mut properties = Vec::new();
+            if let Some(info) = error.as_ref().and_then(|e| e.info.as_ref()) {
+                for (k, v) in info {
+                    match k.as_str() {
+                        Some("DeadLetterReason") => reason = v.as_str().map(str::to_string),
+                        Some("DeadLetterErrorDescription") => {
+                            if let Some(d) = v.as_str() {
+                                description = Some(d.to_string());
+                            }
+                        }
+                        _ => properties.push((k.clone(), v.clone())),
+                    }
+                }
+            }
+            Some(Outcome::DeadLetter {
+                reason,
+                description,
+                properties: (!properties.is_empty()).then_some(properties),
+            })
+        }
+        DeliveryState::Received { .. } => None,
+    }
+}
+
+/// The state we echo for a successful settlement (wire reference §6.2).
+fn echo_of(state: &DeliveryState) -> DeliveryState {
+    match state {
+        DeliveryState::Rejected { .. } => DeliveryState::Rejected { error: None },
+        other => other.clone(),
+    }
+}
+
+impl Conn {
+    pub(super) fn on_session_frame(
+        &mut self,
+        channel: u16,
+        p: Performative,
+        payload: Bytes,
+    ) -> Result<(), ConnError> {
+        match p {
+            Performative::Attach(a) => self.on_attach(channel, a),
+            Performative::Detach(d) => {
+                self.on_detach(channel, d);
+                Ok(())
+            }
+            Performative::Flow(f) => {
+                self.on_session_flow(channel, &f);
+                self.on_link_flow(channel, &f);
+                Ok(())
+            }
+            Performative::Transfer(t) => {
+                self.count_incoming_transfer(channel);
+                self.on_transfer(channel, t, payload)
+            }
+            Performative::Disposition(d) => {
+                self.on_disposition(channel, d);
+                Ok(())
+            }
+            _ => Err(ConnError(error(errors::NOT_ALLOWED, "unexpected performative"))),
+        }
+    }
+
+    /// Does a live token on this connection grant `right` on `path`?
+    pub fn authorized(&self, path: &str, right: Right) -> bool {
+        let now = self.broker.now();
+        self.grants.iter().any(|(_, g)| {
+            g.expires_at_ms > now
+                && crate::sas::covers(&g.resource, path)
+                && (g.rights.contains(&right) || g.rights.contains(&Right::Manage))
+        })
+    }
+
+    fn reply_attach(&mut self, channel: u16, a: &Attach, max_message_size: u64) {
+        let we_send = a.role == Role::Receiver;
+        let reply = Attach {
+            name: a.name.clone(),
+            handle: a.handle,
+            role: if we_send { Role::Sender } else { Role::Receiver },
+            snd_settle_mode: a.snd_settle_mode,
+            rcv_settle_mode: if we_send { a.rcv_settle_mode } else { ReceiverSettleMode::First },
+            source: Some(a.source.clone().unwrap_or_default()),
+            target: Some(a.target.clone().unwrap_or_default()),
+            initial_delivery_count: we_send.then_some(0),
+            max_message_size: Some(max_message_size),
+            ..Default::default()
+        };
+        self.write(channel, Performative::Attach(reply));
+    }
+
+    /// Refuse a link: attach with our terminus null, then detach with the error (§4.6).
+    fn refuse(&mut self, channel: u16, a: &Attach, err: AmqpError) {
+        let we_send = a.role == Role::Receiver;
+        let reply = Attach {
+            name: a.name.clone(),
+            handle: a.handle,
+            role: if we_send { Role::Sender } else { Role::Receiver },
+            snd_settle_mode: a.snd_settle_mode,
+            rcv_settle_mode: a.rcv_settle_mode,
+            source: if we_send { None } else { a.source.clone() },
+            target: if we_send { a.target.clone() } else { None },
+            initial_delivery_count: we_send.then_some(0),
+            ..Default::default()
+        };
+        self.write(channel, Performative::Attach(reply));
+        self.write(
+            channel,
+            Performative::Detach(Detach { handle: a.handle, closed: true, error: Some(err) }),
+        );
+    }
+
+    fn add_link(&mut self, channel: u16, a: &Attach, kind: LinkKind, auth: Option<(String, Right)>) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        if let Some(s) = self.sessions.get_mut(&channel) {
+            s.links.insert(
+                a.handle,
+                Link {
+                    name: a.name.clone(),
+                    kind,
+                    generation,
+                    auth,
+                    partial: None,
+                    in_credit: SENDER_CREDIT,
+                    in_count: a.initial_delivery_count.unwrap_or(0),
+                },
+            );
+        }
+    }
+
+    fn on_attach(&mut self, channel: u16, a: Attach) -> Result<(), ConnError> {
+        let limit = self.broker.config.limits.max_links_per_session;
+        let (count, in_use) = self
+            .sessions
+            .get(&channel)
+            .map(|s| (s.links.len(), s.links.contains_key(&a.handle)))
+            .unwrap_or((0, false));
+        if in_use {
+            return Err(ConnError(error(errors::NOT_ALLOWED, format!("handle {} is already attached", a.handle))));
+        }
+        if count >= limit {
+            self.refuse(channel, &a, error(errors::RESOURCE_LIMIT, format!("the session already has the maximum of {limit} links")));
+            return Ok(());
+        }
+        let client_sends = a.role == Role::Sender;
+        let address = if client_sends {
+            a.target.as_ref().and_then(|t| t.address.clone())
+        } else {
+            a.source.as_ref().and_then(|s| s.address.clone())
+        };
+        let Some(addr) = address.as_deref().and_then(NodeAddress::parse) else {
+            self.refuse(channel, &a, error(errors::INVALID_FIELD, format!("invalid node address {address:?}")));
+            return Ok(());
+        };
+        if addr.kind == NodeKind::Cbs {
+            if client_sends {
+                self.reply_attach(channel, &a, 1024 * 1024);
+                self.grant_credit(channel, a.handle, a.initial_delivery_count.unwrap_or(0), SENDER_CREDIT);
+                self.add_link(channel, &a, LinkKind::CbsIn, None);
+            } else {
+                self.reply_attach(channel, &a, 1024 * 1024);
+                let target = a.target.as_ref().and_then(|t| t.address.clone());
+                self.add_link(channel, &a, LinkKind::ReplyOut { node: "$cbs".into(), target, next_tag: 0 }, None);
+            }
+            return Ok(());
+        }
+        let Some(entity) = self.broker.entity(&addr.entity) else {
+            let host = self.hostname.clone();
+            self.refuse(channel, &a, errors::entity_not_found(&host, &addr.entity));
+            return Ok(());
+        };
+        let max_size = entity.lock().queue.properties().max_message_size;
+        let sub = addr.sub_queue();
+        match addr.kind {
+            NodeKind::Management(_) => {
+                let ok = [Right::Listen, Right::Send, Right::Manage]
+                    .iter()
+                    .any(|r| self.authorized(&addr.entity, *r));
+                if !ok {
+                    self.refuse(channel, &a, unauthorized(&addr.entity));
+                    return Ok(());
+                }
+                self.reply_attach(channel, &a, max_size);
+                if client_sends {
+                    self.grant_credit(channel, a.handle, a.initial_delivery_count.unwrap_or(0), SENDER_CREDIT);
+                    self.add_link(channel, &a, LinkKind::MgmtIn { entity, sub }, None);
+                } else {
+                    let target = a.target.as_ref().and_then(|t| t.address.clone());
+                    let node = node_key(&addr);
+                    self.add_link(channel, &a, LinkKind::ReplyOut { node, target, next_tag: 0 }, None);
+                }
+            }
+            NodeKind::Entity(_) if client_sends => {
+                if sub != SubQueue::Main {
+                    self.refuse(channel, &a, error(errors::NOT_ALLOWED, "cannot send to a dead-letter sub-queue"));
+                    return Ok(());
+                }
+                if !self.authorized(&addr.entity, Right::Send) {
+                    self.refuse(channel, &a, unauthorized(&addr.entity));
+                    return Ok(());
+                }
+                self.reply_attach(channel, &a, max_size);
+                self.grant_credit(channel, a.handle, a.initial_delivery_count.unwrap_or(0), SENDER_CREDIT);
+                self.add_link(channel, &a, LinkKind::EntityIn { entity }, Some((addr.entity.clone(), Right::Send)));
+            }
+            NodeKind::Entity(_) => {
+                if !self.authorized(&addr.entity, Right::Listen) {
+                    self.refuse(channel, &a, unauthorized(&addr.entity));
+                    return Ok(());
+                }
+                let session_filter = a
+                    .source
+                    .as_ref()
+                    .and_then(|s| s.filter.as_ref())
+                    .and_then(|f| keybus_amqp::map_get(f, "com.microsoft:session-filter"))
+                    .is_some();
+                let requires_session = entity.lock().queue.properties().requires_session;
+                if session_filter || (requires_session && sub == SubQueue::Main) {
+                    self.refuse(channel, &a, error(errors::NOT_ALLOWED, "session receivers are not supported by this keybus version"));
+                    return Ok(());
+                }
+                let mode = if a.snd_settle_mode == SenderSettleMode::Settled {
+                    ReceiveMode::ReceiveAndDelete
+                } else {
+                    ReceiveMode::PeekLock
+                };
+                self.reply_attach(channel, &a, max_size);
+                let kind = LinkKind::EntityOut {
+                    entity,
+                    sub,
+                    mode,
+                    credit: 0,
+                    delivery_count: 0,
+                    waiting: false,
+                    unsettled: 0,
+                };
+                self.add_link(channel, &a, kind, Some((addr.entity.clone(), Right::Listen)));
+            }
+            NodeKind::Cbs => {}
+        }
+        Ok(())
+    }
+
+    fn grant_credit(&mut self, channel: u16, handle: u32, delivery_count: u32, credit: u32) {
+        if let Some(s) = self.sessions.get(&channel) {
+            let mut flow = super::connection::session_flow(s);
+            flow.handle = Some(handle);
+            flow.delivery_count = Some(delivery_count);
+            flow.link_credit = Some(credit);
+            self.write(channel, Performative::Flow(flow));
+        }
+    }
+
+    fn on_detach(&mut self, channel: u16, d: Detach) {
+        if let Some(s) = self.sessions.get_mut(&channel) {
+            s.links.remove(&d.handle);
+        }
+        self.write(channel, Performative::Detach(Detach { handle: d.handle, closed: d.closed, error: None }));
+    }
+
+    /// Detach a link from our side with an error.
+    pub fn force_detach(&mut self, channel: u16, handle: u32, err: AmqpError) {
+        if let Some(s) = self.sessions.get_mut(&channel) {
+            s.links.remove(&handle);
+        }
+        self.write(channel, Performative::Detach(Detach { handle, closed: true, error: Some(err) }));
+    }
+
+    /// Detach links whose authorising token has run out without a refresh.
+    pub fn check_token_expiry(&mut self) {
+        let now = self.broker.now();
+        let before = self.grants.len();
+        self.grants.retain(|(_, g)| g.expires_at_ms > now);
+        if self.grants.len() == before {
+            return;
+        }
+        let mut lost = Vec::new();
+        for (ch, s) in &self.sessions {
+            for (h, l) in &s.links {
+                if let Some((path, right)) = &l.auth
+                    && !self.authorized(path, *right)
+                {
+                    lost.push((*ch, *h, path.clone()));
+                }
+            }
+        }
+        for (ch, h, path) in lost {
+            self.force_detach(ch, h, unauthorized(&path));
+        }
+    }
+
+    fn on_link_flow(&mut self, channel: u16, f: &Flow) {
+        let Some(handle) = f.handle else { return };
+        let Some(s) = self.sessions.get_mut(&channel) else { return };
+        let Some(link) = s.links.get_mut(&handle) else { return };
+        let LinkKind::EntityOut { credit, delivery_count, .. } = &mut link.kind else {
+            if f.echo {
+                // Echo for links we receive on: restate our credit.
+                let dc = f.delivery_count.unwrap_or(0);
+                self.grant_credit(channel, handle, dc, SENDER_CREDIT);
+            }
+            return;
+        };
+        let peer_count = f.delivery_count.unwrap_or(*delivery_count);
+        let limit = peer_count.wrapping_add(f.link_credit.unwrap_or(0));
+        *credit = limit.wrapping_sub(*delivery_count);
+        if *credit > 1 << 30 {
+            *credit = 0;
+        }
+        self.pump(channel, handle);
+        if f.drain || f.echo {
+            let Some(s) = self.sessions.get_mut(&channel) else { return };
+            let Some(link) = s.links.get_mut(&handle) else { return };
+            if let LinkKind::EntityOut { credit, delivery_count, .. } = &mut link.kind {
+                if f.drain {
+                    *delivery_count = delivery_count.wrapping_add(*credit);
+                    *credit = 0;
+                }
+                let mut flow = super::connection::session_flow(s);
+                if let Some(LinkKind::EntityOut { credit, delivery_count, .. }) =
+                    s.links.get(&handle).map(|l| &l.kind)
+                {
+                    flow.handle = Some(handle);
+                    flow.delivery_count = Some(*delivery_count);
+                    flow.link_credit = Some(*credit);
+                    flow.drain = f.drain;
+                }
+                self.write(channel, Performative::Flow(flow));
+            }
+        }
+    }
+
+    /// Deliver as many messages as credit, session window and the unsettled limit allow; if
+    /// credit is left, register to be woken when messages arrive.
+    pub fn pump(&mut self, channel: u16, handle: u32) {
+        let max_unsettled = self.broker.config.limits.max_unsettled_per_link;
+        let now = self.broker.now();
+        let tx = self.tx.clone();
+        let Some(s) = self.sessions.get_mut(&channel) else { return };
+        let window = s.remote_incoming_window;
+        let Some(link) = s.links.get_mut(&handle) else { return };
+        let generation = link.generation;
+        let LinkKind::EntityOut { entity, sub, mode, credit, waiting, unsettled, .. } = &mut link.kind
+        else {
+            return;
+        };
+        if *credit == 0 {
+            return;
+        }
+        let room = max_unsettled.saturating_sub(*unsettled);
+        let want = (*credit).min(window).min(room) as usize;
+        let entity = entity.clone();
+        let (sub, mode) = (*sub, *mode);
+        let mut deliveries = Vec::new();
+        {
+            let mut st = entity.lock();
+            while deliveries.len() < want {
+                match st.queue.acquire(sub, mode, now) {
+                    Some(d) => deliveries.push(d),
+                    None => break,
+                }
+            }
+            if deliveries.len() < *credit as usize && !*waiting {
+                st.waiters.push(Waiter { tx, sub, channel, handle, generation });
+                *waiting = true;
+            }
+            if let Some(fut) = entity.submit(&mut st) {
+                tokio::spawn(async move {
+                    if let Err(err) = fut.await {
+                        tracing::error!(%err, "store commit failed for receive-and-delete");
+                    }
+                });
+            }
+        }
+        let n = deliveries.len() as u32;
+        let LinkKind::EntityOut { credit, delivery_count, unsettled, .. } = &mut link.kind else { return };
+        *credit -= n;
+        *delivery_count = delivery_count.wrapping_add(n);
+        let settled = mode == ReceiveMode::ReceiveAndDelete;
+        if !settled {
+            *unsettled += n;
+        }
+        for d in deliveries {
+            let id = s.next_delivery_id;
+            s.next_delivery_id = id.wrapping_add(1);
+            if !settled {
+                s.unsettled.insert(id, (handle, d.lock_token, entity.clone()));
+            }
+            let tag = d.lock_token.to_delivery_tag();
+            let frames = write_transfer(&mut self.out, self.peer_max_frame, channel, handle, id, &tag, settled, &d.encoded);
+            s.next_outgoing_id = s.next_outgoing_id.wrapping_add(frames);
+            s.remote_incoming_window = s.remote_incoming_window.saturating_sub(frames);
+        }
+    }
+
+    pub(super) fn on_wake(&mut self, channel: u16, handle: u32, generation: u64) {
+        let Some(link) = self.sessions.get_mut(&channel).and_then(|s| s.links.get_mut(&handle)) else {
+            return;
+        };
+        if link.generation != generation {
+            return;
+        }
+        if let LinkKind::EntityOut { waiting, .. } = &mut link.kind {
+            *waiting = false;
+        }
+        self.pump(channel, handle);
+    }
+
+    fn on_transfer(&mut self, channel: u16, t: Transfer, payload: Bytes) -> Result<(), ConnError> {
+        let Some(s) = self.sessions.get_mut(&channel) else { return Ok(()) };
+        let Some(link) = s.links.get_mut(&t.handle) else {
+            return Err(ConnError(error(errors::UNATTACHED_HANDLE, format!("transfer on unattached handle {}", t.handle))));
+        };
+        let limit = match &link.kind {
+            LinkKind::EntityIn { entity, .. } => entity.lock().queue.properties().max_message_size as usize + 64 * 1024,
+            LinkKind::MgmtIn { entity, .. } => 2 * entity.lock().queue.properties().max_message_size as usize + 1024 * 1024,
+            LinkKind::CbsIn => 64 * 1024,
+            _ => return Err(ConnError(error(errors::NOT_ALLOWED, "transfer on a link the broker sends on"))),
+        };
+        let partial = match link.partial.take() {
+            Some(p) => p,
+            None => {
+                let Some(delivery_id) = t.delivery_id else {
+                    return Err(ConnError(error(errors::INVALID_FIELD, "first transfer frame has no delivery-id")));
+                };
+                Partial {
+                    delivery_id,
+                    format: t.message_format.unwrap_or(0),
+                    settled: t.settled.unwrap_or(false),
+                    buf: BytesMut::new(),
+                    oversize: false,
+                }
+            }
+        };
+        let mut partial = partial;
+        if t.aborted {
+            return Ok(());
+        }
+        if t.more {
+            if partial.buf.len() + payload.len() > limit {
+                partial.oversize = true;
+                partial.buf.clear();
+            } else if !partial.oversize {
+                partial.buf.extend_from_slice(&payload);
+            }
+            link.partial = Some(partial);
+            return Ok(());
+        }
+        let body: Bytes = if partial.buf.is_empty() && !partial.oversize {
+            payload
+        } else if partial.oversize || partial.buf.len() + payload.len() > limit {
+            partial.oversize = true;
+            Bytes::new()
+        } else {
+            partial.buf.extend_from_slice(&payload);
+            partial.buf.freeze()
+        };
+        let (delivery_id, settled, format, oversize) =
+            (partial.delivery_id, partial.settled, partial.format, partial.oversize);
+        link.in_count = link.in_count.wrapping_add(1);
+        link.in_credit = link.in_credit.saturating_sub(1);
+        let top_up = (link.in_credit < SENDER_CREDIT / 2).then(|| {
+            link.in_credit = SENDER_CREDIT;
+            link.in_count
+        });
+        match &mut link.kind {
+            LinkKind::EntityIn { entity } => {
+                let entity = entity.clone();
+                let max = entity.lock().queue.properties().max_message_size as usize;
+                let result = if oversize || body.len() > max {
+                    Err((
+                        errors::MESSAGE_SIZE_EXCEEDED,
+                        format!("The received message (delivery-id:{delivery_id}, size:{} bytes) exceeds the limit ({max} bytes) currently allowed on the link.", body.len().max(max + 1)),
+                    ))
+                } else {
+                    decode_incoming(&body, format)
+                };
+                self.pending_sends.push(PendingSend { channel, delivery_id, settled, entity, result });
+            }
+            LinkKind::CbsIn => {
+                if !settled {
+                    self.settle_request(channel, delivery_id);
+                }
+                let Ok(msg) = Message::decode(&body) else { return Ok(()) };
+                self.on_cbs_request(channel, &msg);
+            }
+            LinkKind::MgmtIn { entity, sub } => {
+                let (entity, sub) = (entity.clone(), *sub);
+                if !settled {
+                    self.settle_request(channel, delivery_id);
+                }
+                if oversize {
+                    return Ok(());
+                }
+                let Ok(msg) = Message::decode(&body) else { return Ok(()) };
+                self.on_management_request(channel, entity, sub, msg);
+            }
+            _ => {}
+        }
+        if let Some(count) = top_up {
+            self.grant_credit(channel, t.handle, count, SENDER_CREDIT);
+        }
+        Ok(())
+    }
+
+    fn settle_request(&mut self, channel: u16, delivery_id: u32) {
+        self.write(
+            channel,
+            Performative::Disposition(Disposition {
+                role: Role::Receiver,
+                first: delivery_id,
+                last: None,
+                settled: true,
+                state: Some(DeliveryState::Accepted),
+                batchable: false,
+            }),
+        );
+    }
+
+    /// Enqueue every send read in this input batch; one store commit per entity.
+    pub fn flush_sends(&mut self) {
+        if self.pending_sends.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending_sends);
+        let now = self.broker.now();
+        while !pending.is_empty() {
+            let entity = pending[0].entity.clone();
+            let (group, rest): (Vec<_>, Vec<_>) =
+                pending.into_iter().partition(|p| Arc::ptr_eq(&p.entity, &entity));
+            pending = rest;
+            let mut results = Vec::with_capacity(group.len());
+            let mut seqs = Vec::new();
+            let fut = {
+                let mut st = entity.lock();
+                for p in group {
+                    let r = match p.result {
+                        Ok(msgs) => match st.queue.enqueue(msgs, now) {
+                            Ok(s) => {
+                                seqs.extend(s);
+                                Ok(())
+                            }
+                            Err(e) => Err((e.condition().symbol(), e.to_string())),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    results.push((p.channel, p.delivery_id, p.settled, r));
+                }
+                entity.submit(&mut st)
+            };
+            let tx = self.tx.clone();
+            let entity = entity.clone();
+            let finish = move |ok: Result<(), keybus_core::StoreError>| {
+                let failed = ok.as_ref().err().map(|e| e.to_string());
+                {
+                    let mut st = entity.lock();
+                    if failed.is_none() {
+                        if st.queue.commit_pending(&seqs) {
+                            st.wake();
+                        }
+                    } else {
+                        st.queue.abort_pending(&seqs);
+                    }
+                }
+                let mut by_channel: Vec<(u16, Vec<(u32, Result<(), (&'static str, String)>)>)> = Vec::new();
+                for (ch, id, settled, r) in results {
+                    if settled {
+                        continue;
+                    }
+                    let r = match (&failed, r) {
+                        (Some(e), Ok(())) => Err((errors::INTERNAL, format!("the message could not be stored: {e}"))),
+                        (_, r) => r,
+                    };
+                    match by_channel.iter_mut().find(|(c, _)| *c == ch) {
+                        Some((_, v)) => v.push((id, r)),
+                        None => by_channel.push((ch, vec![(id, r)])),
+                    }
+                }
+                by_channel
+            };
+            match fut {
+                None => {
+                    for (channel, results) in finish(Ok(())) {
+                        self.on_sends_done(channel, results);
+                    }
+                }
+                Some(fut) => {
+                    tokio::spawn(async move {
+                        let r = fut.await;
+                        for (channel, results) in finish(r) {
+                            let _ = tx.send(ConnEvent::SendsDone { channel, results });
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_sends_done(&mut self, channel: u16, results: Vec<(u32, Result<(), (&'static str, String)>)>) {
+        if !self.sessions.contains_key(&channel) {
+            return;
+        }
+        let mut states = Vec::with_capacity(results.len());
+        for (id, r) in results {
+            let state = match r {
+                Ok(()) => DeliveryState::Accepted,
+                Err((cond, desc)) => DeliveryState::Rejected { error: Some(error(cond, desc)) },
+            };
+            states.push((id, state));
+        }
+        self.write_dispositions(channel, Role::Receiver, states);
+    }
+
+    /// Write settled dispositions, coalescing consecutive ids with equal states into ranges.
+    fn write_dispositions(&mut self, channel: u16, role: Role, mut states: Vec<(u32, DeliveryState)>) {
+        states.sort_by_key(|(id, _)| *id);
+        let mut i = 0;
+        while i < states.len() {
+            let (first, state) = (states[i].0, states[i].1.clone());
+            let mut last = first;
+            let mut j = i + 1;
+            while j < states.len() && states[j].0 == last.wrapping_add(1) && states[j].1 == state {
+                last = states[j].0;
+                j += 1;
+            }
+            self.write(
+                channel,
+                Performative::Disposition(Disposition {
+                    role,
+                    first,
+                    last: (last != first).then_some(last),
+                    settled: true,
+                    state: Some(state),
+                    batchable: false,
+                }),
+            );
+            i = j;
+        }
+    }
+
+    fn on_disposition(&mut self, channel: u16, d: Disposition) {
+        if d.role != Role::Receiver {
+            return;
+        }
+        let Some(state) = d.state.clone() else { return };
+        let Some(outcome) = outcome_of(&state) else { return };
+        let now = self.broker.now();
+        let last = d.last.unwrap_or(d.first);
+        let Some(s) = self.sessions.get_mut(&channel) else { return };
+        let span = last.wrapping_sub(d.first) as usize;
+        let ids: Vec<u32> = if span < s.unsettled.len().max(64) {
+            (0..=span as u32).map(|k| d.first.wrapping_add(k)).collect()
+        } else {
+            let mut v: Vec<u32> = s
+                .unsettled
+                .keys()
+                .copied()
+                .filter(|id| id.wrapping_sub(d.first) as usize <= span)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let mut results = Vec::with_capacity(ids.len());
+        let mut futures = Vec::new();
+        let mut touched = Vec::new();
+        for id in ids {
+            let Some((handle, token, entity)) = s.unsettled.remove(&id) else {
+                if d.first == id || d.last.is_none() {
+                    results.push((id, lock_lost_state()));
+                }
+                continue;
+            };
+            if let Some(LinkKind::EntityOut { unsettled, .. }) = s.links.get_mut(&handle).map(|l| &mut l.kind) {
+                *unsettled = unsettled.saturating_sub(1);
+                touched.push(handle);
+            }
+            let mut st = entity.lock();
+            let r = st.queue.settle(token, outcome.clone(), now);
+            if let Some(f) = entity.submit(&mut st) {
+                futures.push(f);
+            }
+            if matches!(outcome, Outcome::Release | Outcome::Abandon { .. }) && r.is_ok() {
+                st.wake();
+            }
+            drop(st);
+            results.push((id, match r {
+                Ok(()) => echo_of(&state),
+                Err(e) => DeliveryState::Rejected { error: Some(errors::from_condition(e.condition(), e.to_string())) },
+            }));
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        if !d.settled {
+            if futures.is_empty() {
+                self.write_dispositions(channel, Role::Sender, results);
+            } else {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let mut failed = None;
+                    for f in futures {
+                        if let Err(e) = f.await {
+                            failed = Some(e);
+                        }
+                    }
+                    let results = match failed {
+                        None => results,
+                        Some(e) => results
+                            .into_iter()
+                            .map(|(id, _)| (id, DeliveryState::Rejected { error: Some(error(errors::INTERNAL, e.to_string())) }))
+                            .collect(),
+                    };
+                    let _ = tx.send(ConnEvent::SettlesDone { channel, results });
+                });
+            }
+        }
+        for h in touched {
+            self.pump(channel, h);
+        }
+    }
+
+    pub(super) fn on_settles_done(&mut self, channel: u16, results: Vec<(u32, DeliveryState)>) {
+        if self.sessions.contains_key(&channel) {
+            self.write_dispositions(channel, Role::Sender, results);
+        }
+    }
+
+    /// Find the link a response goes out on (wire reference §7.1 routing rule).
+    pub fn reply_link(&self, channel: u16, reply_to: Option<&str>, node: &str) -> Option<(u16, u32)> {
+        let replies = || {
+            self.sessions.iter().flat_map(|(ch, s)| {
+                s.links.iter().filter_map(move |(h, l)| match &l.kind {
+                    LinkKind::ReplyOut { node, target, .. } => Some((*ch, *h, l.name.as_str(), node.as_str(), target.as_deref())),
+                    _ => None,
+                })
+            })
+        };
+        if let Some(rt) = reply_to {
+            if let Some((ch, h, ..)) = replies().find(|(_, _, _, _, t)| *t == Some(rt)) {
+                return Some((ch, h));
+            }
+            if let Some((ch, h, ..)) = replies().find(|(_, _, name, _, _)| *name == rt) {
+                return Some((ch, h));
+            }
+        }
+        replies()
+            .find(|(ch, _, _, n, _)| *ch == channel && n.eq_ignore_ascii_case(node))
+            .or_else(|| replies().find(|(_, _, _, n, _)| n.eq_ignore_ascii_case(node)))
+            .map(|(ch, h, ..)| (ch, h))
+    }
+
+    /// Send a response message pre-settled on a reply link.
+    pub fn send_reply(&mut self, channel: u16, handle: u32, message: &[u8]) {
+        let Some(s) = self.sessions.get_mut(&channel) else { return };
+        let Some(link) = s.links.get_mut(&handle) else { return };
+        let LinkKind::ReplyOut { next_tag, .. } = &mut link.kind else { return };
+        let tag = next_tag.to_be_bytes();
+        *next_tag += 1;
+        let id = s.next_delivery_id;
+        s.next_delivery_id = id.wrapping_add(1);
+        let frames = write_transfer(&mut self.out, self.peer_max_frame, channel, handle, id, &tag, true, message);
+        s.next_outgoing_id = s.next_outgoing_id.wrapping_add(frames);
+        s.remote_incoming_window = s.remote_incoming_window.saturating_sub(frames);
+    }
+}
+
+fn unauthorized(path: &str) -> AmqpError {
+    error(
+        errors::UNAUTHORIZED,
+        format!("Unauthorized access. A valid token with the needed claim is required to perform this operation on '{path}'."),
+    )
+}
+
+fn lock_lost_state() -> DeliveryState {
+    DeliveryState::Rejected {
+        error: Some(errors::from_condition(
+            keybus_core::ErrorCondition::MessageLockLost,
+            keybus_core::SettleError::LockLost.to_string(),
+        )),
+    }
+}
+
+/// Decode a received transfer into messages (a batch holds one encoded message per `data`).
+fn decode_incoming(body: &Bytes, format: u32) -> Result<Vec<IncomingMessage>, (&'static str, String)> {
+    let bad = |e: keybus_amqp::DecodeError| (errors::DECODE_ERROR, format!("the message could not be decoded: {e}"));
+    let msg = Message::decode(body).map_err(bad)?;
+    if format == keybus_amqp::BATCH_MESSAGE_FORMAT {
+        let inner = msg.batch_inner_messages().map_err(bad)?;
+        inner
+            .iter()
+            .map(|b| {
+                Ok(IncomingMessage { message: Message::decode(b).map_err(bad)?, size: b.len() as u32 })
+            })
+            .collect()
+    } else {
+        Ok(vec![IncomingMessage { message: msg, size: body.len() as u32 }])
+    }
+}
+
+/// Write one delivery as transfer frames no larger than the peer's max frame size. Returns
+/// the number of frames written.
+#[allow(clippy::too_many_arguments)]
+pub fn write_transfer(
+    out: &mut BytesMut,
+    peer_max_frame: u32,
+    channel: u16,
+    handle: u32,
+    delivery_id: u32,
+    tag: &[u8],
+    settled: bool,
+    payload: &[u8],
+) -> u32 {
+    let room = (peer_max_frame as usize).saturating_sub(128).max(256);
+    let mut frames = 0;
+    let mut rest = payload;
+    loop {
+        let first = frames == 0;
+        let n = rest.len().min(room);
+        let (chunk, tail) = rest.split_at(n);
+        let more = !tail.is_empty();
+        let t = Transfer {
+            handle,
+            delivery_id: first.then_some(delivery_id),
+            delivery_tag: first.then(|| Bytes::copy_from_slice(tag)),
+            message_format: first.then_some(0),
+            settled: first.then_some(settled),
+            more,
+            ..Default::default()
+        };
+        keybus_amqp::encode_amqp_frame(channel, &Performative::Transfer(t), chunk, out);
+        frames += 1;
+        rest = tail;
+        if !more {
+            return frames;
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_types(_: Source, _: Target, _: LockToken, _: Value) {}

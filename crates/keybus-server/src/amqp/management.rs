@@ -1,0 +1,257 @@
+//! The `$management` node of an entity (wire reference §7): lock renewal, peek, scheduling,
+//! deferred receive and settlement by lock token. Responses that follow a store write are sent
+//! only once the write is durable.
+
+use std::sync::Arc;
+
+use keybus_amqp::{Bytes, Message, Value};
+use keybus_core::{
+    CommitFuture, ErrorCondition, IncomingMessage, LockToken, ManagementError, Outcome,
+    ReceiveMode, SubQueue,
+};
+
+use super::cbs::{app_prop, body_value, response};
+use super::connection::Conn;
+use crate::broker::{ConnEvent, Entity};
+use crate::config::Right;
+
+/// A failed operation: status code, error condition, description.
+struct OpError(i32, &'static str, String);
+
+impl From<ManagementError> for OpError {
+    fn from(e: ManagementError) -> Self {
+        let c = e.condition();
+        OpError(c.status_code(), c.symbol(), e.to_string())
+    }
+}
+
+fn bad(desc: impl Into<String>) -> OpError {
+    OpError(400, ErrorCondition::ArgumentError.symbol(), desc.into())
+}
+
+/// What an operation produced: the response body, and the write (with its follow-up) that must
+/// be durable before the response goes out.
+struct Done {
+    status: i32,
+    body: Option<Value>,
+    commit: Option<CommitFuture>,
+    after_commit: Option<Box<dyn FnOnce(bool) + Send>>,
+}
+
+impl Done {
+    fn ok(body: Value) -> Done {
+        Done { status: 200, body: Some(body), commit: None, after_commit: None }
+    }
+}
+
+fn key(k: &str) -> Value {
+    Value::String(k.to_string())
+}
+
+fn map(entries: Vec<(&str, Value)>) -> Value {
+    Value::Map(entries.into_iter().map(|(k, v)| (key(k), v)).collect())
+}
+
+fn field<'a>(body: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
+    keybus_amqp::map_get(body, name)
+}
+
+fn elements(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(items) | Value::List(items) => items,
+        _ => &[],
+    }
+}
+
+fn lock_tokens(body: &[(Value, Value)]) -> Result<Vec<LockToken>, OpError> {
+    let v = field(body, "lock-tokens").ok_or_else(|| bad("missing lock-tokens"))?;
+    elements(v)
+        .iter()
+        .map(|t| match t {
+            Value::Uuid(u) => Ok(LockToken(*u)),
+            _ => Err(bad("lock-tokens must be an array of uuid")),
+        })
+        .collect()
+}
+
+fn sequence_numbers(body: &[(Value, Value)]) -> Result<Vec<i64>, OpError> {
+    let v = field(body, "sequence-numbers").ok_or_else(|| bad("missing sequence-numbers"))?;
+    elements(v).iter().map(|n| n.as_i64().ok_or_else(|| bad("sequence-numbers must be longs"))).collect()
+}
+
+fn opt_string(body: &[(Value, Value)], name: &str) -> Option<String> {
+    field(body, name).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+/// The right each operation needs (wire reference §3.7).
+fn required_right(op: &str) -> Right {
+    match op {
+        "com.microsoft:schedule-message" | "com.microsoft:cancel-scheduled-message" => Right::Send,
+        _ => Right::Listen,
+    }
+}
+
+impl Conn {
+    pub(super) fn on_management_request(&mut self, channel: u16, entity: Arc<Entity>, sub: SubQueue, msg: Message) {
+        let op = app_prop(&msg, "operation").and_then(Value::as_str).unwrap_or("").to_string();
+        let entity_key = entity.lock().queue.name().to_string();
+        let node = match sub {
+            SubQueue::Main => format!("{entity_key}/$management"),
+            SubQueue::DeadLetter => format!("{entity_key}/$deadletterqueue/$management"),
+            SubQueue::TransferDeadLetter => format!("{entity_key}/$transfer/$deadletterqueue/$management"),
+        };
+        let reply_to = msg.properties.as_ref().and_then(|p| p.reply_to.clone());
+        let Some((ch, h)) = self.reply_link(channel, reply_to.as_deref(), &node) else {
+            tracing::debug!(%op, "management request without a reply link");
+            return;
+        };
+        let result = if self.authorized(&entity_key, required_right(&op)) {
+            let body = body_value(&msg);
+            let fields = body.as_ref().and_then(Value::as_map).unwrap_or(&[]);
+            self.management_op(&op, &entity, sub, fields)
+        } else {
+            Err(OpError(401, "amqp:unauthorized-access", format!("Unauthorized access: '{op}' on '{entity_key}' needs the {:?} right.", required_right(&op))))
+        };
+        match result {
+            Err(OpError(status, cond, desc)) => {
+                let bytes = mgmt_response(&msg, status, &desc, Some(cond), None);
+                self.send_reply(ch, h, &bytes);
+            }
+            Ok(Done { status, body, commit: None, after_commit }) => {
+                if let Some(f) = after_commit {
+                    f(true);
+                }
+                let bytes = mgmt_response(&msg, status, "OK", None, body);
+                self.send_reply(ch, h, &bytes);
+            }
+            Ok(Done { status, body, commit: Some(fut), after_commit }) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let r = fut.await;
+                    if let Some(f) = after_commit {
+                        f(r.is_ok());
+                    }
+                    let bytes = match r {
+                        Ok(()) => mgmt_response(&msg, status, "OK", None, body),
+                        Err(e) => mgmt_response(&msg, 500, &e.to_string(), Some(ErrorCondition::InternalError.symbol()), None),
+                    };
+                    let _ = tx.send(ConnEvent::Reply { channel: ch, handle: h, message: bytes });
+                });
+            }
+        }
+    }
+
+    fn management_op(&mut self, op: &str, entity: &Arc<Entity>, sub: SubQueue, body: &[(Value, Value)]) -> Result<Done, OpError> {
+        let now = self.broker.now();
+        let mut st = entity.lock();
+        match op {
+            "com.microsoft:renew-lock" => {
+                let mut out = Vec::new();
+                for t in lock_tokens(body)? {
+                    out.push(Value::Timestamp(st.queue.renew_lock(t, now).map_err(ManagementError::from)?));
+                }
+                Ok(Done::ok(map(vec![("expirations", Value::Array(out))])))
+            }
+            "com.microsoft:peek-message" => {
+                let from = field(body, "from-sequence-number").and_then(Value::as_i64).unwrap_or(1);
+                let count = field(body, "message-count").and_then(Value::as_i64).unwrap_or(1).clamp(0, 1000) as usize;
+                let msgs = st.queue.peek(sub, from, count, now);
+                if msgs.is_empty() {
+                    return Ok(Done { status: 204, body: None, commit: None, after_commit: None });
+                }
+                let list = msgs.into_iter().map(|m| map(vec![("message", Value::Binary(m))])).collect();
+                Ok(Done::ok(map(vec![("messages", Value::List(list))])))
+            }
+            "com.microsoft:schedule-message" => {
+                let items = field(body, "messages").map(elements).unwrap_or(&[]);
+                let mut incoming = Vec::with_capacity(items.len());
+                for item in items {
+                    let bytes = item
+                        .as_map()
+                        .and_then(|m| field(m, "message"))
+                        .and_then(Value::as_binary)
+                        .ok_or_else(|| bad("each scheduled message needs a 'message' binary"))?;
+                    let message = Message::decode(bytes).map_err(|e| bad(format!("the scheduled message could not be decoded: {e}")))?;
+                    incoming.push(IncomingMessage { message, size: bytes.len() as u32 });
+                }
+                let seqs = st.queue.schedule(incoming, now).map_err(ManagementError::from)?;
+                let commit = entity.submit(&mut st);
+                let e = entity.clone();
+                let pending = seqs.clone();
+                let after: Box<dyn FnOnce(bool) + Send> = Box::new(move |ok| {
+                    let mut st = e.lock();
+                    if ok {
+                        if st.queue.commit_pending(&pending) {
+                            st.wake();
+                        }
+                    } else {
+                        st.queue.abort_pending(&pending);
+                    }
+                });
+                let out = seqs.into_iter().map(Value::Long).collect();
+                Ok(Done { status: 200, body: Some(map(vec![("sequence-numbers", Value::Array(out))])), commit, after_commit: Some(after) })
+            }
+            "com.microsoft:cancel-scheduled-message" => {
+                st.queue.cancel_scheduled(&sequence_numbers(body)?);
+                let commit = entity.submit(&mut st);
+                Ok(Done { status: 200, body: Some(map(vec![])), commit, after_commit: None })
+            }
+            "com.microsoft:receive-by-sequence-number" => {
+                let seqs = sequence_numbers(body)?;
+                let mode = match field(body, "receiver-settle-mode").and_then(Value::as_u32) {
+                    Some(0) => ReceiveMode::ReceiveAndDelete,
+                    _ => ReceiveMode::PeekLock,
+                };
+                let ds = st.queue.receive_deferred(sub, &seqs, mode, now)?;
+                let commit = entity.submit(&mut st);
+                let list = ds
+                    .into_iter()
+                    .map(|d| {
+                        let mut m = vec![("message", Value::Binary(d.encoded))];
+                        if mode == ReceiveMode::PeekLock {
+                            m.insert(0, ("lock-token", Value::Uuid(d.lock_token.0)));
+                        }
+                        map(m)
+                    })
+                    .collect();
+                Ok(Done { status: 200, body: Some(map(vec![("messages", Value::List(list))])), commit, after_commit: None })
+            }
+            "com.microsoft:update-disposition" => {
+                let status = field(body, "disposition-status").and_then(Value::as_str).unwrap_or("");
+                let properties = field(body, "properties-to-modify").and_then(Value::as_map).map(<[_]>::to_vec);
+                let outcome = match status {
+                    "completed" => Outcome::Complete,
+                    "abandoned" => Outcome::Abandon { properties },
+                    "defered" | "deferred" => Outcome::Defer { properties },
+                    "suspended" => Outcome::DeadLetter {
+                        reason: opt_string(body, "deadletter-reason"),
+                        description: opt_string(body, "deadletter-description"),
+                        properties,
+                    },
+                    other => return Err(bad(format!("unknown disposition-status '{other}'"))),
+                };
+                for t in lock_tokens(body)? {
+                    st.queue.settle(t, outcome.clone(), now).map_err(ManagementError::from)?;
+                }
+                if matches!(outcome, Outcome::Abandon { .. }) {
+                    st.wake();
+                }
+                let commit = entity.submit(&mut st);
+                Ok(Done { status: 200, body: Some(map(vec![])), commit, after_commit: None })
+            }
+            other => Err(OpError(501, "amqp:not-implemented", format!("The operation '{other}' is not supported by this keybus version."))),
+        }
+    }
+}
+
+/// A `$management` response (camelCase keys, wire reference §7.1).
+fn mgmt_response(request: &Message, status: i32, description: &str, condition: Option<&str>, body: Option<Value>) -> Bytes {
+    let mut app = vec![
+        (key("statusCode"), Value::Int(status)),
+        (key("statusDescription"), Value::String(description.to_string())),
+    ];
+    if let Some(c) = condition {
+        app.push((key("errorCondition"), Value::Symbol(keybus_amqp::Symbol::from(c))));
+    }
+    response(request, app, body)
+}

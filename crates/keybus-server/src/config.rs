@@ -1,0 +1,437 @@
+//! Configuration: the keybus TOML file or the Service Bus emulator's `Config.json`, told apart
+//! by content, validated into a [`Config`] with typed values. Unknown keys in the TOML file
+//! fail the boot with the key named.
+
+use std::path::Path;
+
+use keybus_core::{EntityDefinition, EntityKind, QueueProperties, validate_entity_name};
+use serde::Deserialize;
+
+/// A right a SAS policy grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum Right {
+    Manage,
+    Send,
+    Listen,
+}
+
+/// A shared access policy (SAS key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SasPolicy {
+    pub name: String,
+    pub key: String,
+    pub rights: Vec<Right>,
+}
+
+/// Limits on everything a client can make the broker hold.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_sessions_per_connection: usize,
+    pub max_links_per_session: usize,
+    pub max_unsettled_per_link: u32,
+    pub max_frame_size: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1000,
+            max_sessions_per_connection: 256,
+            max_links_per_session: 256,
+            max_unsettled_per_link: 5000,
+            max_frame_size: 1024 * 1024,
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub namespace: String,
+    /// Policies from the file; empty means "generate one and keep it in the data dir".
+    pub policies: Vec<SasPolicy>,
+    pub limits: Limits,
+    pub entities: Vec<EntityDefinition>,
+    pub max_message_size: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            namespace: "keybus".into(),
+            policies: Vec::new(),
+            limits: Limits::default(),
+            entities: Vec::new(),
+            max_message_size: keybus_core::DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+/// A configuration that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid keybus TOML config: {0}")]
+    Toml(String),
+    #[error("invalid emulator Config.json: {0}")]
+    Json(String),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text)
+    }
+
+    /// Parse either format: a document whose first significant character is `{` is the
+    /// emulator's JSON (with `//` and `/* */` comments allowed), anything else keybus TOML.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let stripped = strip_json_comments(text);
+        if stripped.trim_start().starts_with('{') {
+            parse_emulator(&stripped)
+        } else {
+            parse_toml(text)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- keybus TOML
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawToml {
+    namespace: RawNamespace,
+    sas_policies: Vec<RawPolicy>,
+    limits: Limits,
+    queues: Vec<RawQueue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawNamespace {
+    name: String,
+    max_message_size: u64,
+}
+
+impl Default for RawNamespace {
+    fn default() -> Self {
+        Self { name: "keybus".into(), max_message_size: keybus_core::DEFAULT_MAX_MESSAGE_SIZE }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: String,
+    key: String,
+    rights: Vec<Right>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawQueue {
+    name: String,
+    lock_duration: Option<String>,
+    max_delivery_count: Option<u32>,
+    default_message_time_to_live: Option<String>,
+    dead_lettering_on_message_expiration: Option<bool>,
+    requires_duplicate_detection: Option<bool>,
+    duplicate_detection_history_time_window: Option<String>,
+    requires_session: Option<bool>,
+    max_message_size: Option<u64>,
+    max_size_in_megabytes: Option<u64>,
+    forward_to: Option<String>,
+    forward_dead_lettered_messages_to: Option<String>,
+}
+
+fn humantime_ms(key: &str, v: &str) -> Result<i64, ConfigError> {
+    humantime::parse_duration(v)
+        .map(|d| d.as_millis().min(i64::MAX as u128) as i64)
+        .map_err(|e| ConfigError::Invalid(format!("{key} = {v:?}: {e}")))
+}
+
+fn parse_toml(text: &str) -> Result<Config, ConfigError> {
+    let raw: RawToml = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+    let mut cfg = Config {
+        namespace: raw.namespace.name,
+        policies: raw
+            .sas_policies
+            .into_iter()
+            .map(|p| SasPolicy { name: p.name, key: p.key, rights: p.rights })
+            .collect(),
+        limits: raw.limits,
+        entities: Vec::new(),
+        max_message_size: raw.namespace.max_message_size,
+    };
+    for q in raw.queues {
+        let mut p = QueueProperties { max_message_size: cfg.max_message_size, ..Default::default() };
+        let key = |f: &str| format!("queues.{}.{f}", q.name);
+        if let Some(v) = &q.lock_duration {
+            p.lock_duration_ms = humantime_ms(&key("lock_duration"), v)?;
+        }
+        if let Some(v) = q.max_delivery_count {
+            p.max_delivery_count = v;
+        }
+        if let Some(v) = &q.default_message_time_to_live {
+            p.default_message_ttl_ms = Some(humantime_ms(&key("default_message_time_to_live"), v)?);
+        }
+        if let Some(v) = q.dead_lettering_on_message_expiration {
+            p.dead_lettering_on_message_expiration = v;
+        }
+        if let Some(v) = q.requires_duplicate_detection {
+            p.requires_duplicate_detection = v;
+        }
+        if let Some(v) = &q.duplicate_detection_history_time_window {
+            p.duplicate_detection_window_ms =
+                humantime_ms(&key("duplicate_detection_history_time_window"), v)?;
+        }
+        if let Some(v) = q.requires_session {
+            p.requires_session = v;
+        }
+        if let Some(v) = q.max_message_size {
+            p.max_message_size = v;
+        }
+        if let Some(v) = q.max_size_in_megabytes {
+            p.max_size_bytes = v.saturating_mul(1024 * 1024);
+        }
+        p.forward_to = q.forward_to.filter(|s| !s.is_empty());
+        p.forward_dead_lettered_messages_to =
+            q.forward_dead_lettered_messages_to.filter(|s| !s.is_empty());
+        cfg.entities.push(EntityDefinition { name: q.name, kind: EntityKind::Queue(p) });
+    }
+    validate(cfg)
+}
+
+// ---------------------------------------------------------------- emulator Config.json
+
+/// The emulator's documented key and policy (its Config.json carries no keys).
+pub const EMULATOR_POLICY: &str = "RootManageSharedAccessKey";
+pub const EMULATOR_KEY: &str = "SAS_KEY_VALUE";
+
+fn parse_emulator(text: &str) -> Result<Config, ConfigError> {
+    let err = |m: String| ConfigError::Json(m);
+    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
+    let user = doc.get("UserConfig").ok_or_else(|| err("missing UserConfig".into()))?;
+    let namespaces = user
+        .get("Namespaces")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| err("missing UserConfig.Namespaces".into()))?;
+    let ns = match namespaces.as_slice() {
+        [ns] => ns,
+        _ => return Err(err("UserConfig.Namespaces must hold exactly one namespace".into())),
+    };
+    let mut cfg = Config {
+        namespace: ns.get("Name").and_then(|v| v.as_str()).unwrap_or("sbemulatorns").to_string(),
+        policies: vec![SasPolicy {
+            name: EMULATOR_POLICY.into(),
+            key: EMULATOR_KEY.into(),
+            rights: vec![Right::Manage, Right::Send, Right::Listen],
+        }],
+        ..Config::default()
+    };
+    for q in ns.get("Queues").and_then(|v| v.as_array()).into_iter().flatten() {
+        let name = q
+            .get("Name")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| err("a queue has no Name".into()))?;
+        let props = q.get("Properties").cloned().unwrap_or(serde_json::Value::Null);
+        let p = emulator_queue_props(name, &props)?;
+        cfg.entities.push(EntityDefinition { name: name.to_string(), kind: EntityKind::Queue(p) });
+    }
+    if ns.get("Topics").and_then(|v| v.as_array()).is_some_and(|t| !t.is_empty()) {
+        tracing::warn!("Config.json declares topics; topics arrive in a later keybus version and are skipped");
+    }
+    validate(cfg)
+}
+
+fn emulator_queue_props(name: &str, p: &serde_json::Value) -> Result<QueueProperties, ConfigError> {
+    let mut q = QueueProperties::default();
+    let Some(obj) = p.as_object() else { return Ok(q) };
+    for (k, v) in obj {
+        let bad = || ConfigError::Json(format!("queue {name}: property {k} has an invalid value {v}"));
+        let dur = || v.as_str().and_then(parse_iso8601_ms).ok_or_else(bad);
+        match k.as_str() {
+            "LockDuration" => q.lock_duration_ms = dur()?,
+            "MaxDeliveryCount" => {
+                q.max_delivery_count = v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(bad)?
+            }
+            "DefaultMessageTimeToLive" => q.default_message_ttl_ms = Some(dur()?),
+            "DeadLetteringOnMessageExpiration" => {
+                q.dead_lettering_on_message_expiration = v.as_bool().ok_or_else(bad)?
+            }
+            "RequiresDuplicateDetection" => q.requires_duplicate_detection = v.as_bool().ok_or_else(bad)?,
+            "DuplicateDetectionHistoryTimeWindow" => q.duplicate_detection_window_ms = dur()?,
+            "RequiresSession" => q.requires_session = v.as_bool().ok_or_else(bad)?,
+            "ForwardTo" => q.forward_to = v.as_str().filter(|s| !s.is_empty()).map(str::to_string),
+            "ForwardDeadLetteredMessagesTo" => {
+                q.forward_dead_lettered_messages_to =
+                    v.as_str().filter(|s| !s.is_empty()).map(str::to_string)
+            }
+            other => {
+                return Err(ConfigError::Json(format!("queue {name}: unknown property {other}")));
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// Parse an ISO 8601 duration (`PT1M`, `P1DT2H`, `PT0.5S`) into milliseconds.
+pub fn parse_iso8601_ms(s: &str) -> Option<i64> {
+    let rest = s.strip_prefix('P')?;
+    let (date, time) = match rest.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (rest, None),
+    };
+    let mut total = 0f64;
+    let mut seen = false;
+    let mut take = |part: &str, units: &[(char, f64)]| -> Option<()> {
+        let mut num = String::new();
+        for c in part.chars() {
+            if c.is_ascii_digit() || c == '.' {
+                num.push(c);
+            } else {
+                let mult = units.iter().find(|(u, _)| *u == c)?.1;
+                let n: f64 = num.parse().ok()?;
+                total += n * mult;
+                num.clear();
+                seen = true;
+            }
+        }
+        num.is_empty().then_some(())
+    };
+    take(date, &[('Y', 365.0 * 86_400_000.0), ('M', 30.0 * 86_400_000.0), ('W', 7.0 * 86_400_000.0), ('D', 86_400_000.0)])?;
+    if let Some(t) = time {
+        take(t, &[('H', 3_600_000.0), ('M', 60_000.0), ('S', 1_000.0)])?;
+    }
+    if !seen || !total.is_finite() || total > i64::MAX as f64 {
+        return None;
+    }
+    Some(total as i64)
+}
+
+/// Remove `//` and `/* */` comments outside strings (the emulator's sample file has them).
+pub fn strip_json_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut in_str = false;
+    while let Some(c) = chars.next() {
+        if in_str {
+            out.push(c);
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            } else if c == '"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match (c, chars.peek()) {
+            ('"', _) => {
+                in_str = true;
+                out.push(c);
+            }
+            ('/', Some('/')) => {
+                for n in chars.by_ref() {
+                    if n == '\n' {
+                        out.push('\n');
+                        break;
+                    }
+                }
+            }
+            ('/', Some('*')) => {
+                chars.next();
+                let mut prev = ' ';
+                for n in chars.by_ref() {
+                    if prev == '*' && n == '/' {
+                        break;
+                    }
+                    prev = n;
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn validate(cfg: Config) -> Result<Config, ConfigError> {
+    if !(1024..=keybus_core::MAX_MESSAGE_SIZE_LIMIT).contains(&cfg.max_message_size) {
+        return Err(ConfigError::Invalid(format!(
+            "namespace.max_message_size {} is out of range (1024 to 104857600)",
+            cfg.max_message_size
+        )));
+    }
+    if cfg.limits.max_frame_size < 4096 {
+        return Err(ConfigError::Invalid("limits.max_frame_size must be at least 4096".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for e in &cfg.entities {
+        validate_entity_name(&e.name).map_err(ConfigError::Invalid)?;
+        if !seen.insert(e.key()) {
+            return Err(ConfigError::Invalid(format!("entity '{}' is declared twice", e.name)));
+        }
+        match &e.kind {
+            EntityKind::Queue(p) => {
+                p.validate().map_err(|m| ConfigError::Invalid(format!("queue '{}': {m}", e.name)))?
+            }
+        }
+    }
+    for p in &cfg.policies {
+        if p.name.is_empty() || p.key.is_empty() {
+            return Err(ConfigError::Invalid("a SAS policy needs a name and a key".into()));
+        }
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso8601() {
+        assert_eq!(parse_iso8601_ms("PT1M"), Some(60_000));
+        assert_eq!(parse_iso8601_ms("PT30S"), Some(30_000));
+        assert_eq!(parse_iso8601_ms("P1DT1H"), Some(90_000_000));
+        assert_eq!(parse_iso8601_ms("PT0.5S"), Some(500));
+        assert_eq!(parse_iso8601_ms("1M"), None);
+        assert_eq!(parse_iso8601_ms("P"), None);
+        assert_eq!(parse_iso8601_ms("PTxS"), None);
+    }
+
+    #[test]
+    fn emulator_file_with_comments() {
+        let text = r#"
+        // sample
+        { "UserConfig": { "Namespaces": [ { "Name": "sbemulatorns",
+            "Queues": [ { "Name": "queue.1", "Properties": { "LockDuration": "PT1M", /* x */
+              "MaxDeliveryCount": 3, "DefaultMessageTimeToLive": "PT1H", "RequiresSession": false } } ],
+            "Topics": [] } ], "Logging": { "Type": "File" } } }"#;
+        let cfg = Config::parse(text).unwrap();
+        assert_eq!(cfg.policies[0].key, "SAS_KEY_VALUE");
+        let EntityKind::Queue(p) = &cfg.entities[0].kind;
+        assert_eq!(p.lock_duration_ms, 60_000);
+        assert_eq!(p.max_delivery_count, 3);
+        assert_eq!(p.default_message_ttl_ms, Some(3_600_000));
+    }
+
+    #[test]
+    fn toml_file() {
+        let cfg = Config::parse(
+            "[[queues]]\nname = \"orders\"\nlock_duration = \"5s\"\n[[sas_policies]]\nname = \"a\"\nkey = \"k\"\nrights = [\"Send\"]\n",
+        )
+        .unwrap();
+        let EntityKind::Queue(p) = &cfg.entities[0].kind;
+        assert_eq!(p.lock_duration_ms, 5_000);
+        assert!(Config::parse("[[queues]]\nname = \"a\"\nbogus = 1\n").is_err());
+        assert!(Config::parse("[[queues]]\nname = \"a?b\"\n").is_err());
+        assert!(Config::parse("[[queues]]\nname = \"a\"\nlock_duration = \"1h\"\n").is_err());
+    }
+}

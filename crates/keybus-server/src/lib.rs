@@ -1,0 +1,157 @@
+//! keybus-server: the running broker.
+//!
+//! # Design
+//! Wires the pieces together: configuration, the store backend, the [`broker::Broker`]
+//! (entity registry over the sans-I/O core), the AMQP listener with one task per connection,
+//! the HTTP listener (`/health`), and the housekeeping ticker that drives lock expiry,
+//! schedules and TTL. [`serve`] is the whole server; `main` only parses flags.
+
+pub mod amqp;
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod sas;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use keybus_core::{Store, SystemClock};
+use tokio::net::TcpListener;
+
+use crate::broker::Broker;
+use crate::config::{Config, Right, SasPolicy};
+
+/// How often lock expiry, schedules and TTL are checked.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Options of `keybus serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub in_memory: bool,
+    pub amqp_port: u16,
+    pub http_port: u16,
+    pub bind: IpAddr,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("store: {0}")]
+    Store(#[from] keybus_core::StoreError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let what = what.into();
+    move |source| ServeError::Io { what, source }
+}
+
+/// The default policy when the config declares none: a generated key kept in the data dir.
+fn default_policies(opts: &ServeOptions) -> Result<Vec<SasPolicy>, ServeError> {
+    let generate = || {
+        let bytes: [u8; 32] = rand::random();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let key = if opts.in_memory {
+        generate()
+    } else {
+        let path = opts.data_dir.join("sas-key");
+        match std::fs::read_to_string(&path) {
+            Ok(k) if !k.trim().is_empty() => k.trim().to_string(),
+            _ => {
+                let k = generate();
+                std::fs::write(&path, format!("{k}\n")).map_err(io_err(format!("writing {}", path.display())))?;
+                k
+            }
+        }
+    };
+    Ok(vec![SasPolicy {
+        name: config::EMULATOR_POLICY.into(),
+        key,
+        rights: vec![Right::Manage, Right::Send, Right::Listen],
+    }])
+}
+
+/// Run the broker until `shutdown` resolves.
+pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let config = match &opts.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let store: Arc<dyn Store> = if opts.in_memory {
+        Arc::new(keybus_store::MemStore::new())
+    } else {
+        std::fs::create_dir_all(&opts.data_dir).map_err(io_err(format!("creating {}", opts.data_dir.display())))?;
+        keybus_store::open_embedded(&opts.data_dir)?
+    };
+    let policies = if config.policies.is_empty() { default_policies(&opts)? } else { config.policies.clone() };
+    let broker = Broker::open(config, policies, store, Arc::new(SystemClock)).await?;
+
+    let amqp = TcpListener::bind(SocketAddr::new(opts.bind, opts.amqp_port))
+        .await
+        .map_err(io_err(format!("binding AMQP port {}", opts.amqp_port)))?;
+    let http_listener = TcpListener::bind(SocketAddr::new(opts.bind, opts.http_port))
+        .await
+        .map_err(io_err(format!("binding HTTP port {}", opts.http_port)))?;
+    let amqp_addr = amqp.local_addr().map_err(io_err("AMQP listener"))?;
+    let http_addr = http_listener.local_addr().map_err(io_err("HTTP listener"))?;
+    let host = if opts.bind.is_unspecified() { "localhost".to_string() } else { opts.bind.to_string() };
+    let policy = &broker.policies[0];
+    println!("keybus: amqp listening on {amqp_addr}");
+    println!("keybus: http listening on {http_addr}");
+    println!(
+        "keybus: connection string: Endpoint=sb://{host}:{};SharedAccessKeyName={};SharedAccessKey={};UseDevelopmentEmulator=true;",
+        amqp_addr.port(),
+        policy.name,
+        policy.key
+    );
+    tracing::info!(entities = broker.entity_list().len(), in_memory = opts.in_memory, "keybus started");
+
+    let ticker = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(TICK);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                iv.tick().await;
+                broker.tick();
+            }
+        })
+    };
+    let http_task = tokio::spawn(http::serve(http_listener, broker.clone()));
+    let accept = {
+        let broker = broker.clone();
+        async move {
+            loop {
+                match amqp.accept().await {
+                    Ok((sock, peer)) => {
+                        let _ = sock.set_nodelay(true);
+                        let broker = broker.clone();
+                        tokio::spawn(amqp::serve_connection(broker, sock, peer.to_string()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown => {}
+    }
+    ticker.abort();
+    http_task.abort();
+    tracing::info!("keybus stopped");
+    Ok(())
+}

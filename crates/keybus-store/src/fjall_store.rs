@@ -1,0 +1,489 @@
+//! The embedded durable store on fjall (an LSM-tree with a write-ahead journal).
+//!
+//! One writer thread owns all writes. `commit` queues the batch on a bounded channel; the
+//! writer takes everything queued (up to [`FjallOptions::max_group_ops`] /
+//! [`FjallOptions::max_group_bytes`]), writes it as ONE fjall write batch (one journal record,
+//! atomic across keyspaces), makes the journal durable with ONE `fdatasync`, and then resolves
+//! every waiting future. A failed write or sync poisons the store.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+use bytes::BytesMut;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use keybus_core::{
+    CommitFuture, EntityDefinition, EntitySnapshot, Store, StoreError, StoreOp, SubQueue,
+};
+use tokio::sync::oneshot;
+
+use crate::codec::{self, FORMAT_VERSION, FORMAT_VERSION_KEY};
+
+/// Tuning of the writer.
+#[derive(Debug, Clone)]
+pub struct FjallOptions {
+    /// A group commit stops taking queued batches once it holds this many ops.
+    pub max_group_ops: usize,
+    /// ... or this many (approximate) bytes of message payload.
+    pub max_group_bytes: usize,
+    /// Capacity of the queue of submitted batches; `commit` blocks briefly when it is full.
+    pub queue_depth: usize,
+    /// fjall's block cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for FjallOptions {
+    fn default() -> Self {
+        Self {
+            max_group_ops: 4096,
+            max_group_bytes: 4 * 1024 * 1024,
+            queue_depth: 4096,
+            cache_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+fn io(context: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(format!("{context}: {e}"))
+}
+
+fn corrupt(context: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(context.to_string())
+}
+
+/// Handles to the database and its keyspaces (cheap to clone).
+#[derive(Clone)]
+struct Tables {
+    db: Database,
+    meta: Keyspace,
+    entities: Keyspace,
+    sequences: Keyspace,
+    messages: Keyspace,
+}
+
+impl Tables {
+    fn open(dir: &Path, options: &FjallOptions) -> Result<Self, StoreError> {
+        let ctx = |what: &str| format!("opening store at {}: {what}", dir.display());
+        let db = Database::builder(dir)
+            .manual_journal_persist(true)
+            .cache_size(options.cache_bytes)
+            .open()
+            .map_err(|e| io(&ctx("database"), e))?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(|e| io(&ctx(name), e))
+        };
+        let tables = Tables {
+            meta: ks("meta")?,
+            entities: ks("entities")?,
+            sequences: ks("sequences")?,
+            messages: ks("messages")?,
+            db: db.clone(),
+        };
+        tables.check_format(dir)?;
+        Ok(tables)
+    }
+
+    /// Write the format version into a new store; refuse a store of another version.
+    fn check_format(&self, dir: &Path) -> Result<(), StoreError> {
+        let stored = self
+            .meta
+            .get(FORMAT_VERSION_KEY)
+            .map_err(|e| io("reading format version", e))?;
+        match stored {
+            Some(v) => {
+                let bytes: [u8; 4] = v[..].try_into().map_err(|_| {
+                    corrupt(format!(
+                        "store at {} has a malformed format version ({} bytes)",
+                        dir.display(),
+                        v.len()
+                    ))
+                })?;
+                let version = u32::from_be_bytes(bytes);
+                if version != FORMAT_VERSION {
+                    return Err(corrupt(format!(
+                        "store at {} has on-disk format version {version}, but this build of \
+                         keybus reads only version {FORMAT_VERSION}; use a matching keybus \
+                         release or migrate the data",
+                        dir.display()
+                    )));
+                }
+                Ok(())
+            }
+            None => {
+                let empty = |k: &Keyspace| k.iter().next().is_none();
+                if !(empty(&self.entities) && empty(&self.sequences) && empty(&self.messages)) {
+                    return Err(corrupt(format!(
+                        "store at {} holds data but no format version",
+                        dir.display()
+                    )));
+                }
+                let mut batch = self.db.batch();
+                batch.insert(&self.meta, FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes());
+                batch
+                    .commit()
+                    .map_err(|e| io("writing format version", e))?;
+                self.db
+                    .persist(PersistMode::SyncAll)
+                    .map_err(|e| io("syncing format version", e))
+            }
+        }
+    }
+}
+
+/// One submitted batch and the future waiting for it.
+struct Request {
+    ops: Vec<StoreOp>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The embedded durable [`Store`], backed by fjall in one directory.
+pub struct FjallStore {
+    tables: Tables,
+    dir: PathBuf,
+    queue: Option<SyncSender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    poisoned: Arc<AtomicBool>,
+    fail_next: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for FjallStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FjallStore")
+            .field("dir", &self.dir)
+            .field("healthy", &self.healthy())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FjallStore {
+    /// Open (or create) the store in `dir` with default options.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, FjallOptions::default())
+    }
+
+    /// Open (or create) the store in `dir`.
+    pub fn open_with(dir: &Path, options: FjallOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(&format!("creating {}", dir.display()), e))?;
+        let tables = Tables::open(dir, &options)?;
+        let sequences = load_sequences(&tables)?;
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let fail_next = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::sync_channel(options.queue_depth.max(1));
+        let writer = Writer {
+            tables: tables.clone(),
+            rx,
+            poisoned: poisoned.clone(),
+            fail_next: fail_next.clone(),
+            sequences,
+            max_ops: options.max_group_ops.max(1),
+            max_bytes: options.max_group_bytes.max(1),
+            key: Vec::with_capacity(300),
+            value: BytesMut::with_capacity(64 * 1024),
+        };
+        let handle = std::thread::Builder::new()
+            .name("keybus-store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| io("spawning the writer thread", e))?;
+        Ok(Self {
+            tables,
+            dir: dir.to_path_buf(),
+            queue: Some(tx),
+            writer: Some(handle),
+            poisoned,
+            fail_next,
+        })
+    }
+
+    /// Fault injection for tests: the next group commit fails as if the journal write had
+    /// failed, which poisons the store.
+    #[doc(hidden)]
+    pub fn fail_next_write_for_tests(&self) {
+        self.fail_next.store(true, Ordering::Release);
+    }
+
+    /// The directory this store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn ready(result: Result<(), StoreError>) -> CommitFuture {
+    Box::pin(std::future::ready(result))
+}
+
+impl Store for FjallStore {
+    fn commit(&self, ops: Vec<StoreOp>) -> CommitFuture {
+        if self.poisoned.load(Ordering::Acquire) {
+            return ready(Err(StoreError::Poisoned));
+        }
+        let Some(queue) = &self.queue else {
+            return ready(Err(StoreError::Closed));
+        };
+        let (done, wait) = oneshot::channel();
+        let request = Request { ops, done };
+        // Enqueue synchronously so batches apply in the order of `commit` calls. A full queue
+        // means the writer is a group commit behind: wait for room (back-pressure).
+        let sent = match queue.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(request)) => queue.send(request).map_err(|_| ()),
+            Err(TrySendError::Disconnected(_)) => Err(()),
+        };
+        if sent.is_err() {
+            return ready(Err(StoreError::Closed));
+        }
+        Box::pin(async move { wait.await.unwrap_or(Err(StoreError::Closed)) })
+    }
+
+    fn list_entities(&self) -> Result<Vec<EntityDefinition>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tables.entities.iter() {
+            let (key, value) = item.into_inner().map_err(|e| io("reading entities", e))?;
+            let def: EntityDefinition = serde_json::from_slice(&value).map_err(|e| {
+                corrupt(format!(
+                    "entity definition '{}': {e}",
+                    String::from_utf8_lossy(&key)
+                ))
+            })?;
+            out.push(def);
+        }
+        Ok(out)
+    }
+
+    fn load_entity(&self, entity: &str) -> Result<EntitySnapshot, StoreError> {
+        let mut snap = EntitySnapshot::default();
+        if let Some(v) = self
+            .tables
+            .sequences
+            .get(entity)
+            .map_err(|e| io("reading sequence number", e))?
+        {
+            snap.next_sequence = decode_sequence(entity, &v)?;
+        }
+        let mut prefix = Vec::new();
+        codec::entity_prefix(&mut prefix, entity);
+        for item in self.tables.messages.prefix(&prefix) {
+            let (key, value) = item
+                .into_inner()
+                .map_err(|e| io(&format!("reading messages of '{entity}'"), e))?;
+            let (sub, seq) = codec::parse_message_key_suffix(&key[prefix.len()..])
+                .map_err(|e| corrupt(format!("message key of '{entity}': {e}")))?;
+            let rec = codec::decode_record(&value)
+                .map_err(|e| corrupt(format!("message {seq} of '{entity}': {e}")))?;
+            if rec.sequence_number != seq {
+                return Err(corrupt(format!(
+                    "message stored under sequence number {seq} of '{entity}' carries {}",
+                    rec.sequence_number
+                )));
+            }
+            if sub == codec::sub_byte(SubQueue::Main) {
+                snap.main.push(rec);
+            } else if sub == codec::sub_byte(SubQueue::DeadLetter) {
+                snap.dead_letter.push(rec);
+            } else {
+                return Err(corrupt(format!(
+                    "message {seq} of '{entity}' has sub-queue {sub}"
+                )));
+            }
+        }
+        Ok(snap)
+    }
+
+    fn healthy(&self) -> bool {
+        !self.poisoned.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for FjallStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and exit; fjall syncs its
+        // journal when the last database handle goes.
+        self.queue.take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn decode_sequence(entity: &str, v: &[u8]) -> Result<i64, StoreError> {
+    let bytes: [u8; 8] = v.try_into().map_err(|_| {
+        corrupt(format!(
+            "sequence number of '{entity}' has {} bytes, expected 8",
+            v.len()
+        ))
+    })?;
+    Ok(i64::from_be_bytes(bytes))
+}
+
+fn load_sequences(tables: &Tables) -> Result<HashMap<String, i64>, StoreError> {
+    let mut out = HashMap::new();
+    for item in tables.sequences.iter() {
+        let (key, value) = item
+            .into_inner()
+            .map_err(|e| io("reading sequence numbers", e))?;
+        let entity = String::from_utf8(key.to_vec())
+            .map_err(|_| corrupt("sequence number key is not UTF-8"))?;
+        let next = decode_sequence(&entity, &value)?;
+        out.insert(entity, next);
+    }
+    Ok(out)
+}
+
+/// The writer thread's state.
+struct Writer {
+    tables: Tables,
+    rx: Receiver<Request>,
+    poisoned: Arc<AtomicBool>,
+    fail_next: Arc<AtomicBool>,
+    /// Stored high-water marks, so `PutSequence` needs no read to only ever raise them.
+    sequences: HashMap<String, i64>,
+    max_ops: usize,
+    max_bytes: usize,
+    /// Reused key and value buffers.
+    key: Vec<u8>,
+    value: BytesMut,
+}
+
+fn approx_bytes(ops: &[StoreOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            StoreOp::PutMessage { record, .. } => record.size as usize + 64,
+            _ => 64,
+        })
+        .sum()
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut group: Vec<Request> = Vec::new();
+        // `recv` fails once every sender is gone and the queue is drained.
+        while let Ok(first) = self.rx.recv() {
+            let mut ops = first.ops.len();
+            let mut bytes = approx_bytes(&first.ops);
+            group.push(first);
+            while ops < self.max_ops && bytes < self.max_bytes {
+                match self.rx.try_recv() {
+                    Ok(next) => {
+                        ops += next.ops.len();
+                        bytes += approx_bytes(&next.ops);
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let result = if self.poisoned.load(Ordering::Acquire) {
+                Err(StoreError::Poisoned)
+            } else {
+                let r = self.write_group(&group);
+                if r.is_err() {
+                    self.poisoned.store(true, Ordering::Release);
+                }
+                r
+            };
+            for request in group.drain(..) {
+                // The waiter may have gone away; the batch is written regardless.
+                let _ = request.done.send(result.clone());
+            }
+        }
+    }
+
+    /// Write every batch of the group as one atomic fjall batch and sync it.
+    fn write_group(&mut self, group: &[Request]) -> Result<(), StoreError> {
+        let Tables {
+            db,
+            entities,
+            sequences,
+            messages,
+            ..
+        } = &self.tables;
+        let total: usize = group.iter().map(|r| r.ops.len()).sum();
+        let mut batch = fjall::OwnedWriteBatch::with_capacity(db.clone(), total);
+        for (ri, request) in group.iter().enumerate() {
+            for (oi, op) in request.ops.iter().enumerate() {
+                match op {
+                    StoreOp::PutEntity(def) => {
+                        let json = serde_json::to_vec(def)
+                            .map_err(|e| io(&format!("encoding entity '{}'", def.name), e))?;
+                        batch.insert(entities, def.key().as_bytes(), json);
+                    }
+                    StoreOp::DeleteEntity { entity } => {
+                        batch.remove(entities, entity.as_bytes());
+                        batch.remove(sequences, entity.as_bytes());
+                        self.sequences.remove(entity);
+                        // Messages already in the database...
+                        codec::entity_prefix(&mut self.key, entity);
+                        for item in messages.prefix(&self.key) {
+                            let key = item.key().map_err(|e| io("scanning messages", e))?;
+                            batch.remove(messages, key);
+                        }
+                        // ...and those put earlier in this group, not yet applied. A later
+                        // op on the same key in one batch wins.
+                        let earlier = group[..ri]
+                            .iter()
+                            .flat_map(|r| r.ops.iter())
+                            .chain(request.ops[..oi].iter());
+                        for op in earlier {
+                            if let StoreOp::PutMessage {
+                                entity: e,
+                                sub,
+                                record,
+                            } = op
+                                && e == entity
+                            {
+                                codec::message_key(&mut self.key, e, *sub, record.sequence_number);
+                                batch.remove(messages, self.key.as_slice());
+                            }
+                        }
+                    }
+                    StoreOp::PutSequence { entity, next } => {
+                        let raise = match self.sequences.get_mut(entity.as_str()) {
+                            Some(stored) if *stored >= *next => false,
+                            Some(stored) => {
+                                *stored = *next;
+                                true
+                            }
+                            None => {
+                                self.sequences.insert(entity.clone(), *next);
+                                true
+                            }
+                        };
+                        if raise {
+                            batch.insert(sequences, entity.as_bytes(), next.to_be_bytes());
+                        }
+                    }
+                    StoreOp::PutMessage {
+                        entity,
+                        sub,
+                        record,
+                    } => {
+                        codec::message_key(&mut self.key, entity, *sub, record.sequence_number);
+                        codec::encode_record(&mut self.value, record);
+                        batch.insert(messages, self.key.as_slice(), &self.value[..]);
+                    }
+                    StoreOp::DeleteMessage {
+                        entity,
+                        sub,
+                        sequence_number,
+                    } => {
+                        codec::message_key(&mut self.key, entity, *sub, *sequence_number);
+                        batch.remove(messages, self.key.as_slice());
+                    }
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if self.fail_next.swap(false, Ordering::AcqRel) {
+            return Err(StoreError::Io("injected write failure".into()));
+        }
+        batch
+            .commit()
+            .map_err(|e| io("writing to the journal", e))?;
+        db.persist(PersistMode::SyncData)
+            .map_err(|e| io("syncing the journal", e))
+    }
+}

@@ -1,0 +1,88 @@
+//! The `keybus` binary: `serve` runs the broker, `bench` drives a running one.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "keybus", version, about = "A self-hosted message broker that speaks Azure Service Bus")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Measure a running broker over AMQP 1.0.
+    Bench(keybus_cli::bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// keybus TOML file or the Service Bus emulator's Config.json.
+    #[arg(long, env = "KEYBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of the embedded store.
+    #[arg(long, env = "KEYBUS_DATA_DIR", default_value = "./keybus-data")]
+    data_dir: PathBuf,
+    /// Keep nothing on disk.
+    #[arg(long, env = "KEYBUS_IN_MEMORY")]
+    in_memory: bool,
+    /// Plain AMQP port (0 picks a free one).
+    #[arg(long, env = "KEYBUS_AMQP_PORT", default_value_t = 5672)]
+    amqp_port: u16,
+    /// HTTP port (0 picks a free one).
+    #[arg(long, env = "KEYBUS_HTTP_PORT", default_value_t = 5300)]
+    http_port: u16,
+    /// Address both listeners bind to.
+    #[arg(long, env = "KEYBUS_BIND", default_value = "127.0.0.1")]
+    bind: IpAddr,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYBUS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keybus: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(a) => {
+                let opts = keybus_server::ServeOptions {
+                    config: a.config,
+                    data_dir: a.data_dir,
+                    in_memory: a.in_memory,
+                    amqp_port: a.amqp_port,
+                    http_port: a.http_port,
+                    bind: a.bind,
+                };
+                let shutdown = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                keybus_server::serve(opts, shutdown).await.map_err(|e| e.to_string())
+            }
+            Command::Bench(a) => keybus_cli::bench::run(a).await.map_err(|e| e.to_string()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keybus: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

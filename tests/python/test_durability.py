@@ -1,0 +1,178 @@
+"""Durability: SIGKILL the broker (``--data-dir``) and restart it on the same directory."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from pathlib import Path
+from typing import Any, List, Set
+
+import pytest
+from azure.servicebus import ServiceBusClient, ServiceBusMessage
+
+from kbutil import receive_n
+
+Q_MAIN = "du-main"
+Q_CONCURRENT = "du-concurrent"
+DURABLE_QUEUES = {
+    Q_MAIN: {"lock_duration": "5s"},
+    Q_CONCURRENT: {"lock_duration": "5s"},
+}
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def _close_quietly(obj: Any, timeout: float = 10.0) -> None:
+    """Close an SDK object whose broker may be dead, without letting it hang the test."""
+
+    def run() -> None:
+        try:
+            obj.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+
+
+def _drain_and_complete(client: ServiceBusClient, queue: str, expected: int, timeout: float = 60.0) -> List[Any]:
+    """Receive and complete until ``expected`` messages arrived, then until the queue stays quiet."""
+    got: List[Any] = []
+    end = time.monotonic() + timeout
+    with client.get_queue_receiver(queue) as receiver:
+        while time.monotonic() < end:
+            msgs = receiver.receive_messages(max_message_count=50, max_wait_time=3)
+            for m in msgs:
+                receiver.complete_message(m)
+            got.extend(msgs)
+            if not msgs and len(got) >= expected:
+                break
+    return got
+
+
+def test_kill9_keeps_unsettled_and_forgets_completed(broker_factory, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    config = broker_factory.write_toml(DURABLE_QUEUES)
+    b = broker_factory.start(config, data_dir=data_dir, name="keybus-durable")
+
+    all_ids = [f"d-{i:03d}" for i in range(200)]
+    client = ServiceBusClient.from_connection_string(b.conn_str, retry_total=0)
+    try:
+        with client.get_queue_sender(Q_MAIN) as sender:
+            for start in range(0, 200, 50):
+                sender.send_messages([ServiceBusMessage(f"body-{i}", message_id=all_ids[i]) for i in range(start, start + 50)])
+        receiver = client.get_queue_receiver(Q_MAIN)
+        completed = receive_n(receiver, 50)
+        assert len(completed) == 50
+        for m in completed:
+            receiver.complete_message(m)
+        locked = receive_n(receiver, 20)  # received, NOT settled
+        assert len(locked) == 20
+        seen_before = completed + locked
+        assert len({m.message_id for m in seen_before}) == 70
+        max_seq_before = max(m.sequence_number for m in seen_before)
+        b.kill9()
+    finally:
+        _close_quietly(client)
+
+    completed_ids = {m.message_id for m in completed}
+    locked_ids = {m.message_id for m in locked}
+    expected = set(all_ids) - completed_ids
+    assert len(expected) == 150
+
+    broker_factory.restart(b)  # same --data-dir, new ports
+    client = ServiceBusClient.from_connection_string(b.conn_str)
+    try:
+        after = _drain_and_complete(client, Q_MAIN, expected=150)
+        after_ids = [m.message_id for m in after]
+        dupes = [k for k, v in collections.Counter(after_ids).items() if v > 1]
+        assert dupes == [], f"delivered twice after restart: {dupes[:10]}"
+        assert not (set(after_ids) & completed_ids), f"completed messages came back: {sorted(set(after_ids) & completed_ids)[:10]}"
+        assert set(after_ids) == expected, f"lost after restart: {sorted(expected - set(after_ids))[:10]}"
+        assert locked_ids <= set(after_ids)
+        for m in after:
+            assert m.body_type is not None
+            assert str(m) == "body-" + str(int(m.message_id[2:])), "body changed across restart"
+        # sequence numbers survive the restart and keep rising
+        seqs = [m.sequence_number for m in after]
+        assert len(set(seqs)) == len(seqs)
+        max_seq = max(max(seqs), max_seq_before)
+        assert max_seq == 200
+        with client.get_queue_sender(Q_MAIN) as sender:
+            sender.send_messages(ServiceBusMessage(b"after-restart", message_id="after"))
+        with client.get_queue_receiver(Q_MAIN) as receiver:
+            (m,) = receive_n(receiver, 1)
+            assert m.message_id == "after"
+            assert m.sequence_number > max_seq
+            receiver.complete_message(m)
+    finally:
+        _close_quietly(client)
+
+
+def test_kill9_during_concurrent_sends_keeps_every_acknowledged_message(broker_factory, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    config = broker_factory.write_toml(DURABLE_QUEUES)
+    b = broker_factory.start(config, data_dir=data_dir, name="keybus-durable-concurrent")
+
+    acked: Set[str] = set()
+    attempted: Set[str] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+    clients: List[ServiceBusClient] = []
+
+    def sender_thread(k: int) -> None:
+        client = ServiceBusClient.from_connection_string(b.conn_str, retry_total=0)
+        with lock:
+            clients.append(client)
+        try:
+            sender = client.get_queue_sender(Q_CONCURRENT)
+            n = 0
+            while not stop.is_set() and n < 2000:
+                mid = f"t{k}-{n:04d}"
+                with lock:
+                    attempted.add(mid)
+                sender.send_messages(ServiceBusMessage(mid.encode(), message_id=mid), timeout=10)
+                with lock:
+                    acked.add(mid)
+                n += 1
+        except Exception:  # noqa: BLE001 - expected once the broker is killed
+            pass
+
+    threads = [threading.Thread(target=sender_thread, args=(k,), daemon=True) for k in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with lock:
+            if len(acked) >= 200:
+                break
+        time.sleep(0.05)
+    with lock:
+        assert acked, "no send was acknowledged before the kill"
+    b.kill9()  # while the threads are still sending
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    for c in clients:
+        _close_quietly(c)
+    with lock:
+        acked_snapshot = set(acked)
+        attempted_snapshot = set(attempted)
+
+    broker_factory.restart(b)
+    client = ServiceBusClient.from_connection_string(b.conn_str)
+    try:
+        after = _drain_and_complete(client, Q_CONCURRENT, expected=len(acked_snapshot))
+    finally:
+        _close_quietly(client)
+    after_ids = [m.message_id for m in after]
+    dupes = [k for k, v in collections.Counter(after_ids).items() if v > 1]
+    assert dupes == [], f"duplicates after restart: {dupes[:10]}"
+    missing = acked_snapshot - set(after_ids)
+    assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:10]}"
+    phantom = set(after_ids) - attempted_snapshot
+    assert not phantom, f"messages nobody sent: {sorted(phantom)[:10]}"
+    for m in after:
+        assert str(m) == m.message_id
