@@ -2,7 +2,9 @@
 //! and whatever decodes must re-encode to something that decodes the same.
 #![no_main]
 
-use keybus_amqp::{Bytes, BytesMut, Message, Value, decode_frame, decode_frame_bytes, encode_frame};
+use keybus_amqp::{
+    Bytes, BytesMut, Message, Value, decode_frame, decode_frame_bytes, encode_frame,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
         let mut buf = BytesMut::new();
         encode_frame(frame.channel, &frame.body, &mut buf);
         let again = decode_frame(&buf, u32::MAX);
-        assert!(matches!(again, Ok(Some(_))), "re-encoded frame does not decode");
+        assert!(
+            matches!(again, Ok(Some(_))),
+            "re-encoded frame does not decode"
+        );
     }
     let bytes = Bytes::copy_from_slice(data);
     let _ = decode_frame_bytes(&bytes, 512);

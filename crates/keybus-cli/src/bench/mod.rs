@@ -68,7 +68,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "send,receive,latency")]
     pub phases: Vec<Phase>,
     /// Messages per send / receive phase (spread evenly over the queues).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 100_000)]
     pub messages: u64,
     /// Body size in bytes (one `data` section).
     #[arg(long, default_value_t = 1024)]
@@ -453,8 +453,11 @@ impl Bench {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let template = Arc::new(MessageTemplate::new(self.args.size, true));
         let before = self.meters.sample();
-        let pacing = Pacing { start: Instant::now(), interval: Duration::from_secs_f64(1.0 / rate_q) };
+        let interval = Duration::from_secs_f64(1.0 / rate_q);
+        let t0 = Instant::now();
         for p in &splace {
+            // Stagger the queues' schedules so the total rate is even, not bursts of `nq`.
+            let pacing = Pacing { start: t0 + interval.mul_f64(p.queue as f64 / nq as f64), interval };
             if let (Some(id), Some(c)) = (p.id, conns.get_mut(p.conn)) {
                 c.set_send_work(
                     id,

@@ -48,8 +48,9 @@ impl Conn {
             let name = app_prop(msg, "name").and_then(Value::as_str).unwrap_or("").to_string();
             let kind = app_prop(msg, "type").and_then(Value::as_str).unwrap_or("");
             let token = body_value(msg);
+            // Python sends `type = jwt` even for SAS tokens, so the token's own form decides.
             match (kind, token.as_ref().and_then(Value::as_str)) {
-                ("servicebus.windows.net:sastoken", Some(token)) => {
+                (_, Some(token)) if token.starts_with("SharedAccessSignature ") => {
                     match sas::validate(token, &name, &self.broker.policies, self.broker.now()) {
                         Ok(grant) => {
                             tracing::debug!(audience = %name, key = %grant.key_name, "token accepted");

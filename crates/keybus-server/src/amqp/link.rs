@@ -273,13 +273,16 @@ impl Conn {
         };
         let max_size = entity.lock().queue.properties().max_message_size;
         let sub = addr.sub_queue();
+        // Tokens are checked against the node's own path: a token for `q/$DeadLetterQueue`
+        // covers that sub-queue (and its `$management`), one for `q` covers all of them.
+        let path = node_key(&addr);
         match addr.kind {
             NodeKind::Management(_) => {
                 let ok = [Right::Listen, Right::Send, Right::Manage]
                     .iter()
-                    .any(|r| self.authorized(&addr.entity, *r));
+                    .any(|r| self.authorized(&path, *r));
                 if !ok {
-                    self.refuse(channel, &a, unauthorized(&addr.entity));
+                    self.refuse(channel, &a, unauthorized(&path));
                     return Ok(());
                 }
                 self.reply_attach(channel, &a, max_size);
@@ -297,17 +300,17 @@ impl Conn {
                     self.refuse(channel, &a, error(errors::NOT_ALLOWED, "cannot send to a dead-letter sub-queue"));
                     return Ok(());
                 }
-                if !self.authorized(&addr.entity, Right::Send) {
-                    self.refuse(channel, &a, unauthorized(&addr.entity));
+                if !self.authorized(&path, Right::Send) {
+                    self.refuse(channel, &a, unauthorized(&path));
                     return Ok(());
                 }
                 self.reply_attach(channel, &a, max_size);
                 self.grant_credit(channel, a.handle, a.initial_delivery_count.unwrap_or(0), SENDER_CREDIT);
-                self.add_link(channel, &a, LinkKind::EntityIn { entity }, Some((addr.entity.clone(), Right::Send)));
+                self.add_link(channel, &a, LinkKind::EntityIn { entity }, Some((path, Right::Send)));
             }
             NodeKind::Entity(_) => {
-                if !self.authorized(&addr.entity, Right::Listen) {
-                    self.refuse(channel, &a, unauthorized(&addr.entity));
+                if !self.authorized(&path, Right::Listen) {
+                    self.refuse(channel, &a, unauthorized(&path));
                     return Ok(());
                 }
                 let session_filter = a
@@ -336,7 +339,7 @@ impl Conn {
                     waiting: false,
                     unsettled: 0,
                 };
-                self.add_link(channel, &a, kind, Some((addr.entity.clone(), Right::Listen)));
+                self.add_link(channel, &a, kind, Some((path, Right::Listen)));
             }
             NodeKind::Cbs => {}
         }

@@ -105,7 +105,7 @@ impl Conn {
             tracing::debug!(%op, "management request without a reply link");
             return;
         };
-        let result = if self.authorized(&entity_key, required_right(&op)) {
+        let result = if self.authorized(&node, required_right(&op)) {
             let body = body_value(&msg);
             let fields = body.as_ref().and_then(Value::as_map).unwrap_or(&[]);
             self.management_op(&op, &entity, sub, fields)
