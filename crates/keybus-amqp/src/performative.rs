@@ -150,7 +150,8 @@ impl DescribedList for AmqpError {
         f(&[
             F::Sym(self.condition.as_str()),
             s_(&self.description),
-            map_(&self.info),
+            // Always three fields: Python's sender reads `error[2]` without a length check.
+            self.info.as_deref().map_or(F::Map(&[]), F::Map),
         ])
     }
 }

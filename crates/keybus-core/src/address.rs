@@ -48,19 +48,31 @@ impl NodeAddress {
             return None;
         }
         if path.eq_ignore_ascii_case("$cbs") {
-            return Some(NodeAddress { entity: String::new(), kind: NodeKind::Cbs });
+            return Some(NodeAddress {
+                entity: String::new(),
+                kind: NodeKind::Cbs,
+            });
         }
         let mut segs: Vec<&str> = path.split('/').collect();
         let mut management = false;
-        if segs.last().is_some_and(|s| s.eq_ignore_ascii_case("$management")) {
+        if segs
+            .last()
+            .is_some_and(|s| s.eq_ignore_ascii_case("$management"))
+        {
             management = true;
             segs.pop();
         }
         let mut sub = SubQueue::Main;
-        if segs.last().is_some_and(|s| s.eq_ignore_ascii_case("$deadletterqueue")) {
+        if segs
+            .last()
+            .is_some_and(|s| s.eq_ignore_ascii_case("$deadletterqueue"))
+        {
             segs.pop();
             sub = SubQueue::DeadLetter;
-            if segs.last().is_some_and(|s| s.eq_ignore_ascii_case("$transfer")) {
+            if segs
+                .last()
+                .is_some_and(|s| s.eq_ignore_ascii_case("$transfer"))
+            {
                 segs.pop();
                 sub = SubQueue::TransferDeadLetter;
             }
@@ -69,7 +81,11 @@ impl NodeAddress {
             return None;
         }
         let entity = segs.join("/").to_ascii_lowercase();
-        let kind = if management { NodeKind::Management(sub) } else { NodeKind::Entity(sub) };
+        let kind = if management {
+            NodeKind::Management(sub)
+        } else {
+            NodeKind::Entity(sub)
+        };
         Some(NodeAddress { entity, kind })
     }
 

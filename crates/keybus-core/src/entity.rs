@@ -58,7 +58,9 @@ impl QueueProperties {
         if let Some(ttl) = self.default_message_ttl_ms
             && ttl < 1_000
         {
-            return Err(format!("default message time to live {ttl} ms is below 1 s"));
+            return Err(format!(
+                "default message time to live {ttl} ms is below 1 s"
+            ));
         }
         if !(20_000..=7 * 24 * 3_600_000).contains(&self.duplicate_detection_window_ms) {
             return Err(format!(
@@ -104,13 +106,22 @@ pub fn validate_entity_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 260 {
         return Err(format!("entity name '{name}' must be 1 to 260 characters"));
     }
-    if name.chars().any(|c| matches!(c, '@' | '?' | '#' | '*' | '\\') || c.is_control()) {
-        return Err(format!("entity name '{name}' contains a forbidden character (@ ? # * \\)"));
+    if name
+        .chars()
+        .any(|c| matches!(c, '@' | '?' | '#' | '*' | '\\') || c.is_control())
+    {
+        return Err(format!(
+            "entity name '{name}' contains a forbidden character (@ ? # * \\)"
+        ));
     }
-    if name.starts_with('/') || name.ends_with('/') || name.contains("//") || name.starts_with('$') {
+    if name.starts_with('/') || name.ends_with('/') || name.contains("//") || name.starts_with('$')
+    {
         return Err(format!("entity name '{name}' is not a valid path"));
     }
-    if name.split('/').any(|s| s == "." || s == ".." || s.starts_with('$')) {
+    if name
+        .split('/')
+        .any(|s| s == "." || s == ".." || s.starts_with('$'))
+    {
         return Err(format!("entity name '{name}' is not a valid path"));
     }
     Ok(())

@@ -48,10 +48,18 @@ impl ErrorCondition {
 /// Why a send was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SendError {
-    #[error("The received message (size {size} bytes) exceeds the limit ({limit} bytes) currently allowed on the link.")]
+    #[error(
+        "The received message (size {size} bytes) exceeds the limit ({limit} bytes) currently allowed on the link."
+    )]
     MessageSizeExceeded { size: u64, limit: u64 },
-    #[error("The maximum entity size has been reached or exceeded for '{entity}'. Size: {size} bytes, limit: {limit} bytes.")]
-    QuotaExceeded { entity: String, size: u64, limit: u64 },
+    #[error(
+        "The maximum entity size has been reached or exceeded for '{entity}'. Size: {size} bytes, limit: {limit} bytes."
+    )]
+    QuotaExceeded {
+        entity: String,
+        size: u64,
+        limit: u64,
+    },
     #[error("{0}")]
     Argument(String),
 }
@@ -69,7 +77,9 @@ impl SendError {
 /// Why a settlement or lock renewal failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SettleError {
-    #[error("The lock supplied is invalid. Either the lock expired, or the message has already been removed from the queue.")]
+    #[error(
+        "The lock supplied is invalid. Either the lock expired, or the message has already been removed from the queue."
+    )]
     LockLost,
 }
 
@@ -86,7 +96,9 @@ pub enum ManagementError {
     Settle(#[from] SettleError),
     #[error("{0}")]
     Send(#[from] SendError),
-    #[error("The message with sequence number {0} could not be found (it is not deferred or does not exist).")]
+    #[error(
+        "The message with sequence number {0} could not be found (it is not deferred or does not exist)."
+    )]
     MessageNotFound(i64),
     #[error("{0}")]
     Argument(String),

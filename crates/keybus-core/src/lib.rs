@@ -17,8 +17,13 @@ pub mod store;
 
 pub use address::{NodeAddress, NodeKind, SubQueue};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use entity::{validate_entity_name, EntityDefinition, EntityKind, QueueProperties, DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT};
-pub use error::{ErrorCondition, SendError, SettleError, ManagementError};
-pub use queue::{encode_delivery, Delivery, IncomingMessage, LockToken, Outcome, Queue, QueueCounts, ReceiveMode};
+pub use entity::{
+    DEFAULT_MAX_MESSAGE_SIZE, EntityDefinition, EntityKind, MAX_MESSAGE_SIZE_LIMIT,
+    QueueProperties, validate_entity_name,
+};
+pub use error::{ErrorCondition, ManagementError, SendError, SettleError};
+pub use queue::{
+    Delivery, IncomingMessage, LockToken, Outcome, Queue, QueueCounts, ReceiveMode, encode_delivery,
+};
 pub use record::{MessageRecord, MessageState};
 pub use store::{CommitFuture, EntitySnapshot, Store, StoreError, StoreOp};

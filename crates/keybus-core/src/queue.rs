@@ -72,8 +72,12 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Complete,
-    Abandon { properties: Option<Vec<(Value, Value)>> },
-    Defer { properties: Option<Vec<(Value, Value)>> },
+    Abandon {
+        properties: Option<Vec<(Value, Value)>>,
+    },
+    Defer {
+        properties: Option<Vec<(Value, Value)>>,
+    },
     DeadLetter {
         reason: Option<String>,
         description: Option<String>,
@@ -109,7 +113,9 @@ struct MessageSet {
 
 impl MessageSet {
     fn index(&mut self, seq: i64) {
-        let Some(e) = self.entries.get(&seq) else { return };
+        let Some(e) = self.entries.get(&seq) else {
+            return;
+        };
         if e.pending {
             return;
         }
@@ -134,7 +140,9 @@ impl MessageSet {
     }
 
     fn unindex(&mut self, seq: i64) {
-        let Some(e) = self.entries.get(&seq) else { return };
+        let Some(e) = self.entries.get(&seq) else {
+            return;
+        };
         self.available.remove(&seq);
         if let Some(t) = e.rec.scheduled_time {
             self.scheduled.remove(&(t, seq));
@@ -245,11 +253,19 @@ impl Queue {
             {
                 q.remember_id(id, rec.enqueued_time);
             }
-            q.main.insert(Entry { rec, lock: None, pending: false });
+            q.main.insert(Entry {
+                rec,
+                lock: None,
+                pending: false,
+            });
         }
         for rec in snapshot.dead_letter {
             max_seq = max_seq.max(rec.sequence_number);
-            q.dlq.insert(Entry { rec, lock: None, pending: false });
+            q.dlq.insert(Entry {
+                rec,
+                lock: None,
+                pending: false,
+            });
         }
         q.next_seq = snapshot.next_sequence.max(max_seq + 1).max(1);
         q
@@ -352,7 +368,12 @@ impl Queue {
     }
 
     fn ttl_ms(&self, msg: &Message) -> Option<i64> {
-        let own = msg.header.as_ref().and_then(|h| h.ttl).map(i64::from).filter(|t| *t > 0);
+        let own = msg
+            .header
+            .as_ref()
+            .and_then(|h| h.ttl)
+            .map(i64::from)
+            .filter(|t| *t > 0);
         match (own, self.props.default_message_ttl_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -441,16 +462,18 @@ impl Queue {
             }
             message.delivery_annotations = None;
             if let Some(ann) = message.message_annotations.as_mut() {
-                ann.retain(|(k, _)| {
-                    !k.as_str().is_some_and(|k| BROKER_ANNOTATIONS.contains(&k))
-                });
+                ann.retain(|(k, _)| !k.as_str().is_some_and(|k| BROKER_ANNOTATIONS.contains(&k)));
             }
             let sched = scheduled_time(&message).filter(|t| *t > now);
             let seq = self.next_seq;
             self.next_seq += 1;
             let (state, enqueued_time, expires_at) = match sched {
                 Some(t) => (MessageState::Scheduled, t, None),
-                None => (MessageState::Active, now, self.ttl_ms(&message).map(|ttl| now.saturating_add(ttl))),
+                None => (
+                    MessageState::Active,
+                    now,
+                    self.ttl_ms(&message).map(|ttl| now.saturating_add(ttl)),
+                ),
             };
             let rec = MessageRecord {
                 sequence_number: seq,
@@ -467,10 +490,17 @@ impl Queue {
                 sub: SubQueue::Main,
                 record: rec.clone(),
             });
-            self.main.insert(Entry { rec, lock: None, pending: true });
+            self.main.insert(Entry {
+                rec,
+                lock: None,
+                pending: true,
+            });
             seqs.push(seq);
         }
-        self.ops.push(StoreOp::PutSequence { entity: self.name.clone(), next: self.next_seq });
+        self.ops.push(StoreOp::PutSequence {
+            entity: self.name.clone(),
+            next: self.next_seq,
+        });
         Ok(seqs)
     }
 
@@ -558,7 +588,11 @@ impl Queue {
     /// Find the message a live lock token names.
     fn locked(&self, token: LockToken, now: Timestamp) -> Result<(SubQueue, i64), SettleError> {
         let (sub, seq) = *self.locks.get(&token).ok_or(SettleError::LockLost)?;
-        let entry = self.set(sub).entries.get(&seq).ok_or(SettleError::LockLost)?;
+        let entry = self
+            .set(sub)
+            .entries
+            .get(&seq)
+            .ok_or(SettleError::LockLost)?;
         match entry.lock {
             Some(l) if l.token == token && l.until > now => Ok((sub, seq)),
             _ => Err(SettleError::LockLost),
@@ -601,11 +635,20 @@ impl Queue {
                 self.count_attempt(sub, seq, now);
             }
             Outcome::Defer { properties } => {
-                self.modify(sub, seq, properties.as_deref(), Some(MessageState::Deferred));
+                self.modify(
+                    sub,
+                    seq,
+                    properties.as_deref(),
+                    Some(MessageState::Deferred),
+                );
                 self.persist(sub, seq);
                 self.set_mut(sub).index(seq);
             }
-            Outcome::DeadLetter { reason, description, properties } => {
+            Outcome::DeadLetter {
+                reason,
+                description,
+                properties,
+            } => {
                 self.modify(sub, seq, properties.as_deref(), None);
                 if sub == SubQueue::Main {
                     self.dead_letter(seq, reason, description);
@@ -619,7 +662,11 @@ impl Queue {
     }
 
     /// Extend a lock by the lock duration; returns the new expiry.
-    pub fn renew_lock(&mut self, token: LockToken, now: Timestamp) -> Result<Timestamp, SettleError> {
+    pub fn renew_lock(
+        &mut self,
+        token: LockToken,
+        now: Timestamp,
+    ) -> Result<Timestamp, SettleError> {
         let (sub, seq) = self.locked(token, now)?;
         let until = now.saturating_add(self.props.lock_duration_ms);
         let set = self.set_mut(sub);
@@ -641,7 +688,9 @@ impl Queue {
         properties: Option<&[(Value, Value)]>,
         state: Option<MessageState>,
     ) {
-        let Some(e) = self.set_mut(sub).entries.get_mut(&seq) else { return };
+        let Some(e) = self.set_mut(sub).entries.get_mut(&seq) else {
+            return;
+        };
         if let Some(props) = properties.filter(|p| !p.is_empty()) {
             let msg = Arc::make_mut(&mut e.rec.message);
             for (k, v) in props {
@@ -669,14 +718,18 @@ impl Queue {
     /// dead-letter the message once it reaches the max delivery count.
     fn count_attempt(&mut self, sub: SubQueue, seq: i64, _now: Timestamp) {
         let max = self.props.max_delivery_count;
-        let Some(e) = self.set_mut(sub).entries.get_mut(&seq) else { return };
+        let Some(e) = self.set_mut(sub).entries.get_mut(&seq) else {
+            return;
+        };
         e.rec.delivery_count = e.rec.delivery_count.saturating_add(1);
         if sub == SubQueue::Main && e.rec.delivery_count >= max {
             let count = e.rec.delivery_count;
             self.dead_letter(
                 seq,
                 Some("MaxDeliveryCountExceeded".into()),
-                Some(format!("Message could not be consumed after {count} delivery attempts.")),
+                Some(format!(
+                    "Message could not be consumed after {count} delivery attempts."
+                )),
             );
         } else {
             self.persist(sub, seq);
@@ -686,7 +739,9 @@ impl Queue {
 
     /// Move a message of the main set to the dead-letter sub-queue, keeping its sequence number.
     fn dead_letter(&mut self, seq: i64, reason: Option<String>, description: Option<String>) {
-        let Some(mut entry) = self.main.remove(seq) else { return };
+        let Some(mut entry) = self.main.remove(seq) else {
+            return;
+        };
         {
             let msg = Arc::make_mut(&mut entry.rec.message);
             if let Some(r) = reason.filter(|r| !r.is_empty()) {
@@ -741,7 +796,11 @@ impl Queue {
                 }
                 let set = self.set_mut(sub);
                 set.unindex(seq);
-                let token = set.entries.get_mut(&seq).and_then(|e| e.lock.take()).map(|l| l.token);
+                let token = set
+                    .entries
+                    .get_mut(&seq)
+                    .and_then(|e| e.lock.take())
+                    .map(|l| l.token);
                 set.lock_expiry.remove(&(t, seq));
                 if let Some(token) = token {
                     self.locks.remove(&token);
@@ -755,7 +814,11 @@ impl Queue {
                 break;
             }
             self.main.unindex(seq);
-            let ttl = self.main.entries.get(&seq).and_then(|e| self.ttl_ms(&e.rec.message));
+            let ttl = self
+                .main
+                .entries
+                .get(&seq)
+                .and_then(|e| self.ttl_ms(&e.rec.message));
             if let Some(e) = self.main.entries.get_mut(&seq) {
                 e.rec.state = MessageState::Active;
                 e.rec.enqueued_time = t;
@@ -920,15 +983,20 @@ pub fn encode_delivery(rec: &MessageRecord, locked_until: Option<Timestamp>) -> 
     let src = &rec.message;
     let mut header = src.header.clone().unwrap_or_default();
     header.delivery_count = Some(rec.delivery_count);
-    let mut ann: Vec<(Value, Value)> = Vec::with_capacity(
-        src.message_annotations.as_ref().map_or(0, Vec::len) + 4,
-    );
+    let mut ann: Vec<(Value, Value)> =
+        Vec::with_capacity(src.message_annotations.as_ref().map_or(0, Vec::len) + 4);
     if let Some(a) = &src.message_annotations {
         ann.extend(a.iter().cloned());
     }
     let sym = |s: &str| Value::Symbol(Symbol::from(s));
-    ann.push((sym("x-opt-sequence-number"), Value::Long(rec.sequence_number)));
-    ann.push((sym("x-opt-enqueued-time"), Value::Timestamp(rec.enqueued_time)));
+    ann.push((
+        sym("x-opt-sequence-number"),
+        Value::Long(rec.sequence_number),
+    ));
+    ann.push((
+        sym("x-opt-enqueued-time"),
+        Value::Timestamp(rec.enqueued_time),
+    ));
     if let Some(t) = locked_until {
         ann.push((sym("x-opt-locked-until"), Value::Timestamp(t)));
     }

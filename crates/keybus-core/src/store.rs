@@ -29,9 +29,17 @@ pub enum StoreOp {
     /// Raise the entity's sequence high-water mark (the next number to hand out).
     PutSequence { entity: String, next: i64 },
     /// Create or replace a message.
-    PutMessage { entity: String, sub: SubQueue, record: MessageRecord },
+    PutMessage {
+        entity: String,
+        sub: SubQueue,
+        record: MessageRecord,
+    },
     /// Remove a message.
-    DeleteMessage { entity: String, sub: SubQueue, sequence_number: i64 },
+    DeleteMessage {
+        entity: String,
+        sub: SubQueue,
+        sequence_number: i64,
+    },
 }
 
 /// Everything the store holds for one entity.

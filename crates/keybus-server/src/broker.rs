@@ -17,13 +17,27 @@ use crate::config::{Config, SasPolicy};
 #[derive(Debug)]
 pub enum ConnEvent {
     /// Messages may be available for the receiver link (`channel`, `handle`, generation).
-    Wake { channel: u16, handle: u32, generation: u64 },
+    Wake {
+        channel: u16,
+        handle: u32,
+        generation: u64,
+    },
     /// Sends became durable (or failed): settle these deliveries.
-    SendsDone { channel: u16, results: Vec<(u32, Result<(), (&'static str, String)>)> },
+    SendsDone {
+        channel: u16,
+        results: Vec<(u32, Result<(), (&'static str, String)>)>,
+    },
     /// Settlements became durable: echo these states.
-    SettlesDone { channel: u16, results: Vec<(u32, keybus_amqp::DeliveryState)> },
+    SettlesDone {
+        channel: u16,
+        results: Vec<(u32, keybus_amqp::DeliveryState)>,
+    },
     /// A `$management` or `$cbs` response to send on (`channel`, `handle`).
-    Reply { channel: u16, handle: u32, message: keybus_amqp::Bytes },
+    Reply {
+        channel: u16,
+        handle: u32,
+        message: keybus_amqp::Bytes,
+    },
 }
 
 /// A link waiting for messages on an entity.
@@ -70,7 +84,6 @@ pub struct Entity {
     store: Arc<dyn Store>,
 }
 
-
 impl Entity {
     pub fn lock(&self) -> MutexGuard<'_, EntityState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -102,8 +115,11 @@ impl Broker {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Broker>, StoreError> {
-        let mut defs: HashMap<String, EntityDefinition> =
-            store.list_entities()?.into_iter().map(|d| (d.key(), d)).collect();
+        let mut defs: HashMap<String, EntityDefinition> = store
+            .list_entities()?
+            .into_iter()
+            .map(|d| (d.key(), d))
+            .collect();
         let mut ops = Vec::new();
         for d in &config.entities {
             if defs.get(&d.key()) != Some(d) {
@@ -120,12 +136,21 @@ impl Broker {
         for (key, def) in defs {
             let snapshot = store.load_entity(&key)?;
             let EntityKind::Queue(props) = def.kind;
-            let queue = Queue::restore(&key, props, snapshot, seed.fetch_add(1, Ordering::Relaxed), now);
+            let queue = Queue::restore(
+                &key,
+                props,
+                snapshot,
+                seed.fetch_add(1, Ordering::Relaxed),
+                now,
+            );
             entities.insert(
                 key,
                 Arc::new(Entity {
                     name: def.name,
-                    state: Mutex::new(EntityState { queue, waiters: Vec::new() }),
+                    state: Mutex::new(EntityState {
+                        queue,
+                        waiters: Vec::new(),
+                    }),
                     store: store.clone(),
                 }),
             );
@@ -143,11 +168,20 @@ impl Broker {
 
     /// Look up an entity by its lower-case path.
     pub fn entity(&self, key: &str) -> Option<Arc<Entity>> {
-        self.entities.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+        self.entities
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
 
     pub fn entity_list(&self) -> Vec<Arc<Entity>> {
-        self.entities.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.entities
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn now(&self) -> i64 {

@@ -73,7 +73,10 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid keybus TOML config: {0}")]
     Toml(String),
     #[error("invalid emulator Config.json: {0}")]
@@ -84,8 +87,10 @@ pub enum ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Config::parse(&text)
     }
 
@@ -121,7 +126,10 @@ struct RawNamespace {
 
 impl Default for RawNamespace {
     fn default() -> Self {
-        Self { name: "keybus".into(), max_message_size: keybus_core::DEFAULT_MAX_MESSAGE_SIZE }
+        Self {
+            name: "keybus".into(),
+            max_message_size: keybus_core::DEFAULT_MAX_MESSAGE_SIZE,
+        }
     }
 }
 
@@ -163,14 +171,21 @@ fn parse_toml(text: &str) -> Result<Config, ConfigError> {
         policies: raw
             .sas_policies
             .into_iter()
-            .map(|p| SasPolicy { name: p.name, key: p.key, rights: p.rights })
+            .map(|p| SasPolicy {
+                name: p.name,
+                key: p.key,
+                rights: p.rights,
+            })
             .collect(),
         limits: raw.limits,
         entities: Vec::new(),
         max_message_size: raw.namespace.max_message_size,
     };
     for q in raw.queues {
-        let mut p = QueueProperties { max_message_size: cfg.max_message_size, ..Default::default() };
+        let mut p = QueueProperties {
+            max_message_size: cfg.max_message_size,
+            ..Default::default()
+        };
         let key = |f: &str| format!("queues.{}.{f}", q.name);
         if let Some(v) = &q.lock_duration {
             p.lock_duration_ms = humantime_ms(&key("lock_duration"), v)?;
@@ -201,9 +216,13 @@ fn parse_toml(text: &str) -> Result<Config, ConfigError> {
             p.max_size_bytes = v.saturating_mul(1024 * 1024);
         }
         p.forward_to = q.forward_to.filter(|s| !s.is_empty());
-        p.forward_dead_lettered_messages_to =
-            q.forward_dead_lettered_messages_to.filter(|s| !s.is_empty());
-        cfg.entities.push(EntityDefinition { name: q.name, kind: EntityKind::Queue(p) });
+        p.forward_dead_lettered_messages_to = q
+            .forward_dead_lettered_messages_to
+            .filter(|s| !s.is_empty());
+        cfg.entities.push(EntityDefinition {
+            name: q.name,
+            kind: EntityKind::Queue(p),
+        });
     }
     validate(cfg)
 }
@@ -217,17 +236,27 @@ pub const EMULATOR_KEY: &str = "SAS_KEY_VALUE";
 fn parse_emulator(text: &str) -> Result<Config, ConfigError> {
     let err = |m: String| ConfigError::Json(m);
     let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
-    let user = doc.get("UserConfig").ok_or_else(|| err("missing UserConfig".into()))?;
+    let user = doc
+        .get("UserConfig")
+        .ok_or_else(|| err("missing UserConfig".into()))?;
     let namespaces = user
         .get("Namespaces")
         .and_then(|v| v.as_array())
         .ok_or_else(|| err("missing UserConfig.Namespaces".into()))?;
     let ns = match namespaces.as_slice() {
         [ns] => ns,
-        _ => return Err(err("UserConfig.Namespaces must hold exactly one namespace".into())),
+        _ => {
+            return Err(err(
+                "UserConfig.Namespaces must hold exactly one namespace".into()
+            ));
+        }
     };
     let mut cfg = Config {
-        namespace: ns.get("Name").and_then(|v| v.as_str()).unwrap_or("sbemulatorns").to_string(),
+        namespace: ns
+            .get("Name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("sbemulatorns")
+            .to_string(),
         policies: vec![SasPolicy {
             name: EMULATOR_POLICY.into(),
             key: EMULATOR_KEY.into(),
@@ -235,37 +264,65 @@ fn parse_emulator(text: &str) -> Result<Config, ConfigError> {
         }],
         ..Config::default()
     };
-    for q in ns.get("Queues").and_then(|v| v.as_array()).into_iter().flatten() {
+    for q in ns
+        .get("Queues")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
         let name = q
             .get("Name")
             .and_then(|v| v.as_str())
             .ok_or_else(|| err("a queue has no Name".into()))?;
-        let props = q.get("Properties").cloned().unwrap_or(serde_json::Value::Null);
+        let props = q
+            .get("Properties")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
         let p = emulator_queue_props(name, &props)?;
-        cfg.entities.push(EntityDefinition { name: name.to_string(), kind: EntityKind::Queue(p) });
+        cfg.entities.push(EntityDefinition {
+            name: name.to_string(),
+            kind: EntityKind::Queue(p),
+        });
     }
-    if ns.get("Topics").and_then(|v| v.as_array()).is_some_and(|t| !t.is_empty()) {
-        tracing::warn!("Config.json declares topics; topics arrive in a later keybus version and are skipped");
+    if ns
+        .get("Topics")
+        .and_then(|v| v.as_array())
+        .is_some_and(|t| !t.is_empty())
+    {
+        tracing::warn!(
+            "Config.json declares topics; topics arrive in a later keybus version and are skipped"
+        );
     }
     validate(cfg)
 }
 
 fn emulator_queue_props(name: &str, p: &serde_json::Value) -> Result<QueueProperties, ConfigError> {
     let mut q = QueueProperties::default();
-    let Some(obj) = p.as_object() else { return Ok(q) };
+    let Some(obj) = p.as_object() else {
+        return Ok(q);
+    };
     for (k, v) in obj {
-        let bad = || ConfigError::Json(format!("queue {name}: property {k} has an invalid value {v}"));
+        let bad = || {
+            ConfigError::Json(format!(
+                "queue {name}: property {k} has an invalid value {v}"
+            ))
+        };
         let dur = || v.as_str().and_then(parse_iso8601_ms).ok_or_else(bad);
         match k.as_str() {
             "LockDuration" => q.lock_duration_ms = dur()?,
             "MaxDeliveryCount" => {
-                q.max_delivery_count = v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(bad)?
+                q.max_delivery_count = v
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(bad)?
             }
             "DefaultMessageTimeToLive" => q.default_message_ttl_ms = Some(dur()?),
             "DeadLetteringOnMessageExpiration" => {
                 q.dead_lettering_on_message_expiration = v.as_bool().ok_or_else(bad)?
             }
-            "RequiresDuplicateDetection" => q.requires_duplicate_detection = v.as_bool().ok_or_else(bad)?,
+            "RequiresDuplicateDetection" => {
+                q.requires_duplicate_detection = v.as_bool().ok_or_else(bad)?
+            }
             "DuplicateDetectionHistoryTimeWindow" => q.duplicate_detection_window_ms = dur()?,
             "RequiresSession" => q.requires_session = v.as_bool().ok_or_else(bad)?,
             "ForwardTo" => q.forward_to = v.as_str().filter(|s| !s.is_empty()).map(str::to_string),
@@ -274,7 +331,9 @@ fn emulator_queue_props(name: &str, p: &serde_json::Value) -> Result<QueueProper
                     v.as_str().filter(|s| !s.is_empty()).map(str::to_string)
             }
             other => {
-                return Err(ConfigError::Json(format!("queue {name}: unknown property {other}")));
+                return Err(ConfigError::Json(format!(
+                    "queue {name}: unknown property {other}"
+                )));
             }
         }
     }
@@ -305,7 +364,15 @@ pub fn parse_iso8601_ms(s: &str) -> Option<i64> {
         }
         num.is_empty().then_some(())
     };
-    take(date, &[('Y', 365.0 * 86_400_000.0), ('M', 30.0 * 86_400_000.0), ('W', 7.0 * 86_400_000.0), ('D', 86_400_000.0)])?;
+    take(
+        date,
+        &[
+            ('Y', 365.0 * 86_400_000.0),
+            ('M', 30.0 * 86_400_000.0),
+            ('W', 7.0 * 86_400_000.0),
+            ('D', 86_400_000.0),
+        ],
+    )?;
     if let Some(t) = time {
         take(t, &[('H', 3_600_000.0), ('M', 60_000.0), ('S', 1_000.0)])?;
     }
@@ -369,23 +436,30 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
         )));
     }
     if cfg.limits.max_frame_size < 4096 {
-        return Err(ConfigError::Invalid("limits.max_frame_size must be at least 4096".into()));
+        return Err(ConfigError::Invalid(
+            "limits.max_frame_size must be at least 4096".into(),
+        ));
     }
     let mut seen = std::collections::HashSet::new();
     for e in &cfg.entities {
         validate_entity_name(&e.name).map_err(ConfigError::Invalid)?;
         if !seen.insert(e.key()) {
-            return Err(ConfigError::Invalid(format!("entity '{}' is declared twice", e.name)));
+            return Err(ConfigError::Invalid(format!(
+                "entity '{}' is declared twice",
+                e.name
+            )));
         }
         match &e.kind {
-            EntityKind::Queue(p) => {
-                p.validate().map_err(|m| ConfigError::Invalid(format!("queue '{}': {m}", e.name)))?
-            }
+            EntityKind::Queue(p) => p
+                .validate()
+                .map_err(|m| ConfigError::Invalid(format!("queue '{}': {m}", e.name)))?,
         }
     }
     for p in &cfg.policies {
         if p.name.is_empty() || p.key.is_empty() {
-            return Err(ConfigError::Invalid("a SAS policy needs a name and a key".into()));
+            return Err(ConfigError::Invalid(
+                "a SAS policy needs a name and a key".into(),
+            ));
         }
     }
     Ok(cfg)

@@ -20,7 +20,9 @@ async fn health(State(broker): State<Arc<Broker>>) -> (StatusCode, &'static str)
 }
 
 pub fn router(broker: Arc<Broker>) -> Router {
-    Router::new().route("/health", get(health)).with_state(broker)
+    Router::new()
+        .route("/health", get(health))
+        .with_state(broker)
 }
 
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {

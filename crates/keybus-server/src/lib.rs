@@ -47,7 +47,10 @@ pub enum ServeError {
     #[error("store: {0}")]
     Store(#[from] keybus_core::StoreError),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -69,7 +72,8 @@ fn default_policies(opts: &ServeOptions) -> Result<Vec<SasPolicy>, ServeError> {
             Ok(k) if !k.trim().is_empty() => k.trim().to_string(),
             _ => {
                 let k = generate();
-                std::fs::write(&path, format!("{k}\n")).map_err(io_err(format!("writing {}", path.display())))?;
+                std::fs::write(&path, format!("{k}\n"))
+                    .map_err(io_err(format!("writing {}", path.display())))?;
                 k
             }
         }
@@ -82,7 +86,10 @@ fn default_policies(opts: &ServeOptions) -> Result<Vec<SasPolicy>, ServeError> {
 }
 
 /// Run the broker until `shutdown` resolves.
-pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+pub async fn serve(
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let config = match &opts.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -90,10 +97,15 @@ pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Re
     let store: Arc<dyn Store> = if opts.in_memory {
         Arc::new(keybus_store::MemStore::new())
     } else {
-        std::fs::create_dir_all(&opts.data_dir).map_err(io_err(format!("creating {}", opts.data_dir.display())))?;
+        std::fs::create_dir_all(&opts.data_dir)
+            .map_err(io_err(format!("creating {}", opts.data_dir.display())))?;
         keybus_store::open_embedded(&opts.data_dir)?
     };
-    let policies = if config.policies.is_empty() { default_policies(&opts)? } else { config.policies.clone() };
+    let policies = if config.policies.is_empty() {
+        default_policies(&opts)?
+    } else {
+        config.policies.clone()
+    };
     let broker = Broker::open(config, policies, store, Arc::new(SystemClock)).await?;
 
     let amqp = TcpListener::bind(SocketAddr::new(opts.bind, opts.amqp_port))
@@ -103,8 +115,14 @@ pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Re
         .await
         .map_err(io_err(format!("binding HTTP port {}", opts.http_port)))?;
     let amqp_addr = amqp.local_addr().map_err(io_err("AMQP listener"))?;
-    let http_addr = http_listener.local_addr().map_err(io_err("HTTP listener"))?;
-    let host = if opts.bind.is_unspecified() { "localhost".to_string() } else { opts.bind.to_string() };
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(io_err("HTTP listener"))?;
+    let host = if opts.bind.is_unspecified() {
+        "localhost".to_string()
+    } else {
+        opts.bind.to_string()
+    };
     let policy = &broker.policies[0];
     println!("keybus: amqp listening on {amqp_addr}");
     println!("keybus: http listening on {http_addr}");
@@ -114,7 +132,11 @@ pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Re
         policy.name,
         policy.key
     );
-    tracing::info!(entities = broker.entity_list().len(), in_memory = opts.in_memory, "keybus started");
+    tracing::info!(
+        entities = broker.entity_list().len(),
+        in_memory = opts.in_memory,
+        "keybus started"
+    );
 
     let ticker = {
         let broker = broker.clone();

@@ -52,9 +52,13 @@ fn percent_decode(s: &str) -> Result<String, TokenError> {
     let mut i = 0;
     while let Some(&c) = b.get(i) {
         if c == b'%' {
-            let hex = b.get(i + 1..i + 3).ok_or_else(|| TokenError::Malformed("bad % escape".into()))?;
-            let hex = std::str::from_utf8(hex).map_err(|_| TokenError::Malformed("bad % escape".into()))?;
-            let v = u8::from_str_radix(hex, 16).map_err(|_| TokenError::Malformed("bad % escape".into()))?;
+            let hex = b
+                .get(i + 1..i + 3)
+                .ok_or_else(|| TokenError::Malformed("bad % escape".into()))?;
+            let hex = std::str::from_utf8(hex)
+                .map_err(|_| TokenError::Malformed("bad % escape".into()))?;
+            let v = u8::from_str_radix(hex, 16)
+                .map_err(|_| TokenError::Malformed("bad % escape".into()))?;
             out.push(v);
             i += 3;
         } else {
@@ -67,7 +71,9 @@ fn percent_decode(s: &str) -> Result<String, TokenError> {
 
 /// Reduce a URI (`sb://host:port/Path`, `amqps://host/path/`) to its lower-case path.
 pub fn resource_path(uri: &str) -> String {
-    keybus_core::address::strip_authority(uri).trim_end_matches('/').to_ascii_lowercase()
+    keybus_core::address::strip_authority(uri)
+        .trim_end_matches('/')
+        .to_ascii_lowercase()
 }
 
 /// True if `resource` (a path) covers `target` (a path): equal, or a prefix on a `/` boundary.
@@ -122,8 +128,11 @@ pub fn validate(
     mac.update(sr.as_bytes());
     mac.update(b"\n");
     mac.update(se.as_bytes());
-    mac.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
-    let se: i64 = se.parse().map_err(|_| TokenError::Malformed("se is not a number".into()))?;
+    mac.verify_slice(&sig)
+        .map_err(|_| TokenError::BadSignature)?;
+    let se: i64 = se
+        .parse()
+        .map_err(|_| TokenError::Malformed("se is not a number".into()))?;
     let expires_at_ms = se.saturating_mul(1000);
     if expires_at_ms + SKEW_MS <= now_ms {
         return Err(TokenError::Expired);
@@ -133,7 +142,12 @@ pub fn validate(
     if !covers(&resource, &target) {
         return Err(TokenError::WrongAudience(resource, target));
     }
-    Ok(Grant { resource, expires_at_ms, rights: policy.rights.clone(), key_name })
+    Ok(Grant {
+        resource,
+        expires_at_ms,
+        rights: policy.rights.clone(),
+        key_name,
+    })
 }
 
 /// Build a token (used by `keybus bench` and tests).
@@ -169,26 +183,55 @@ mod tests {
     use super::*;
 
     fn policies() -> Vec<SasPolicy> {
-        vec![SasPolicy { name: "root".into(), key: "secret".into(), rights: vec![Right::Send] }]
+        vec![SasPolicy {
+            name: "root".into(),
+            key: "secret".into(),
+            rights: vec![Right::Send],
+        }]
     }
 
     #[test]
     fn round_trip_and_failures() {
         let now = 1_700_000_000_000;
-        let t = make_token("sb://localhost:5672/q1", "root", "secret", now / 1000 + 3600);
+        let t = make_token(
+            "sb://localhost:5672/q1",
+            "root",
+            "secret",
+            now / 1000 + 3600,
+        );
         let g = validate(&t, "sb://localhost:5672/q1", &policies(), now).unwrap();
         assert_eq!(g.resource, "q1");
         assert!(validate(&t, "amqps://localhost/q1/$management", &policies(), now).is_ok());
-        assert!(matches!(validate(&t, "sb://localhost/q2", &policies(), now), Err(TokenError::WrongAudience(..))));
-        assert!(matches!(validate(&t, "sb://localhost/q10", &policies(), now), Err(TokenError::WrongAudience(..))));
+        assert!(matches!(
+            validate(&t, "sb://localhost/q2", &policies(), now),
+            Err(TokenError::WrongAudience(..))
+        ));
+        assert!(matches!(
+            validate(&t, "sb://localhost/q10", &policies(), now),
+            Err(TokenError::WrongAudience(..))
+        ));
         let bad = make_token("sb://localhost:5672/q1", "root", "wrong", now / 1000 + 3600);
-        assert_eq!(validate(&bad, "sb://localhost/q1", &policies(), now), Err(TokenError::BadSignature));
+        assert_eq!(
+            validate(&bad, "sb://localhost/q1", &policies(), now),
+            Err(TokenError::BadSignature)
+        );
         let old = make_token("sb://localhost/q1", "root", "secret", now / 1000 - 3600);
-        assert_eq!(validate(&old, "sb://localhost/q1", &policies(), now), Err(TokenError::Expired));
+        assert_eq!(
+            validate(&old, "sb://localhost/q1", &policies(), now),
+            Err(TokenError::Expired)
+        );
         let unknown = make_token("sb://localhost/q1", "nobody", "secret", now / 1000 + 60);
-        assert!(matches!(validate(&unknown, "sb://localhost/q1", &policies(), now), Err(TokenError::UnknownKey(_))));
+        assert!(matches!(
+            validate(&unknown, "sb://localhost/q1", &policies(), now),
+            Err(TokenError::UnknownKey(_))
+        ));
         let ns = make_token("sb://localhost/", "root", "secret", now / 1000 + 60);
-        assert_eq!(validate(&ns, "sb://localhost/any/thing", &policies(), now).unwrap().resource, "");
+        assert_eq!(
+            validate(&ns, "sb://localhost/any/thing", &policies(), now)
+                .unwrap()
+                .resource,
+            ""
+        );
         assert!(validate("garbage", "x", &policies(), now).is_err());
     }
 }

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "keybus", version, about = "A self-hosted message broker that speaks Azure Service Bus")]
+#[command(
+    name = "keybus",
+    version,
+    about = "A self-hosted message broker that speaks Azure Service Bus"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,7 +56,10 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("keybus: cannot start the runtime: {e}");
@@ -73,7 +80,9 @@ fn main() -> ExitCode {
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
                 };
-                keybus_server::serve(opts, shutdown).await.map_err(|e| e.to_string())
+                keybus_server::serve(opts, shutdown)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Command::Bench(a) => keybus_cli::bench::run(a).await.map_err(|e| e.to_string()),
         }

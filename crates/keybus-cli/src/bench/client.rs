@@ -52,7 +52,11 @@ pub enum ClientError {
     #[error("link '{name}' was detached by the broker: {error}")]
     Detached { name: String, error: String },
     #[error("put-token for '{audience}' failed: status {status} {description}")]
-    Auth { audience: String, status: i64, description: String },
+    Auth {
+        audience: String,
+        status: i64,
+        description: String,
+    },
     #[error("timed out waiting for {what}; state: {state}")]
     Timeout { what: String, state: String },
 }
@@ -74,7 +78,10 @@ pub struct Tally {
 
 impl Tally {
     pub fn new(target: u64) -> Arc<Tally> {
-        Arc::new(Tally { completed: AtomicU64::new(0), target })
+        Arc::new(Tally {
+            completed: AtomicU64::new(0),
+            target,
+        })
     }
     pub fn done(&self) -> bool {
         self.completed.load(Ordering::Relaxed) >= self.target
@@ -125,8 +132,16 @@ impl MessageTemplate {
         };
         let bytes = msg.to_bytes().to_vec();
         let id_offset = find(&bytes, ID_PLACEHOLDER);
-        let stamp_offset = if stamped { find(&bytes, &STAMP_PLACEHOLDER.to_be_bytes()) } else { None };
-        MessageTemplate { bytes, id_offset, stamp_offset }
+        let stamp_offset = if stamped {
+            find(&bytes, &STAMP_PLACEHOLDER.to_be_bytes())
+        } else {
+            None
+        };
+        MessageTemplate {
+            bytes,
+            id_offset,
+            stamp_offset,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -263,10 +278,14 @@ struct Session {
 
 impl Session {
     fn sender_index(&self) -> Option<usize> {
-        self.links.iter().position(|l| matches!(l.kind, LinkKind::Sender(_)))
+        self.links
+            .iter()
+            .position(|l| matches!(l.kind, LinkKind::Sender(_)))
     }
     fn receiver_index(&self) -> Option<usize> {
-        self.links.iter().position(|l| matches!(l.kind, LinkKind::Receiver(_)))
+        self.links
+            .iter()
+            .position(|l| matches!(l.kind, LinkKind::Receiver(_)))
     }
     fn session_flow(&self) -> Flow {
         Flow {
@@ -296,7 +315,9 @@ impl Endpoint {
     pub fn parse(s: &str) -> Result<Endpoint, String> {
         let (mut endpoint, mut key_name, mut key, mut signature) = (None, None, None, None);
         for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(|| format!("'{part}' is not Key=Value"))?;
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("'{part}' is not Key=Value"))?;
             match k.trim().to_ascii_lowercase().as_str() {
                 "endpoint" => endpoint = Some(v.trim().to_string()),
                 "sharedaccesskeyname" => key_name = Some(v.to_string()),
@@ -306,21 +327,34 @@ impl Endpoint {
             }
         }
         let endpoint = endpoint.ok_or("the connection string has no Endpoint")?;
-        let rest = endpoint.split_once("://").map_or(endpoint.as_str(), |(_, r)| r);
+        let rest = endpoint
+            .split_once("://")
+            .map_or(endpoint.as_str(), |(_, r)| r);
         let authority = rest.split('/').next().unwrap_or_default();
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                (h.to_string(), p.parse::<u16>().map_err(|_| format!("bad port in Endpoint '{endpoint}'"))?)
-            }
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+                h.to_string(),
+                p.parse::<u16>()
+                    .map_err(|_| format!("bad port in Endpoint '{endpoint}'"))?,
+            ),
             _ => (authority.to_string(), 5672),
         };
         if host.is_empty() {
             return Err(format!("no host in Endpoint '{endpoint}'"));
         }
         if signature.is_none() && (key_name.is_none() || key.is_none()) {
-            return Err("the connection string needs SharedAccessKeyName and SharedAccessKey".into());
+            return Err(
+                "the connection string needs SharedAccessKeyName and SharedAccessKey".into(),
+            );
         }
-        Ok(Endpoint { host, port, uri_base: format!("sb://{authority}"), key_name, key, signature })
+        Ok(Endpoint {
+            host,
+            port,
+            uri_base: format!("sb://{authority}"),
+            key_name,
+            key,
+            signature,
+        })
     }
 
     /// CBS audience of an entity.
@@ -337,7 +371,12 @@ impl Endpoint {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
             + 24 * 3600;
-        sas_token(audience, self.key_name.as_deref().unwrap_or(""), self.key.as_deref().unwrap_or(""), expiry)
+        sas_token(
+            audience,
+            self.key_name.as_deref().unwrap_or(""),
+            self.key.as_deref().unwrap_or(""),
+            expiry,
+        )
     }
 }
 
@@ -372,6 +411,8 @@ pub fn sas_token(uri: &str, key_name: &str, key: &str, expiry_unix_s: u64) -> St
         url_encode(key_name)
     )
 }
+
+const REFUSED: &str = "the broker refused the link";
 
 fn error_text(e: &Option<keybus_amqp::AmqpError>) -> String {
     match e {
@@ -412,7 +453,10 @@ pub struct Connection {
 
 impl Connection {
     /// TCP connect, SASL ANONYMOUS, AMQP open.
-    pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Connection, ClientError> {
+    pub async fn connect(
+        endpoint: &Endpoint,
+        timeout: Duration,
+    ) -> Result<Connection, ClientError> {
         let addr = format!("{}:{}", endpoint.host, endpoint.port);
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
             Ok(Ok(s)) => s,
@@ -447,7 +491,9 @@ impl Connection {
         c.flush().await?;
         let h = c.read_exact_header(deadline).await?;
         if h != SASL_HEADER {
-            return Err(ClientError::Protocol(format!("expected the SASL header, got {h:?}")));
+            return Err(ClientError::Protocol(format!(
+                "expected the SASL header, got {h:?}"
+            )));
         }
         match c.read_sasl(deadline).await? {
             SaslFrameBody::Mechanisms(m) => {
@@ -458,7 +504,11 @@ impl Connection {
                     )));
                 }
             }
-            other => return Err(ClientError::Protocol(format!("expected sasl-mechanisms, got {other:?}"))),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected sasl-mechanisms, got {other:?}"
+                )));
+            }
         }
         let init = SaslFrameBody::Init(SaslInit {
             mechanism: Symbol::from("ANONYMOUS"),
@@ -484,22 +534,29 @@ impl Connection {
         c.flush().await?;
         let h = c.read_exact_header(deadline).await?;
         if h != AMQP_HEADER {
-            return Err(ClientError::Protocol(format!("expected the AMQP header, got {h:?}")));
+            return Err(ClientError::Protocol(format!(
+                "expected the AMQP header, got {h:?}"
+            )));
         }
-        c.run_until(deadline, "the broker's open", |c| c.opened).await?;
+        c.run_until(deadline, "the broker's open", |c| c.opened)
+            .await?;
         Ok(c)
     }
 
     async fn fill(&mut self, n: usize, deadline: Instant) -> Result<(), ClientError> {
         while self.rbuf.len() < n {
             self.rbuf.reserve(READ_CHUNK);
-            let r = tokio::time::timeout_at(deadline.into(), self.stream.read_buf(&mut self.rbuf)).await;
+            let r = tokio::time::timeout_at(deadline.into(), self.stream.read_buf(&mut self.rbuf))
+                .await;
             match r {
                 Ok(Ok(0)) => return Err(ClientError::Closed(" during the handshake".into())),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => {
-                    return Err(ClientError::Timeout { what: "the handshake".into(), state: String::new() });
+                    return Err(ClientError::Timeout {
+                        what: "the handshake".into(),
+                        state: String::new(),
+                    });
                 }
             }
         }
@@ -519,7 +576,9 @@ impl Connection {
                 let _ = self.rbuf.split_to(used);
                 return match frame.body {
                     FrameBody::Sasl(b) => Ok(b),
-                    other => Err(ClientError::Protocol(format!("expected a SASL frame, got {other:?}"))),
+                    other => Err(ClientError::Protocol(format!(
+                        "expected a SASL frame, got {other:?}"
+                    ))),
                 };
             }
             let want = self.rbuf.len() + 1;
@@ -567,13 +626,31 @@ impl Connection {
         idx
     }
 
-    fn add_link(&mut self, session: usize, name: String, address: String, kind: LinkKind, attach: Attach) -> LinkId {
+    fn add_link(
+        &mut self,
+        session: usize,
+        name: String,
+        address: String,
+        kind: LinkKind,
+        attach: Attach,
+    ) -> LinkId {
         let Some(s) = self.sessions.get_mut(session) else {
-            return LinkId { session, link: usize::MAX };
+            return LinkId {
+                session,
+                link: usize::MAX,
+            };
         };
         let handle = u32::try_from(s.links.len()).unwrap_or(u32::MAX);
         let channel = s.channel;
-        s.links.push(Link { name, address, handle, remote_handle: None, attached: false, detached: None, kind });
+        s.links.push(Link {
+            name,
+            address,
+            handle,
+            remote_handle: None,
+            attached: false,
+            detached: None,
+            kind,
+        });
         let link = s.links.len() - 1;
         self.frame(channel, Performative::Attach(Attach { handle, ..attach }));
         LinkId { session, link }
@@ -593,12 +670,24 @@ impl Connection {
             role: Role::Sender,
             snd_settle_mode: SenderSettleMode::Unsettled,
             rcv_settle_mode: ReceiverSettleMode::First,
-            source: Some(Source { address: Some(name.clone()), ..Default::default() }),
-            target: Some(Target { address: Some(address.to_string()), ..Default::default() }),
+            source: Some(Source {
+                address: Some(name.clone()),
+                ..Default::default()
+            }),
+            target: Some(Target {
+                address: Some(address.to_string()),
+                ..Default::default()
+            }),
             initial_delivery_count: Some(0),
             ..Default::default()
         };
-        self.add_link(session, name, address.to_string(), LinkKind::Sender(SenderLink::default()), attach)
+        self.add_link(
+            session,
+            name,
+            address.to_string(),
+            LinkKind::Sender(SenderLink::default()),
+            attach,
+        )
     }
 
     /// Open a session with a peek-lock receiver link on `address` (no credit until a
@@ -615,11 +704,20 @@ impl Connection {
             role: Role::Receiver,
             snd_settle_mode: SenderSettleMode::Unsettled,
             rcv_settle_mode: ReceiverSettleMode::Second,
-            source: Some(Source { address: Some(address.to_string()), ..Default::default() }),
-            target: Some(Target { address: Some(name.clone()), ..Default::default() }),
+            source: Some(Source {
+                address: Some(address.to_string()),
+                ..Default::default()
+            }),
+            target: Some(Target {
+                address: Some(name.clone()),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        let kind = LinkKind::Receiver(ReceiverLink { collect, ..Default::default() });
+        let kind = LinkKind::Receiver(ReceiverLink {
+            collect,
+            ..Default::default()
+        });
         self.add_link(session, name, address.to_string(), kind, attach)
     }
 
@@ -660,14 +758,24 @@ impl Connection {
     }
 
     /// Wait until all `links` are attached and every sender among them has credit.
-    pub async fn wait_ready(&mut self, links: &[LinkId], timeout: Duration) -> Result<(), ClientError> {
+    pub async fn wait_ready(
+        &mut self,
+        links: &[LinkId],
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
         let links = links.to_vec();
-        self.run_until(Instant::now() + timeout, "link attach and credit", move |c| {
-            links.iter().all(|&id| match c.link(id) {
-                Some(l) => l.attached && !matches!(&l.kind, LinkKind::Sender(s) if s.credit == 0),
-                None => true,
-            })
-        })
+        self.run_until(
+            Instant::now() + timeout,
+            "link attach and credit",
+            move |c| {
+                links.iter().all(|&id| match c.link(id) {
+                    Some(l) => {
+                        l.attached && !matches!(&l.kind, LinkKind::Sender(s) if s.credit == 0)
+                    }
+                    None => true,
+                })
+            },
+        )
         .await
     }
 
@@ -715,16 +823,25 @@ impl Connection {
             c.receiver(rcv).is_some_and(|r| r.inbox.len() > before)
         })
         .await?;
-        let reply = self.receiver_mut(rcv).and_then(|r| r.inbox.pop()).unwrap_or_default();
+        let reply = self
+            .receiver_mut(rcv)
+            .and_then(|r| r.inbox.pop())
+            .unwrap_or_default();
         let reply = Message::decode(&reply)?;
         let props = reply.application_properties.unwrap_or_default();
-        let status = keybus_amqp::map_get(&props, "status-code").and_then(Value::as_i64).unwrap_or(-1);
+        let status = keybus_amqp::map_get(&props, "status-code")
+            .and_then(Value::as_i64)
+            .unwrap_or(-1);
         if !(200..300).contains(&status) {
             let description = keybus_amqp::map_get(&props, "status-description")
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            return Err(ClientError::Auth { audience, status, description });
+            return Err(ClientError::Auth {
+                audience,
+                status,
+                description,
+            });
         }
         Ok(())
     }
@@ -733,10 +850,17 @@ impl Connection {
     /// after credit was seen).
     fn send_one(&mut self, id: LinkId, payload: &[u8]) {
         let max_frame = self.remote_max_frame as usize;
-        let Some(session) = self.sessions.get_mut(id.session) else { return };
+        let Some(session) = self.sessions.get_mut(id.session) else {
+            return;
+        };
         let channel = session.channel;
         let delivery_id = session.next_outgoing_id;
-        let Some(Link { handle, kind: LinkKind::Sender(s), .. }) = session.links.get_mut(id.link) else {
+        let Some(Link {
+            handle,
+            kind: LinkKind::Sender(s),
+            ..
+        }) = session.links.get_mut(id.link)
+        else {
             return;
         };
         let tag = s.next_tag;
@@ -750,17 +874,29 @@ impl Connection {
         s.outstanding += 1;
         s.sent += 1;
         let handle = *handle;
-        let frames = write_transfer(&mut self.wbuf, channel, handle, delivery_id, tag, payload, max_frame);
+        let frames = write_transfer(
+            &mut self.wbuf,
+            channel,
+            handle,
+            delivery_id,
+            tag,
+            payload,
+            max_frame,
+        );
         session.next_outgoing_id = delivery_id.wrapping_add(1);
         session.remote_incoming_window = session.remote_incoming_window.saturating_sub(frames);
     }
 
     fn queue_link_flow(&mut self, id: LinkId, credit: u32) {
-        let Some(session) = self.sessions.get_mut(id.session) else { return };
+        let Some(session) = self.sessions.get_mut(id.session) else {
+            return;
+        };
         let mut flow = session.session_flow();
         session.incoming_window = INCOMING_WINDOW;
         let channel = session.channel;
-        let Some(link) = session.links.get(id.link) else { return };
+        let Some(link) = session.links.get(id.link) else {
+            return;
+        };
         let dc = match &link.kind {
             LinkKind::Receiver(r) => r.delivery_count,
             LinkKind::Sender(s) => s.delivery_count,
@@ -789,18 +925,23 @@ impl Connection {
     /// settled all their messages, receivers' queues are fully completed and no completion
     /// awaits its echo.
     pub fn work_done(&self) -> bool {
-        self.sessions.iter().flat_map(|s| &s.links).all(|l| match &l.kind {
-            LinkKind::Sender(s) => match &s.work {
-                Some(w) => s.sent >= w.count && s.outstanding == 0,
-                None => true,
-            },
-            LinkKind::Receiver(r) => match &r.work {
-                Some(w) => {
-                    w.tally.as_ref().is_none_or(|t| t.done()) && r.pending.is_empty() && r.awaiting_echo == 0
-                }
-                None => true,
-            },
-        })
+        self.sessions
+            .iter()
+            .flat_map(|s| &s.links)
+            .all(|l| match &l.kind {
+                LinkKind::Sender(s) => match &s.work {
+                    Some(w) => s.sent >= w.count && s.outstanding == 0,
+                    None => true,
+                },
+                LinkKind::Receiver(r) => match &r.work {
+                    Some(w) => {
+                        w.tally.as_ref().is_none_or(|t| t.done())
+                            && r.pending.is_empty()
+                            && r.awaiting_echo == 0
+                    }
+                    None => true,
+                },
+            })
     }
 
     /// Summary of link states, for timeouts.
@@ -811,7 +952,13 @@ impl Connection {
                 let d = match &l.kind {
                     LinkKind::Sender(x) => format!(
                         "sender {} credit={} sent={} unsettled={} accepted={} rejected={} session-window={}",
-                        l.address, x.credit, x.sent, x.outstanding, x.accepted, x.rejected, s.remote_incoming_window
+                        l.address,
+                        x.credit,
+                        x.sent,
+                        x.outstanding,
+                        x.accepted,
+                        x.rejected,
+                        s.remote_incoming_window
                     ),
                     LinkKind::Receiver(x) => format!(
                         "receiver {} credit={} received={} completed={} awaiting-echo={} pending={}",
@@ -823,7 +970,12 @@ impl Connection {
                         x.pending.len()
                     ),
                 };
-                out.push(format!("[ch {} {}{}]", s.channel, d, if l.attached { "" } else { " (not attached)" }));
+                out.push(format!(
+                    "[ch {} {}{}]",
+                    s.channel,
+                    d,
+                    if l.attached { "" } else { " (not attached)" }
+                ));
             }
         }
         out.join(" ")
@@ -835,7 +987,10 @@ impl Connection {
         }
         for l in self.sessions.iter().flat_map(|s| &s.links) {
             if let Some(e) = &l.detached {
-                return Err(ClientError::Detached { name: format!("{} ({})", l.name, l.address), error: e.clone() });
+                return Err(ClientError::Detached {
+                    name: format!("{} ({})", l.name, l.address),
+                    error: e.clone(),
+                });
             }
         }
         Ok(())
@@ -858,7 +1013,10 @@ impl Connection {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(ClientError::Timeout { what: what.to_string(), state: self.describe() });
+                return Err(ClientError::Timeout {
+                    what: what.to_string(),
+                    state: self.describe(),
+                });
             }
             if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
                 self.rbuf.reserve(READ_CHUNK);
@@ -878,7 +1036,8 @@ impl Connection {
                 if let Some(h) = self.heartbeat {
                     wake = wake.min(self.last_write + h);
                 }
-                let r = tokio::time::timeout_at(wake.into(), self.stream.read_buf(&mut self.rbuf)).await;
+                let r = tokio::time::timeout_at(wake.into(), self.stream.read_buf(&mut self.rbuf))
+                    .await;
                 match r {
                     Ok(Ok(0)) => return Err(ClientError::Closed(" (EOF)".into())),
                     Ok(Ok(_)) => {}
@@ -917,7 +1076,9 @@ impl Connection {
             }
             let channel = session.channel;
             for li in 0..session.links.len() {
-                let Some(link) = session.links.get_mut(li) else { continue };
+                let Some(link) = session.links.get_mut(li) else {
+                    continue;
+                };
                 if !link.attached || link.detached.is_some() {
                     continue;
                 }
@@ -962,7 +1123,8 @@ impl Connection {
                                 max_frame,
                             );
                             session.next_outgoing_id = delivery_id.wrapping_add(1);
-                            session.remote_incoming_window = session.remote_incoming_window.saturating_sub(frames);
+                            session.remote_incoming_window =
+                                session.remote_incoming_window.saturating_sub(frames);
                         }
                     }
                     LinkKind::Receiver(r) => {
@@ -976,10 +1138,21 @@ impl Connection {
                                 state: Some(DeliveryState::Accepted),
                                 batchable: false,
                             };
-                            keybus_amqp::encode_amqp_frame(channel, &Performative::Disposition(d), &[], &mut self.wbuf);
+                            keybus_amqp::encode_amqp_frame(
+                                channel,
+                                &Performative::Disposition(d),
+                                &[],
+                                &mut self.wbuf,
+                            );
                         }
-                        let window = r.work.as_ref().map_or(if r.collect { 10 } else { 0 }, |w| w.credit_window);
-                        let active = r.work.as_ref().is_none_or(|w| w.tally.as_ref().is_none_or(|t| !t.done()));
+                        let window = r
+                            .work
+                            .as_ref()
+                            .map_or(if r.collect { 10 } else { 0 }, |w| w.credit_window);
+                        let active = r
+                            .work
+                            .as_ref()
+                            .is_none_or(|w| w.tally.as_ref().is_none_or(|t| !t.done()));
                         let refill = active && window > 0 && r.credit <= window / 2;
                         if refill || session.incoming_window < INCOMING_WINDOW / 2 {
                             let mut flow = Flow {
@@ -996,7 +1169,12 @@ impl Connection {
                                 flow.delivery_count = Some(r.delivery_count);
                                 flow.link_credit = Some(window);
                             }
-                            keybus_amqp::encode_amqp_frame(channel, &Performative::Flow(flow), &[], &mut self.wbuf);
+                            keybus_amqp::encode_amqp_frame(
+                                channel,
+                                &Performative::Flow(flow),
+                                &[],
+                                &mut self.wbuf,
+                            );
                         }
                     }
                 }
@@ -1013,9 +1191,15 @@ impl Connection {
 
     fn process_input(&mut self) -> Result<(), ClientError> {
         loop {
-            let Some(size) = keybus_amqp::peek_frame_size(&self.rbuf) else { return Ok(()) };
+            let Some(size) = keybus_amqp::peek_frame_size(&self.rbuf) else {
+                return Ok(());
+            };
             if size > LOCAL_MAX_FRAME {
-                return Err(DecodeError::FrameTooLarge { size, max: LOCAL_MAX_FRAME }.into());
+                return Err(DecodeError::FrameTooLarge {
+                    size,
+                    max: LOCAL_MAX_FRAME,
+                }
+                .into());
             }
             if self.rbuf.len() < size as usize {
                 self.rbuf.reserve(size as usize);
@@ -1031,20 +1215,32 @@ impl Connection {
     }
 
     fn session_by_remote(&mut self, channel: u16) -> Option<&mut Session> {
-        self.sessions.iter_mut().find(|s| s.remote_channel == Some(channel))
+        self.sessions
+            .iter_mut()
+            .find(|s| s.remote_channel == Some(channel))
     }
 
     fn on_frame(&mut self, frame: Frame) -> Result<(), ClientError> {
         let channel = frame.channel;
         let (performative, payload) = match frame.body {
             FrameBody::Empty => return Ok(()),
-            FrameBody::Sasl(b) => return Err(ClientError::Protocol(format!("unexpected SASL frame {b:?}"))),
-            FrameBody::Amqp { performative, payload } => (performative, payload),
+            FrameBody::Sasl(b) => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected SASL frame {b:?}"
+                )));
+            }
+            FrameBody::Amqp {
+                performative,
+                payload,
+            } => (performative, payload),
         };
         match performative {
             Performative::Open(o) => {
                 self.remote_max_frame = o.max_frame_size.clamp(512, LOCAL_MAX_FRAME);
-                self.heartbeat = o.idle_time_out.filter(|&ms| ms > 0).map(|ms| Duration::from_millis(u64::from(ms) / 2));
+                self.heartbeat = o
+                    .idle_time_out
+                    .filter(|&ms| ms > 0)
+                    .map(|ms| Duration::from_millis(u64::from(ms) / 2));
                 self.opened = true;
             }
             Performative::Close(c) => {
@@ -1057,10 +1253,14 @@ impl Connection {
             }
             Performative::Begin(b) => {
                 let Some(ours) = b.remote_channel else {
-                    return Err(ClientError::Protocol("the broker began a session we did not ask for".into()));
+                    return Err(ClientError::Protocol(
+                        "the broker began a session we did not ask for".into(),
+                    ));
                 };
                 let Some(s) = self.sessions.get_mut(usize::from(ours)) else {
-                    return Err(ClientError::Protocol(format!("begin for unknown channel {ours}")));
+                    return Err(ClientError::Protocol(format!(
+                        "begin for unknown channel {ours}"
+                    )));
                 };
                 s.remote_channel = Some(channel);
                 s.remote_incoming_window = b.incoming_window;
@@ -1070,7 +1270,9 @@ impl Connection {
                 let reply = if let Some(s) = self.session_by_remote(channel) {
                     s.ended = true;
                     for l in &mut s.links {
-                        l.detached.get_or_insert_with(|| format!("session ended: {}", error_text(&e.error)));
+                        l.detached.get_or_insert_with(|| {
+                            format!("session ended: {}", error_text(&e.error))
+                        });
                     }
                     Some(s.channel)
                 } else {
@@ -1081,7 +1283,9 @@ impl Connection {
                 }
             }
             Performative::Attach(a) => {
-                let Some(s) = self.session_by_remote(channel) else { return Ok(()) };
+                let Some(s) = self.session_by_remote(channel) else {
+                    return Ok(());
+                };
                 if let Some(l) = s.links.iter_mut().find(|l| l.name == a.name) {
                     l.remote_handle = Some(a.handle);
                     l.attached = true;
@@ -1089,12 +1293,12 @@ impl Connection {
                         LinkKind::Receiver(r) => {
                             r.delivery_count = a.initial_delivery_count.unwrap_or(0);
                             if a.source.is_none() {
-                                l.detached = Some("the broker refused the link (null source)".into());
+                                l.detached = Some(format!("{REFUSED} (null source)"));
                             }
                         }
                         LinkKind::Sender(_) => {
                             if a.target.is_none() {
-                                l.detached = Some("the broker refused the link (null target)".into());
+                                l.detached = Some(format!("{REFUSED} (null target)"));
                             }
                         }
                     }
@@ -1103,14 +1307,36 @@ impl Connection {
             Performative::Detach(d) => {
                 let mut reply = None;
                 if let Some(s) = self.session_by_remote(channel)
-                    && let Some(l) = s.links.iter_mut().find(|l| l.remote_handle == Some(d.handle))
+                    && let Some(l) = s
+                        .links
+                        .iter_mut()
+                        .find(|l| l.remote_handle == Some(d.handle))
                 {
-                    let why = if d.error.is_some() { error_text(&d.error) } else { "detached without error".into() };
-                    l.detached.get_or_insert(why);
+                    let why = if d.error.is_some() {
+                        error_text(&d.error)
+                    } else {
+                        "detached without error".into()
+                    };
+                    // A refusal is an attach with a null terminus followed by this detach,
+                    // which carries the reason: prefer it.
+                    match &mut l.detached {
+                        Some(prev) if prev.starts_with(REFUSED) => {
+                            *prev = format!("{REFUSED}: {why}")
+                        }
+                        Some(_) => {}
+                        None => l.detached = Some(why),
+                    }
                     reply = Some((s.channel, l.handle));
                 }
                 if let Some((ch, handle)) = reply {
-                    self.frame(ch, Performative::Detach(Detach { handle, closed: true, error: None }));
+                    self.frame(
+                        ch,
+                        Performative::Detach(Detach {
+                            handle,
+                            closed: true,
+                            error: None,
+                        }),
+                    );
                 }
             }
             Performative::Flow(f) => self.on_flow(channel, &f),
@@ -1122,10 +1348,17 @@ impl Connection {
 
     fn on_flow(&mut self, channel: u16, f: &Flow) {
         let mut echo = None;
-        let Some(s) = self.session_by_remote(channel) else { return };
+        let Some(s) = self.session_by_remote(channel) else {
+            return;
+        };
         // Transfers the broker will still take: its next-incoming-id + window - our next id.
-        let limit = f.next_incoming_id.unwrap_or(0).wrapping_add(f.incoming_window);
-        s.remote_incoming_window = limit.wrapping_sub(s.next_outgoing_id).min(f.incoming_window);
+        let limit = f
+            .next_incoming_id
+            .unwrap_or(0)
+            .wrapping_add(f.incoming_window);
+        s.remote_incoming_window = limit
+            .wrapping_sub(s.next_outgoing_id)
+            .min(f.incoming_window);
         if let Some(h) = f.handle
             && let Some(li) = s.links.iter().position(|l| l.remote_handle == Some(h))
         {
@@ -1134,7 +1367,9 @@ impl Connection {
                     LinkKind::Sender(snd) => {
                         if let Some(credit) = f.link_credit {
                             let peer_dc = f.delivery_count.unwrap_or(snd.delivery_count);
-                            let c = peer_dc.wrapping_add(credit).wrapping_sub(snd.delivery_count);
+                            let c = peer_dc
+                                .wrapping_add(credit)
+                                .wrapping_sub(snd.delivery_count);
                             snd.credit = if c > 1 << 30 { 0 } else { c };
                         }
                     }
@@ -1152,7 +1387,10 @@ impl Connection {
                 }
             }
             if f.echo {
-                echo = Some(LinkId { session: usize::from(s.channel), link: li });
+                echo = Some(LinkId {
+                    session: usize::from(s.channel),
+                    link: li,
+                });
             }
         }
         if let Some(id) = echo {
@@ -1167,11 +1405,21 @@ impl Connection {
 
     fn on_transfer(&mut self, channel: u16, t: Transfer, payload: Bytes) {
         let mut settle_collected = None;
-        let Some(s) = self.session_by_remote(channel) else { return };
+        let Some(s) = self.session_by_remote(channel) else {
+            return;
+        };
         s.next_incoming_id = s.next_incoming_id.wrapping_add(1);
         s.incoming_window = s.incoming_window.saturating_sub(1);
-        let Some(l) = s.links.iter_mut().find(|l| l.remote_handle == Some(t.handle)) else { return };
-        let LinkKind::Receiver(r) = &mut l.kind else { return };
+        let Some(l) = s
+            .links
+            .iter_mut()
+            .find(|l| l.remote_handle == Some(t.handle))
+        else {
+            return;
+        };
+        let LinkKind::Receiver(r) = &mut l.kind else {
+            return;
+        };
         if let Some(id) = t.delivery_id
             && r.partial.is_none()
         {
@@ -1188,7 +1436,9 @@ impl Connection {
         }
         let settled = t.settled.unwrap_or(false);
         let whole = if t.more || !first_frame {
-            let (_, st, buf) = r.partial.get_or_insert_with(|| (r.current_delivery, settled, BytesMut::new()));
+            let (_, st, buf) = r
+                .partial
+                .get_or_insert_with(|| (r.current_delivery, settled, BytesMut::new()));
             *st |= settled;
             buf.extend_from_slice(&payload);
             if t.more {
@@ -1252,7 +1502,9 @@ impl Connection {
     }
 
     fn on_disposition(&mut self, channel: u16, d: &Disposition) {
-        let Some(s) = self.session_by_remote(channel) else { return };
+        let Some(s) = self.session_by_remote(channel) else {
+            return;
+        };
         let last = d.last.unwrap_or(d.first);
         let span = u64::from(last.wrapping_sub(d.first)) + 1;
         match d.role {
@@ -1262,7 +1514,13 @@ impl Connection {
                     return;
                 }
                 let Some(li) = s.sender_index() else { return };
-                let Some(Link { kind: LinkKind::Sender(snd), .. }) = s.links.get_mut(li) else { return };
+                let Some(Link {
+                    kind: LinkKind::Sender(snd),
+                    ..
+                }) = s.links.get_mut(li)
+                else {
+                    return;
+                };
                 let ok = matches!(d.state, Some(DeliveryState::Accepted) | None);
                 let mut id = d.first;
                 for _ in 0..span.min(1 << 20) {
@@ -1293,7 +1551,13 @@ impl Connection {
                     return;
                 }
                 let Some(li) = s.receiver_index() else { return };
-                let Some(Link { kind: LinkKind::Receiver(r), .. }) = s.links.get_mut(li) else { return };
+                let Some(Link {
+                    kind: LinkKind::Receiver(r),
+                    ..
+                }) = s.links.get_mut(li)
+                else {
+                    return;
+                };
                 let n = span.min(r.awaiting_echo);
                 r.awaiting_echo -= n;
                 if matches!(d.state, Some(DeliveryState::Accepted)) {
@@ -1315,7 +1579,10 @@ impl Connection {
         self.frame(0, Performative::Close(Close::default()));
         self.flush().await?;
         let deadline = Instant::now() + Duration::from_secs(2);
-        match self.run_until(deadline, "close", |c| c.closed.is_some()).await {
+        match self
+            .run_until(deadline, "close", |c| c.closed.is_some())
+            .await
+        {
             Ok(()) | Err(ClientError::Closed(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -1358,7 +1625,10 @@ fn write_transfer(
         if rest.is_empty() {
             return frames;
         }
-        t = Transfer { handle, ..Default::default() };
+        t = Transfer {
+            handle,
+            ..Default::default()
+        };
     }
 }
 
@@ -1412,7 +1682,8 @@ mod tests {
         assert_eq!(e.port, 40123);
         assert_eq!(e.key.as_deref(), Some("abc="));
         assert_eq!(e.audience("q"), "sb://127.0.0.1:40123/q");
-        let e = Endpoint::parse("Endpoint=sb://localhost/;SharedAccessKeyName=a;SharedAccessKey=b").unwrap();
+        let e = Endpoint::parse("Endpoint=sb://localhost/;SharedAccessKeyName=a;SharedAccessKey=b")
+            .unwrap();
         assert_eq!((e.host.as_str(), e.port), ("localhost", 5672));
         assert!(Endpoint::parse("SharedAccessKeyName=a").is_err());
     }
@@ -1433,7 +1704,11 @@ mod tests {
         let id = m.properties.clone().unwrap().message_id.unwrap();
         assert_eq!(id.as_str(), Some("kb-0000000000000abc"));
         let p = m.application_properties.clone().unwrap();
-        assert!(keybus_amqp::map_get(&p, STAMP_PROPERTY).and_then(Value::as_i64).is_some());
+        assert!(
+            keybus_amqp::map_get(&p, STAMP_PROPERTY)
+                .and_then(Value::as_i64)
+                .is_some()
+        );
         assert_eq!(m.data_sections().unwrap()[0].len(), 1024);
     }
 
@@ -1446,7 +1721,9 @@ mod tests {
         let mut buf = out.freeze();
         let mut got = Vec::new();
         while !buf.is_empty() {
-            let (f, used) = keybus_amqp::decode_frame_bytes(&buf, 1024).unwrap().unwrap();
+            let (f, used) = keybus_amqp::decode_frame_bytes(&buf, 1024)
+                .unwrap()
+                .unwrap();
             if let FrameBody::Amqp { payload, .. } = f.body {
                 got.extend_from_slice(&payload);
             }

@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::{ClientError, Connection, Endpoint, LinkId, MessageTemplate, Pacing, RecvWork, SendWork, Tally};
+use client::{
+    ClientError, Connection, Endpoint, LinkId, MessageTemplate, Pacing, RecvWork, SendWork, Tally,
+};
 use stats::{PhaseRun, Summary};
 
 /// Benchmark phases.
@@ -146,11 +148,18 @@ fn clk_tck() -> u64 {
 fn find_listener(port: u16) -> Option<u32> {
     let mut inodes = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else { continue };
-            let lport = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let lport = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
             if *state == "0A" && lport == Some(port) {
                 inodes.push(format!("socket:[{inode}]"));
             }
@@ -161,11 +170,19 @@ fn find_listener(port: u16) -> Option<u32> {
     }
     let me = std::process::id();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if pid == me {
             continue;
         }
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
         for fd in fds.flatten() {
             if let Ok(target) = std::fs::read_link(fd.path())
                 && inodes.iter().any(|i| target.as_os_str() == i.as_str())
@@ -192,7 +209,10 @@ struct Sample {
 impl Meters {
     fn sample(&self) -> Sample {
         Sample {
-            broker: self.broker_pid.as_deref().and_then(|p| cpu_us(p, self.clk_tck)),
+            broker: self
+                .broker_pid
+                .as_deref()
+                .and_then(|p| cpu_us(p, self.clk_tck)),
             client: cpu_us("self", self.clk_tck),
             at: Instant::now(),
         }
@@ -202,7 +222,9 @@ impl Meters {
 /// Split `total` into `parts` near-equal shares.
 fn shares(total: u64, parts: usize) -> Vec<u64> {
     let parts = parts.max(1) as u64;
-    (0..parts).map(|i| total / parts + u64::from(i < total % parts)).collect()
+    (0..parts)
+        .map(|i| total / parts + u64::from(i < total % parts))
+        .collect()
 }
 
 struct Bench {
@@ -229,7 +251,10 @@ impl Bench {
         for i in 0..n {
             let c = Connection::connect(&self.endpoint, self.setup_timeout)
                 .await
-                .map_err(ctx(format!("connection {i} to {}:{}", self.endpoint.host, self.endpoint.port)))?;
+                .map_err(ctx(format!(
+                    "connection {i} to {}:{}",
+                    self.endpoint.host, self.endpoint.port
+                )))?;
             conns.push(c);
         }
         Ok(conns)
@@ -248,13 +273,25 @@ impl Bench {
             for p in placements.iter_mut().filter(|p| p.conn == ci) {
                 let q = queues.get(p.queue).map(String::as_str).unwrap_or_default();
                 if !authorized.contains(&p.queue) {
-                    conn.put_token(q, self.setup_timeout).await.map_err(ctx(format!("authorizing '{q}'")))?;
+                    conn.put_token(q, self.setup_timeout)
+                        .await
+                        .map_err(ctx(format!("authorizing '{q}'")))?;
                     authorized.push(p.queue);
                 }
-                p.id = Some(if sender { conn.open_sender(q) } else { conn.open_receiver(q) });
+                p.id = Some(if sender {
+                    conn.open_sender(q)
+                } else {
+                    conn.open_receiver(q)
+                });
             }
-            let ids: Vec<LinkId> = placements.iter().filter(|p| p.conn == ci).filter_map(|p| p.id).collect();
-            conn.wait_ready(&ids, self.setup_timeout).await.map_err(ctx("opening links"))?;
+            let ids: Vec<LinkId> = placements
+                .iter()
+                .filter(|p| p.conn == ci)
+                .filter_map(|p| p.id)
+                .collect();
+            conn.wait_ready(&ids, self.setup_timeout)
+                .await
+                .map_err(ctx("opening links"))?;
         }
         Ok(())
     }
@@ -265,13 +302,22 @@ impl Bench {
         let nc = self.args.connections.max(1);
         let per_queue = nc.div_ceil(nq).max(1);
         let placements = (0..nq * per_queue)
-            .map(|j| Placement { conn: j % nc, queue: j / per_queue, id: None })
+            .map(|j| Placement {
+                conn: j % nc,
+                queue: j / per_queue,
+                id: None,
+            })
             .collect();
         (nc, placements)
     }
 
     /// Run every connection to completion concurrently; returns them and the time the last finished.
-    async fn run_all(&self, conns: Vec<Connection>, what: &'static str, budget: Duration) -> Result<(Vec<Connection>, Instant), BenchError> {
+    async fn run_all(
+        &self,
+        conns: Vec<Connection>,
+        what: &'static str,
+        budget: Duration,
+    ) -> Result<(Vec<Connection>, Instant), BenchError> {
         let deadline = Instant::now() + budget;
         let tasks: Vec<_> = conns
             .into_iter()
@@ -299,7 +345,10 @@ impl Bench {
             }
         }
         if let Some(e) = first_err {
-            return Err(BenchError::Client { context: format!("{what} phase"), source: e });
+            return Err(BenchError::Client {
+                context: format!("{what} phase"),
+                source: e,
+            });
         }
         Ok((out, end))
     }
@@ -310,10 +359,20 @@ impl Bench {
         }
     }
 
-    fn run_record(&self, phase: Phase, nq: usize, rep: usize, messages: u64, before: &Sample, after: &Sample) -> PhaseRun {
+    fn run_record(
+        &self,
+        phase: Phase,
+        nq: usize,
+        rep: usize,
+        messages: u64,
+        before: &Sample,
+        after: &Sample,
+    ) -> PhaseRun {
         let secs = after.at.duration_since(before.at).as_secs_f64();
         let per_msg = |a: Option<u64>, b: Option<u64>| match (a, b) {
-            (Some(a), Some(b)) if messages > 0 => Some(a.saturating_sub(b) as f64 / messages as f64),
+            (Some(a), Some(b)) if messages > 0 => {
+                Some(a.saturating_sub(b) as f64 / messages as f64)
+            }
             _ => None,
         };
         PhaseRun {
@@ -322,7 +381,11 @@ impl Bench {
             rep,
             messages,
             secs,
-            rate: if secs > 0.0 { messages as f64 / secs } else { 0.0 },
+            rate: if secs > 0.0 {
+                messages as f64 / secs
+            } else {
+                0.0
+            },
             broker_cpu_us: per_msg(after.broker, before.broker),
             client_cpu_us: per_msg(after.client, before.client),
             p50_ms: None,
@@ -336,7 +399,8 @@ impl Bench {
         let nq = queues.len();
         let (nc, mut placements) = self.layout(nq);
         let mut conns = self.connect(nc).await?;
-        self.open_links(&mut conns, queues, &mut placements, true).await?;
+        self.open_links(&mut conns, queues, &mut placements, true)
+            .await?;
         let template = Arc::new(MessageTemplate::new(self.args.size, false));
         let per_queue = shares(self.args.messages, nq);
         let mut assigned: Vec<(usize, LinkId, u64)> = Vec::new();
@@ -353,7 +417,12 @@ impl Bench {
             if let Some(c) = conns.get_mut(ci) {
                 c.set_send_work(
                     id,
-                    SendWork { count: n, max_inflight: self.args.inflight.max(1), pacing: None, template: template.clone() },
+                    SendWork {
+                        count: n,
+                        max_inflight: self.args.inflight.max(1),
+                        pacing: None,
+                        template: template.clone(),
+                    },
                 );
             }
         }
@@ -363,7 +432,9 @@ impl Bench {
         after.at = end;
         let (mut accepted, mut rejected, mut last_error) = (0, 0, None);
         for p in &placements {
-            let Some(s) = p.id.and_then(|id| conns.get(p.conn)?.sender(id)) else { continue };
+            let Some(s) = p.id.and_then(|id| conns.get(p.conn)?.sender(id)) else {
+                continue;
+            };
             accepted += s.accepted;
             rejected += s.rejected;
             if s.last_error.is_some() {
@@ -377,24 +448,40 @@ impl Bench {
         let mut run = self.run_record(Phase::Send, nq, rep, accepted, &before, &after);
         run.errors = rejected;
         if rejected > 0 {
-            eprintln!("keybus bench: {rejected} sends were not accepted (last: {})", last_error.unwrap_or_default());
+            eprintln!(
+                "keybus bench: {rejected} sends were not accepted (last: {})",
+                last_error.unwrap_or_default()
+            );
         }
         Ok(run)
     }
 
-    async fn receive_phase(&mut self, queues: &[String], rep: usize) -> Result<PhaseRun, BenchError> {
+    async fn receive_phase(
+        &mut self,
+        queues: &[String],
+        rep: usize,
+    ) -> Result<PhaseRun, BenchError> {
         let nq = queues.len();
         let (nc, mut placements) = self.layout(nq);
         let mut conns = self.connect(nc).await?;
-        self.open_links(&mut conns, queues, &mut placements, false).await?;
-        let tallies: Vec<Arc<Tally>> =
-            queues.iter().map(|q| Tally::new(self.filled.get(q).copied().unwrap_or(0))).collect();
+        self.open_links(&mut conns, queues, &mut placements, false)
+            .await?;
+        let tallies: Vec<Arc<Tally>> = queues
+            .iter()
+            .map(|q| Tally::new(self.filled.get(q).copied().unwrap_or(0)))
+            .collect();
         let before = self.meters.sample();
         for p in &placements {
-            if let (Some(id), Some(c), Some(t)) = (p.id, conns.get_mut(p.conn), tallies.get(p.queue)) {
+            if let (Some(id), Some(c), Some(t)) =
+                (p.id, conns.get_mut(p.conn), tallies.get(p.queue))
+            {
                 c.set_recv_work(
                     id,
-                    RecvWork { credit_window: self.args.credit.max(1), tally: Some(t.clone()), measure_latency: false },
+                    RecvWork {
+                        credit_window: self.args.credit.max(1),
+                        tally: Some(t.clone()),
+                        measure_latency: false,
+                    },
                 );
             }
         }
@@ -404,7 +491,9 @@ impl Bench {
         after.at = end;
         let (mut completed, mut errors, mut last_error) = (0, 0, None);
         for p in &placements {
-            let Some(r) = p.id.and_then(|id| conns.get(p.conn)?.receiver(id)) else { continue };
+            let Some(r) = p.id.and_then(|id| conns.get(p.conn)?.receiver(id)) else {
+                continue;
+            };
             completed += r.completed;
             errors += r.complete_errors;
             if r.last_error.is_some() {
@@ -419,36 +508,67 @@ impl Bench {
         let mut run = self.run_record(Phase::Receive, nq, rep, completed, &before, &after);
         run.errors = errors;
         if errors > 0 {
-            eprintln!("keybus bench: {errors} completions failed (last: {})", last_error.unwrap_or_default());
+            eprintln!(
+                "keybus bench: {errors} completions failed (last: {})",
+                last_error.unwrap_or_default()
+            );
         }
         Ok(run)
     }
 
-    async fn latency_phase(&mut self, queues: &[String], rep: usize) -> Result<PhaseRun, BenchError> {
+    async fn latency_phase(
+        &mut self,
+        queues: &[String],
+        rep: usize,
+    ) -> Result<PhaseRun, BenchError> {
         let nq = queues.len();
         let nc = self.args.connections.max(1);
         let mut conns = self.connect(nc).await?;
         // Receiver of queue i on connection i % nc, its sender on the next connection.
-        let mut rplace: Vec<Placement> = (0..nq).map(|i| Placement { conn: i % nc, queue: i, id: None }).collect();
-        let mut splace: Vec<Placement> = (0..nq).map(|i| Placement { conn: (i + 1) % nc, queue: i, id: None }).collect();
-        self.open_links(&mut conns, queues, &mut rplace, false).await?;
-        self.open_links(&mut conns, queues, &mut splace, true).await?;
+        let mut rplace: Vec<Placement> = (0..nq)
+            .map(|i| Placement {
+                conn: i % nc,
+                queue: i,
+                id: None,
+            })
+            .collect();
+        let mut splace: Vec<Placement> = (0..nq)
+            .map(|i| Placement {
+                conn: (i + 1) % nc,
+                queue: i,
+                id: None,
+            })
+            .collect();
+        self.open_links(&mut conns, queues, &mut rplace, false)
+            .await?;
+        self.open_links(&mut conns, queues, &mut splace, true)
+            .await?;
         let rate_q = f64::from(self.args.rate.max(1)) / nq as f64;
         let count_q = ((rate_q * self.args.latency_secs as f64).round() as u64).max(1);
         let tallies: Vec<Arc<Tally>> = (0..nq).map(|_| Tally::new(count_q)).collect();
         for p in &rplace {
-            if let (Some(id), Some(c), Some(t)) = (p.id, conns.get_mut(p.conn), tallies.get(p.queue)) {
+            if let (Some(id), Some(c), Some(t)) =
+                (p.id, conns.get_mut(p.conn), tallies.get(p.queue))
+            {
                 c.set_recv_work(
                     id,
-                    RecvWork { credit_window: self.args.credit.max(1), tally: Some(t.clone()), measure_latency: true },
+                    RecvWork {
+                        credit_window: self.args.credit.max(1),
+                        tally: Some(t.clone()),
+                        measure_latency: true,
+                    },
                 );
             }
         }
         // Grant the receivers' credit before the first send.
         for c in &mut conns {
-            c.run_until(Instant::now() + self.setup_timeout, "granting credit", |_| true)
-                .await
-                .map_err(ctx("granting credit"))?;
+            c.run_until(
+                Instant::now() + self.setup_timeout,
+                "granting credit",
+                |_| true,
+            )
+            .await
+            .map_err(ctx("granting credit"))?;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let template = Arc::new(MessageTemplate::new(self.args.size, true));
@@ -457,11 +577,19 @@ impl Bench {
         let t0 = Instant::now();
         for p in &splace {
             // Stagger the queues' schedules so the total rate is even, not bursts of `nq`.
-            let pacing = Pacing { start: t0 + interval.mul_f64(p.queue as f64 / nq as f64), interval };
+            let pacing = Pacing {
+                start: t0 + interval.mul_f64(p.queue as f64 / nq as f64),
+                interval,
+            };
             if let (Some(id), Some(c)) = (p.id, conns.get_mut(p.conn)) {
                 c.set_send_work(
                     id,
-                    SendWork { count: count_q, max_inflight: self.args.inflight.max(1), pacing: Some(pacing), template: template.clone() },
+                    SendWork {
+                        count: count_q,
+                        max_inflight: self.args.inflight.max(1),
+                        pacing: Some(pacing),
+                        template: template.clone(),
+                    },
                 );
             }
         }
@@ -491,7 +619,10 @@ impl Bench {
         run.p99_ms = stats::percentile(&lat, 0.99).map(|us| f64::from(us) / 1000.0);
         run.max_ms = lat.last().map(|&us| f64::from(us) / 1000.0);
         if lat.len() as u64 != completed {
-            eprintln!("keybus bench: {} of {completed} latency messages carried no timestamp", completed - lat.len() as u64);
+            eprintln!(
+                "keybus bench: {} of {completed} latency messages carried no timestamp",
+                completed - lat.len() as u64
+            );
         }
         Ok(run)
     }
@@ -500,13 +631,28 @@ impl Bench {
     /// until nothing arrives for half a second.
     async fn drain_leftovers(&mut self, queues: &[String]) -> Result<u64, BenchError> {
         let mut conns = self.connect(1).await?;
-        let mut placements: Vec<Placement> =
-            (0..queues.len()).map(|i| Placement { conn: 0, queue: i, id: None }).collect();
-        self.open_links(&mut conns, queues, &mut placements, false).await?;
-        let Some(mut conn) = conns.pop() else { return Ok(0) };
+        let mut placements: Vec<Placement> = (0..queues.len())
+            .map(|i| Placement {
+                conn: 0,
+                queue: i,
+                id: None,
+            })
+            .collect();
+        self.open_links(&mut conns, queues, &mut placements, false)
+            .await?;
+        let Some(mut conn) = conns.pop() else {
+            return Ok(0);
+        };
         let ids: Vec<LinkId> = placements.iter().filter_map(|p| p.id).collect();
         for &id in &ids {
-            conn.set_recv_work(id, RecvWork { credit_window: 500, tally: None, measure_latency: false });
+            conn.set_recv_work(
+                id,
+                RecvWork {
+                    credit_window: 500,
+                    tally: None,
+                    measure_latency: false,
+                },
+            );
         }
         let start = Instant::now();
         let quiet = Duration::from_millis(500);
@@ -516,13 +662,18 @@ impl Bench {
             let now = Instant::now();
             check.iter().all(|&id| {
                 c.receiver(id).is_none_or(|r| {
-                    r.awaiting_echo == 0 && now.duration_since(r.last_delivery.unwrap_or(start)) >= quiet
+                    r.awaiting_echo == 0
+                        && now.duration_since(r.last_delivery.unwrap_or(start)) >= quiet
                 })
             })
         })
         .await
         .map_err(ctx("draining"))?;
-        let drained = ids.iter().filter_map(|&id| conn.receiver(id)).map(|r| r.completed).sum();
+        let drained = ids
+            .iter()
+            .filter_map(|&id| conn.receiver(id))
+            .map(|r| r.completed)
+            .sum();
         let _ = conn.close().await;
         Ok(drained)
     }
@@ -531,23 +682,40 @@ impl Bench {
 /// Entry point of `keybus bench`.
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let endpoint = Endpoint::parse(&args.connection_string).map_err(BenchError::Usage)?;
-    let queues: Vec<String> = args.queues.iter().map(|q| q.trim().to_string()).filter(|q| !q.is_empty()).collect();
+    let queues: Vec<String> = args
+        .queues
+        .iter()
+        .map(|q| q.trim().to_string())
+        .filter(|q| !q.is_empty())
+        .collect();
     if queues.is_empty() {
         return Err(BenchError::Usage("--queues is empty".into()));
     }
-    let mut counts: Vec<usize> = args.queue_counts.iter().copied().filter(|&n| n > 0).collect();
+    let mut counts: Vec<usize> = args
+        .queue_counts
+        .iter()
+        .copied()
+        .filter(|&n| n > 0)
+        .collect();
     counts.dedup();
     if let Some(&n) = counts.iter().find(|&&n| n > queues.len()) {
-        return Err(BenchError::Usage(format!("--queue-counts asks for {n} queues but --queues lists {}", queues.len())));
+        return Err(BenchError::Usage(format!(
+            "--queue-counts asks for {n} queues but --queues lists {}",
+            queues.len()
+        )));
     }
     if counts.is_empty() {
         return Err(BenchError::Usage("--queue-counts is empty".into()));
     }
     if args.phases.contains(&Phase::Receive) && !args.phases.contains(&Phase::Send) {
-        return Err(BenchError::Usage("the receive phase drains what the send phase filled: add `send` to --phases".into()));
+        return Err(BenchError::Usage(
+            "the receive phase drains what the send phase filled: add `send` to --phases".into(),
+        ));
     }
     if args.size == 0 || args.size > 100 * 1024 * 1024 {
-        return Err(BenchError::Usage("--size must be between 1 and 104857600".into()));
+        return Err(BenchError::Usage(
+            "--size must be between 1 and 104857600".into(),
+        ));
     }
     let mut phases = args.phases.clone();
     phases.sort();
@@ -558,8 +726,17 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let (broker_pid, pid_note) = match args.broker_pid {
         Some(p) => (Some(p), format!("broker pid {p}")),
         None => match find_listener(endpoint.port) {
-            Some(p) => (Some(p), format!("broker pid {p} (the process listening on port {})", endpoint.port)),
-            None => (None, "broker CPU not measured (pass --broker-pid)".to_string()),
+            Some(p) => (
+                Some(p),
+                format!(
+                    "broker pid {p} (the process listening on port {})",
+                    endpoint.port
+                ),
+            ),
+            None => (
+                None,
+                "broker CPU not measured (pass --broker-pid)".to_string(),
+            ),
         },
     };
     if let Some(p) = broker_pid
@@ -567,7 +744,10 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     {
         return Err(BenchError::Usage(format!("cannot read /proc/{p}/stat")));
     }
-    let meters = Meters { broker_pid: broker_pid.map(|p| p.to_string()), clk_tck: clk };
+    let meters = Meters {
+        broker_pid: broker_pid.map(|p| p.to_string()),
+        clk_tck: clk,
+    };
     let mut bench = Bench {
         args: args.clone(),
         endpoint,
@@ -577,7 +757,10 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     };
     let max_q = counts.iter().copied().max().unwrap_or(1);
     let all = queues.get(..max_q).unwrap_or(&queues).to_vec();
-    eprintln!("keybus bench: {pid_note}; draining leftovers from {} queue(s)", all.len());
+    eprintln!(
+        "keybus bench: {pid_note}; draining leftovers from {} queue(s)",
+        all.len()
+    );
     let drained = bench.drain_leftovers(&all).await?;
     if drained > 0 {
         eprintln!("keybus bench: removed {drained} leftover message(s)");
@@ -599,7 +782,9 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             // Whatever a failed receive left behind must not leak into the next run.
             if bench.filled.values().any(|&v| v > 0) && phases.contains(&Phase::Receive) {
                 let left: u64 = bench.filled.values().sum();
-                return Err(BenchError::Failed(format!("{left} message(s) sent but not received")));
+                return Err(BenchError::Failed(format!(
+                    "{left} message(s) sent but not received"
+                )));
             }
         }
     }

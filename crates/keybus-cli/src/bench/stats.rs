@@ -78,9 +78,15 @@ impl Spread {
         let median = if n % 2 == 1 {
             v.get(n / 2).copied().unwrap_or_default()
         } else {
-            (v.get(n / 2 - 1).copied().unwrap_or_default() + v.get(n / 2).copied().unwrap_or_default()) / 2.0
+            (v.get(n / 2 - 1).copied().unwrap_or_default()
+                + v.get(n / 2).copied().unwrap_or_default())
+                / 2.0
         };
-        Some(Spread { median, min: v.first().copied().unwrap_or_default(), max: v.last().copied().unwrap_or_default() })
+        Some(Spread {
+            median,
+            min: v.first().copied().unwrap_or_default(),
+            max: v.last().copied().unwrap_or_default(),
+        })
     }
 }
 
@@ -110,7 +116,10 @@ impl Summary {
         }
         keys.into_iter()
             .map(|(queues, phase)| {
-                let rs: Vec<&PhaseRun> = runs.iter().filter(|r| r.queues == queues && r.phase == phase).collect();
+                let rs: Vec<&PhaseRun> = runs
+                    .iter()
+                    .filter(|r| r.queues == queues && r.phase == phase)
+                    .collect();
                 Summary {
                     phase,
                     queues,
@@ -157,7 +166,13 @@ fn fmt_spread(s: Option<Spread>, decimals: usize, with_range: bool) -> String {
     match s {
         None => "-".into(),
         Some(s) if with_range && s.max > s.min => {
-            format!("{:.d$} ({:.d$}–{:.d$})", s.median, s.min, s.max, d = decimals)
+            format!(
+                "{:.d$} ({:.d$}–{:.d$})",
+                s.median,
+                s.min,
+                s.max,
+                d = decimals
+            )
         }
         Some(s) => format!("{:.d$}", s.median, d = decimals),
     }
@@ -170,17 +185,38 @@ pub fn table(cfg: &Config, sums: &[Summary]) -> String {
         out,
         "keybus bench: {}-byte messages, {} msgs per send/receive phase, {} connection(s), \
          {} in flight per sender link, credit {} per receiver link, latency {} msg/s for {} s, {} run(s) each",
-        cfg.size, cfg.messages, cfg.connections, cfg.inflight, cfg.credit, cfg.rate, cfg.latency_secs, cfg.repeat
+        cfg.size,
+        cfg.messages,
+        cfg.connections,
+        cfg.inflight,
+        cfg.credit,
+        cfg.rate,
+        cfg.latency_secs,
+        cfg.repeat
     );
     let _ = writeln!(out, "{}", cfg.note);
     let multi = cfg.repeat > 1;
     let _ = writeln!(
         out,
         "values are medians{}",
-        if multi { " (min–max over the runs)" } else { "" }
+        if multi {
+            " (min–max over the runs)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(out);
-    let headers = ["phase", "queues", "msg/s", "broker µs/msg", "client µs/msg", "p50 ms", "p99 ms", "max ms", "errors"];
+    let headers = [
+        "phase",
+        "queues",
+        "msg/s",
+        "broker µs/msg",
+        "client µs/msg",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+    ];
     let rows: Vec<Vec<String>> = sums
         .iter()
         .map(|s| {
@@ -215,8 +251,16 @@ pub fn table(cfg: &Config, sums: &[Summary]) -> String {
         }
         l.trim_end().to_string()
     };
-    let _ = writeln!(out, "{}", line(headers.iter().map(|h| h.to_string()).collect()));
-    let _ = writeln!(out, "{}", line(widths.iter().map(|&w| "-".repeat(w)).collect()));
+    let _ = writeln!(
+        out,
+        "{}",
+        line(headers.iter().map(|h| h.to_string()).collect())
+    );
+    let _ = writeln!(
+        out,
+        "{}",
+        line(widths.iter().map(|&w| "-".repeat(w)).collect())
+    );
     for r in rows {
         let _ = writeln!(out, "{}", line(r));
     }

@@ -23,9 +23,15 @@ pub fn body_value(msg: &Message) -> Option<Value> {
 /// Build a response message: correlation-id = the request's message-id (same AMQP type),
 /// the given application properties, and an optional `amqp-value` body.
 pub fn response(request: &Message, app: Vec<(Value, Value)>, body: Option<Value>) -> Bytes {
-    let correlation_id = request.properties.as_ref().and_then(|p| p.message_id.clone());
+    let correlation_id = request
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_id.clone());
     let msg = Message {
-        properties: Some(Properties { correlation_id, ..Default::default() }),
+        properties: Some(Properties {
+            correlation_id,
+            ..Default::default()
+        }),
         application_properties: Some(app),
         body_raw: Message::body_value(&body.unwrap_or(Value::Null)),
         ..Default::default()
@@ -41,11 +47,16 @@ fn s(v: &str) -> Value {
 
 impl Conn {
     pub(super) fn on_cbs_request(&mut self, channel: u16, msg: &Message) {
-        let op = app_prop(msg, "operation").and_then(Value::as_str).unwrap_or("");
+        let op = app_prop(msg, "operation")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let (status, description) = if op != "put-token" {
             (400, format!("unsupported $cbs operation '{op}'"))
         } else {
-            let name = app_prop(msg, "name").and_then(Value::as_str).unwrap_or("").to_string();
+            let name = app_prop(msg, "name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             let kind = app_prop(msg, "type").and_then(Value::as_str).unwrap_or("");
             let token = body_value(msg);
             // Python sends `type = jwt` even for SAS tokens, so the token's own form decides.
@@ -67,13 +78,23 @@ impl Conn {
                         }
                     }
                 }
-                ("jwt", _) => (401, "JWT tokens are not accepted by this keybus version; use a SAS token".to_string()),
-                (_, None) => (400, "the put-token body must be the token as a string".to_string()),
+                ("jwt", _) => (
+                    401,
+                    "JWT tokens are not accepted by this keybus version; use a SAS token"
+                        .to_string(),
+                ),
+                (_, None) => (
+                    400,
+                    "the put-token body must be the token as a string".to_string(),
+                ),
                 (other, _) => (400, format!("unsupported token type '{other}'")),
             }
         };
         let reply_to = msg.properties.as_ref().and_then(|p| p.reply_to.clone());
-        let app = vec![(s("status-code"), Value::Int(status)), (s("status-description"), s(&description))];
+        let app = vec![
+            (s("status-code"), Value::Int(status)),
+            (s("status-description"), s(&description)),
+        ];
         let bytes = response(msg, app, None);
         if let Some((ch, h)) = self.reply_link(channel, reply_to.as_deref(), "$cbs") {
             self.send_reply(ch, h, &bytes);

@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use keybus_amqp::{
-    AmqpError, Begin, Bytes, BytesMut, Close, DecodeError, End, Flow, Frame, FrameBody, Open,
-    Performative, ProtocolHeader, SaslFrameBody, SaslMechanisms, SaslOutcome, Symbol, AMQP_HEADER,
-    SASL_HEADER,
+    AMQP_HEADER, AmqpError, Begin, Bytes, BytesMut, Close, DecodeError, End, Flow, Frame,
+    FrameBody, Open, Performative, ProtocolHeader, SASL_HEADER, SaslFrameBody, SaslMechanisms,
+    SaslOutcome, Symbol,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -72,9 +72,17 @@ impl Conn {
     fn handle_frame(&mut self, frame: Frame) -> Result<(), ConnError> {
         match frame.body {
             FrameBody::Empty => Ok(()),
-            FrameBody::Sasl(_) => Err(ConnError(error(errors::FRAMING_ERROR, "SASL frame after SASL"))),
-            FrameBody::Amqp { performative, payload } => match performative {
-                Performative::Open(_) => Err(ConnError(error(errors::NOT_ALLOWED, "open received twice"))),
+            FrameBody::Sasl(_) => Err(ConnError(error(
+                errors::FRAMING_ERROR,
+                "SASL frame after SASL",
+            ))),
+            FrameBody::Amqp {
+                performative,
+                payload,
+            } => match performative {
+                Performative::Open(_) => {
+                    Err(ConnError(error(errors::NOT_ALLOWED, "open received twice")))
+                }
                 Performative::Close(_) => {
                     self.write(0, Performative::Close(Close { error: None }));
                     self.closed = true;
@@ -102,7 +110,10 @@ impl Conn {
 
     fn on_begin(&mut self, channel: u16, b: Begin) -> Result<(), ConnError> {
         if self.sessions.contains_key(&channel) {
-            return Err(ConnError(error(errors::NOT_ALLOWED, "channel already in use")));
+            return Err(ConnError(error(
+                errors::NOT_ALLOWED,
+                "channel already in use",
+            )));
         }
         let limit = self.broker.config.limits.max_sessions_per_connection;
         let reply = Begin {
@@ -110,7 +121,12 @@ impl Conn {
             next_outgoing_id: 1,
             incoming_window: SESSION_WINDOW,
             outgoing_window: SESSION_WINDOW,
-            handle_max: self.broker.config.limits.max_links_per_session.saturating_sub(1) as u32,
+            handle_max: self
+                .broker
+                .config
+                .limits
+                .max_links_per_session
+                .saturating_sub(1) as u32,
             ..Default::default()
         };
         self.write(channel, Performative::Begin(reply));
@@ -146,8 +162,9 @@ impl Conn {
     pub fn on_session_flow(&mut self, channel: u16, f: &Flow) {
         if let Some(s) = self.sessions.get_mut(&channel) {
             let next_in = f.next_incoming_id.unwrap_or(1);
-            s.remote_incoming_window =
-                next_in.wrapping_add(f.incoming_window).wrapping_sub(s.next_outgoing_id);
+            s.remote_incoming_window = next_in
+                .wrapping_add(f.incoming_window)
+                .wrapping_sub(s.next_outgoing_id);
             if f.handle.is_none() && f.echo {
                 let flow = session_flow(s);
                 self.write(channel, Performative::Flow(flow));
@@ -173,10 +190,18 @@ impl Conn {
 
     fn handle_event(&mut self, ev: ConnEvent) {
         match ev {
-            ConnEvent::Wake { channel, handle, generation } => self.on_wake(channel, handle, generation),
+            ConnEvent::Wake {
+                channel,
+                handle,
+                generation,
+            } => self.on_wake(channel, handle, generation),
             ConnEvent::SendsDone { channel, results } => self.on_sends_done(channel, results),
             ConnEvent::SettlesDone { channel, results } => self.on_settles_done(channel, results),
-            ConnEvent::Reply { channel, handle, message } => self.send_reply(channel, handle, &message),
+            ConnEvent::Reply {
+                channel,
+                handle,
+                message,
+            } => self.send_reply(channel, handle, &message),
         }
     }
 }
@@ -194,11 +219,17 @@ pub fn session_flow(s: &Session) -> Flow {
 
 /// Pop one complete frame from the input buffer.
 fn next_frame(inbuf: &mut BytesMut, max: u32) -> Result<Option<Frame>, ConnError> {
-    let Some(size) = inbuf.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])) else {
+    let Some(size) = inbuf
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    else {
         return Ok(None);
     };
     if size < 8 {
-        return Err(ConnError(error(errors::FRAMING_ERROR, format!("frame size {size} is below 8"))));
+        return Err(ConnError(error(
+            errors::FRAMING_ERROR,
+            format!("frame size {size} is below 8"),
+        )));
     }
     if size > max {
         return Err(ConnError(error(
@@ -225,7 +256,10 @@ async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> std::
     Ok(())
 }
 
-async fn read_header<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> std::io::Result<[u8; 8]> {
+async fn read_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<[u8; 8]> {
     while buf.len() < 8 {
         read_more(r, buf).await?;
     }
@@ -255,8 +289,14 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut out = BytesMut::new();
     out.extend_from_slice(&SASL_HEADER);
-    let mechs = SaslMechanisms { mechanisms: vec![Symbol::from("MSSBCBS"), Symbol::from("ANONYMOUS")] };
-    keybus_amqp::encode_frame(0, &FrameBody::Sasl(SaslFrameBody::Mechanisms(mechs)), &mut out);
+    let mechs = SaslMechanisms {
+        mechanisms: vec![Symbol::from("MSSBCBS"), Symbol::from("ANONYMOUS")],
+    };
+    keybus_amqp::encode_frame(
+        0,
+        &FrameBody::Sasl(SaslFrameBody::Mechanisms(mechs)),
+        &mut out,
+    );
     io.write_all(&out).await?;
     let init = loop {
         match next_frame(inbuf, 64 * 1024) {
@@ -267,13 +307,19 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let code = match init.body {
         FrameBody::Sasl(SaslFrameBody::Init(i))
-            if matches!(i.mechanism.as_str(), "ANONYMOUS" | "MSSBCBS" | "EXTERNAL") => 0,
+            if matches!(i.mechanism.as_str(), "ANONYMOUS" | "MSSBCBS" | "EXTERNAL") =>
+        {
+            0
+        }
         _ => 1,
     };
     let mut out = BytesMut::new();
     keybus_amqp::encode_frame(
         0,
-        &FrameBody::Sasl(SaslFrameBody::Outcome(SaslOutcome { code, additional_data: None })),
+        &FrameBody::Sasl(SaslFrameBody::Outcome(SaslOutcome {
+            code,
+            additional_data: None,
+        })),
         &mut out,
     );
     io.write_all(&out).await?;
@@ -318,8 +364,8 @@ where
         pending_sends: Vec::new(),
         closed: false,
     };
-    let over_limit = broker.connections.fetch_add(1, Ordering::SeqCst)
-        >= broker.config.limits.max_connections;
+    let over_limit =
+        broker.connections.fetch_add(1, Ordering::SeqCst) >= broker.config.limits.max_connections;
     let result = run(&mut conn, &mut io, &mut inbuf, rx, over_limit).await;
     broker.connections.fetch_sub(1, Ordering::SeqCst);
     if let Err(ConnError(err)) = result {
@@ -346,10 +392,27 @@ where
     // The first frame must be `open`.
     let open = loop {
         match next_frame(inbuf, conn.max_frame)? {
-            Some(Frame { body: FrameBody::Empty, .. }) => continue,
-            Some(Frame { body: FrameBody::Amqp { performative: Performative::Open(o), .. }, .. }) => break o,
-            Some(_) => return Err(ConnError(error(errors::NOT_ALLOWED, "the first frame must be open"))),
-            None => read_more(io, inbuf).await.map_err(|_| ConnError(error(errors::FRAMING_ERROR, "eof")))?,
+            Some(Frame {
+                body: FrameBody::Empty,
+                ..
+            }) => continue,
+            Some(Frame {
+                body:
+                    FrameBody::Amqp {
+                        performative: Performative::Open(o),
+                        ..
+                    },
+                ..
+            }) => break o,
+            Some(_) => {
+                return Err(ConnError(error(
+                    errors::NOT_ALLOWED,
+                    "the first frame must be open",
+                )));
+            }
+            None => read_more(io, inbuf)
+                .await
+                .map_err(|_| ConnError(error(errors::FRAMING_ERROR, "eof")))?,
         }
     };
     conn.peer_max_frame = open.max_frame_size.max(512);
@@ -360,7 +423,9 @@ where
             container_id: format!("keybus-{}", conn.broker.config.namespace),
             hostname: None,
             max_frame_size: conn.max_frame,
-            channel_max: 65_535.min(conn.broker.config.limits.max_sessions_per_connection as u32 * 4) as u16,
+            channel_max: 65_535
+                .min(conn.broker.config.limits.max_sessions_per_connection as u32 * 4)
+                as u16,
             idle_time_out: Some(IDLE_TIMEOUT_MS),
             ..Default::default()
         }),
@@ -374,7 +439,10 @@ where
             ),
         )));
     }
-    let peer_idle = open.idle_time_out.filter(|t| *t > 0).map(|t| Duration::from_millis(u64::from(t)));
+    let peer_idle = open
+        .idle_time_out
+        .filter(|t| *t > 0)
+        .map(|t| Duration::from_millis(u64::from(t)));
     let our_idle = Duration::from_millis(u64::from(IDLE_TIMEOUT_MS) * 2);
     let heartbeat_every = peer_idle.map_or(HEARTBEAT, |p| (p / 2).min(HEARTBEAT));
     let mut ticker = tokio::time::interval(heartbeat_every);
@@ -390,7 +458,9 @@ where
         }
         conn.flush_sends();
         if !conn.out.is_empty() {
-            io.write_all(&conn.out).await.map_err(|_| ConnError(error(errors::FRAMING_ERROR, "write failed")))?;
+            io.write_all(&conn.out)
+                .await
+                .map_err(|_| ConnError(error(errors::FRAMING_ERROR, "write failed")))?;
             conn.out.clear();
             last_out = Instant::now();
         }

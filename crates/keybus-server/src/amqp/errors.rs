@@ -32,6 +32,8 @@ pub fn from_condition(c: ErrorCondition, description: impl Into<String>) -> Amqp
 pub fn entity_not_found(host: &str, path: &str) -> AmqpError {
     error(
         NOT_FOUND,
-        format!("The messaging entity 'sb://{host}/{path}' could not be found. To know more visit https://aka.ms/sbResourceMgrExceptions."),
+        format!(
+            "The messaging entity 'sb://{host}/{path}' could not be found. To know more visit https://aka.ms/sbResourceMgrExceptions."
+        ),
     )
 }

@@ -7,7 +7,9 @@ use keybus_amqp::{
     AmqpError, Attach, Bytes, BytesMut, DeliveryState, Detach, Disposition, Flow, Message,
     Performative, ReceiverSettleMode, Role, SenderSettleMode, Source, Target, Transfer, Value,
 };
-use keybus_core::{IncomingMessage, LockToken, NodeAddress, NodeKind, Outcome, ReceiveMode, SubQueue};
+use keybus_core::{
+    IncomingMessage, LockToken, NodeAddress, NodeKind, Outcome, ReceiveMode, SubQueue,
+};
 
 use super::connection::{Conn, ConnError};
 use super::errors::{self, error};
@@ -36,7 +38,11 @@ pub enum LinkKind {
     /// Requests to `<entity>/$management`.
     MgmtIn { entity: Arc<Entity>, sub: SubQueue },
     /// Responses from `$cbs` or `$management` (`node` is the normalised node address).
-    ReplyOut { node: String, target: Option<String>, next_tag: u64 },
+    ReplyOut {
+        node: String,
+        target: Option<String>,
+        next_tag: u64,
+    },
 }
 
 /// A partly received multi-frame transfer.
@@ -90,7 +96,11 @@ fn outcome_of(state: &DeliveryState) -> Option<Outcome> {
     match state {
         DeliveryState::Accepted => Some(Outcome::Complete),
         DeliveryState::Released => Some(Outcome::Release),
-        DeliveryState::Modified { undeliverable_here, message_annotations, .. } => {
+        DeliveryState::Modified {
+            undeliverable_here,
+            message_annotations,
+            ..
+        } => {
             let properties = message_annotations.clone();
             if *undeliverable_here == Some(true) {
                 Some(Outcome::Defer { properties })
@@ -159,7 +169,10 @@ impl Conn {
                 self.on_disposition(channel, d);
                 Ok(())
             }
-            _ => Err(ConnError(error(errors::NOT_ALLOWED, "unexpected performative"))),
+            _ => Err(ConnError(error(
+                errors::NOT_ALLOWED,
+                "unexpected performative",
+            ))),
         }
     }
 
@@ -178,9 +191,17 @@ impl Conn {
         let reply = Attach {
             name: a.name.clone(),
             handle: a.handle,
-            role: if we_send { Role::Sender } else { Role::Receiver },
+            role: if we_send {
+                Role::Sender
+            } else {
+                Role::Receiver
+            },
             snd_settle_mode: a.snd_settle_mode,
-            rcv_settle_mode: if we_send { a.rcv_settle_mode } else { ReceiverSettleMode::First },
+            rcv_settle_mode: if we_send {
+                a.rcv_settle_mode
+            } else {
+                ReceiverSettleMode::First
+            },
             source: Some(a.source.clone().unwrap_or_default()),
             target: Some(a.target.clone().unwrap_or_default()),
             initial_delivery_count: we_send.then_some(0),
@@ -196,7 +217,11 @@ impl Conn {
         let reply = Attach {
             name: a.name.clone(),
             handle: a.handle,
-            role: if we_send { Role::Sender } else { Role::Receiver },
+            role: if we_send {
+                Role::Sender
+            } else {
+                Role::Receiver
+            },
             snd_settle_mode: a.snd_settle_mode,
             rcv_settle_mode: a.rcv_settle_mode,
             source: if we_send { None } else { a.source.clone() },
@@ -207,11 +232,21 @@ impl Conn {
         self.write(channel, Performative::Attach(reply));
         self.write(
             channel,
-            Performative::Detach(Detach { handle: a.handle, closed: true, error: Some(err) }),
+            Performative::Detach(Detach {
+                handle: a.handle,
+                closed: true,
+                error: Some(err),
+            }),
         );
     }
 
-    fn add_link(&mut self, channel: u16, a: &Attach, kind: LinkKind, auth: Option<(String, Right)>) {
+    fn add_link(
+        &mut self,
+        channel: u16,
+        a: &Attach,
+        kind: LinkKind,
+        auth: Option<(String, Right)>,
+    ) {
         let generation = self.next_generation;
         self.next_generation += 1;
         if let Some(s) = self.sessions.get_mut(&channel) {
@@ -238,10 +273,20 @@ impl Conn {
             .map(|s| (s.links.len(), s.links.contains_key(&a.handle)))
             .unwrap_or((0, false));
         if in_use {
-            return Err(ConnError(error(errors::NOT_ALLOWED, format!("handle {} is already attached", a.handle))));
+            return Err(ConnError(error(
+                errors::NOT_ALLOWED,
+                format!("handle {} is already attached", a.handle),
+            )));
         }
         if count >= limit {
-            self.refuse(channel, &a, error(errors::RESOURCE_LIMIT, format!("the session already has the maximum of {limit} links")));
+            self.refuse(
+                channel,
+                &a,
+                error(
+                    errors::RESOURCE_LIMIT,
+                    format!("the session already has the maximum of {limit} links"),
+                ),
+            );
             return Ok(());
         }
         let client_sends = a.role == Role::Sender;
@@ -251,18 +296,39 @@ impl Conn {
             a.source.as_ref().and_then(|s| s.address.clone())
         };
         let Some(addr) = address.as_deref().and_then(NodeAddress::parse) else {
-            self.refuse(channel, &a, error(errors::INVALID_FIELD, format!("invalid node address {address:?}")));
+            self.refuse(
+                channel,
+                &a,
+                error(
+                    errors::INVALID_FIELD,
+                    format!("invalid node address {address:?}"),
+                ),
+            );
             return Ok(());
         };
         if addr.kind == NodeKind::Cbs {
             if client_sends {
                 self.reply_attach(channel, &a, 1024 * 1024);
-                self.grant_credit(channel, a.handle, a.initial_delivery_count.unwrap_or(0), SENDER_CREDIT);
+                self.grant_credit(
+                    channel,
+                    a.handle,
+                    a.initial_delivery_count.unwrap_or(0),
+                    SENDER_CREDIT,
+                );
                 self.add_link(channel, &a, LinkKind::CbsIn, None);
             } else {
                 self.reply_attach(channel, &a, 1024 * 1024);
                 let target = a.target.as_ref().and_then(|t| t.address.clone());
-                self.add_link(channel, &a, LinkKind::ReplyOut { node: "$cbs".into(), target, next_tag: 0 }, None);
+                self.add_link(
+                    channel,
+                    &a,
+                    LinkKind::ReplyOut {
+                        node: "$cbs".into(),
+                        target,
+                        next_tag: 0,
+                    },
+                    None,
+                );
             }
             return Ok(());
         }
@@ -287,17 +353,38 @@ impl Conn {
                 }
                 self.reply_attach(channel, &a, max_size);
                 if client_sends {
-                    self.grant_credit(channel, a.handle, a.initial_delivery_count.unwrap_or(0), SENDER_CREDIT);
+                    self.grant_credit(
+                        channel,
+                        a.handle,
+                        a.initial_delivery_count.unwrap_or(0),
+                        SENDER_CREDIT,
+                    );
                     self.add_link(channel, &a, LinkKind::MgmtIn { entity, sub }, None);
                 } else {
                     let target = a.target.as_ref().and_then(|t| t.address.clone());
                     let node = node_key(&addr);
-                    self.add_link(channel, &a, LinkKind::ReplyOut { node, target, next_tag: 0 }, None);
+                    self.add_link(
+                        channel,
+                        &a,
+                        LinkKind::ReplyOut {
+                            node,
+                            target,
+                            next_tag: 0,
+                        },
+                        None,
+                    );
                 }
             }
             NodeKind::Entity(_) if client_sends => {
                 if sub != SubQueue::Main {
-                    self.refuse(channel, &a, error(errors::NOT_ALLOWED, "cannot send to a dead-letter sub-queue"));
+                    self.refuse(
+                        channel,
+                        &a,
+                        error(
+                            errors::NOT_ALLOWED,
+                            "cannot send to a dead-letter sub-queue",
+                        ),
+                    );
                     return Ok(());
                 }
                 if !self.authorized(&path, Right::Send) {
@@ -305,8 +392,18 @@ impl Conn {
                     return Ok(());
                 }
                 self.reply_attach(channel, &a, max_size);
-                self.grant_credit(channel, a.handle, a.initial_delivery_count.unwrap_or(0), SENDER_CREDIT);
-                self.add_link(channel, &a, LinkKind::EntityIn { entity }, Some((path, Right::Send)));
+                self.grant_credit(
+                    channel,
+                    a.handle,
+                    a.initial_delivery_count.unwrap_or(0),
+                    SENDER_CREDIT,
+                );
+                self.add_link(
+                    channel,
+                    &a,
+                    LinkKind::EntityIn { entity },
+                    Some((path, Right::Send)),
+                );
             }
             NodeKind::Entity(_) => {
                 if !self.authorized(&path, Right::Listen) {
@@ -321,7 +418,14 @@ impl Conn {
                     .is_some();
                 let requires_session = entity.lock().queue.properties().requires_session;
                 if session_filter || (requires_session && sub == SubQueue::Main) {
-                    self.refuse(channel, &a, error(errors::NOT_ALLOWED, "session receivers are not supported by this keybus version"));
+                    self.refuse(
+                        channel,
+                        &a,
+                        error(
+                            errors::NOT_ALLOWED,
+                            "session receivers are not supported by this keybus version",
+                        ),
+                    );
                     return Ok(());
                 }
                 let mode = if a.snd_settle_mode == SenderSettleMode::Settled {
@@ -360,7 +464,14 @@ impl Conn {
         if let Some(s) = self.sessions.get_mut(&channel) {
             s.links.remove(&d.handle);
         }
-        self.write(channel, Performative::Detach(Detach { handle: d.handle, closed: d.closed, error: None }));
+        self.write(
+            channel,
+            Performative::Detach(Detach {
+                handle: d.handle,
+                closed: d.closed,
+                error: None,
+            }),
+        );
     }
 
     /// Detach a link from our side with an error.
@@ -368,7 +479,14 @@ impl Conn {
         if let Some(s) = self.sessions.get_mut(&channel) {
             s.links.remove(&handle);
         }
-        self.write(channel, Performative::Detach(Detach { handle, closed: true, error: Some(err) }));
+        self.write(
+            channel,
+            Performative::Detach(Detach {
+                handle,
+                closed: true,
+                error: Some(err),
+            }),
+        );
     }
 
     /// Detach links whose authorising token has run out without a refresh.
@@ -396,9 +514,18 @@ impl Conn {
 
     fn on_link_flow(&mut self, channel: u16, f: &Flow) {
         let Some(handle) = f.handle else { return };
-        let Some(s) = self.sessions.get_mut(&channel) else { return };
-        let Some(link) = s.links.get_mut(&handle) else { return };
-        let LinkKind::EntityOut { credit, delivery_count, .. } = &mut link.kind else {
+        let Some(s) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        let Some(link) = s.links.get_mut(&handle) else {
+            return;
+        };
+        let LinkKind::EntityOut {
+            credit,
+            delivery_count,
+            ..
+        } = &mut link.kind
+        else {
             if f.echo {
                 // Echo for links we receive on: restate our credit.
                 let dc = f.delivery_count.unwrap_or(0);
@@ -414,16 +541,28 @@ impl Conn {
         }
         self.pump(channel, handle);
         if f.drain || f.echo {
-            let Some(s) = self.sessions.get_mut(&channel) else { return };
-            let Some(link) = s.links.get_mut(&handle) else { return };
-            if let LinkKind::EntityOut { credit, delivery_count, .. } = &mut link.kind {
+            let Some(s) = self.sessions.get_mut(&channel) else {
+                return;
+            };
+            let Some(link) = s.links.get_mut(&handle) else {
+                return;
+            };
+            if let LinkKind::EntityOut {
+                credit,
+                delivery_count,
+                ..
+            } = &mut link.kind
+            {
                 if f.drain {
                     *delivery_count = delivery_count.wrapping_add(*credit);
                     *credit = 0;
                 }
                 let mut flow = super::connection::session_flow(s);
-                if let Some(LinkKind::EntityOut { credit, delivery_count, .. }) =
-                    s.links.get(&handle).map(|l| &l.kind)
+                if let Some(LinkKind::EntityOut {
+                    credit,
+                    delivery_count,
+                    ..
+                }) = s.links.get(&handle).map(|l| &l.kind)
                 {
                     flow.handle = Some(handle);
                     flow.delivery_count = Some(*delivery_count);
@@ -441,11 +580,23 @@ impl Conn {
         let max_unsettled = self.broker.config.limits.max_unsettled_per_link;
         let now = self.broker.now();
         let tx = self.tx.clone();
-        let Some(s) = self.sessions.get_mut(&channel) else { return };
+        let Some(s) = self.sessions.get_mut(&channel) else {
+            return;
+        };
         let window = s.remote_incoming_window;
-        let Some(link) = s.links.get_mut(&handle) else { return };
+        let Some(link) = s.links.get_mut(&handle) else {
+            return;
+        };
         let generation = link.generation;
-        let LinkKind::EntityOut { entity, sub, mode, credit, waiting, unsettled, .. } = &mut link.kind
+        let LinkKind::EntityOut {
+            entity,
+            sub,
+            mode,
+            credit,
+            waiting,
+            unsettled,
+            ..
+        } = &mut link.kind
         else {
             return;
         };
@@ -466,7 +617,13 @@ impl Conn {
                 }
             }
             if deliveries.len() < *credit as usize && !*waiting {
-                st.waiters.push(Waiter { tx, sub, channel, handle, generation });
+                st.waiters.push(Waiter {
+                    tx,
+                    sub,
+                    channel,
+                    handle,
+                    generation,
+                });
                 *waiting = true;
             }
             if let Some(fut) = entity.submit(&mut st) {
@@ -478,7 +635,15 @@ impl Conn {
             }
         }
         let n = deliveries.len() as u32;
-        let LinkKind::EntityOut { credit, delivery_count, unsettled, .. } = &mut link.kind else { return };
+        let LinkKind::EntityOut {
+            credit,
+            delivery_count,
+            unsettled,
+            ..
+        } = &mut link.kind
+        else {
+            return;
+        };
         *credit -= n;
         *delivery_count = delivery_count.wrapping_add(n);
         let settled = mode == ReceiveMode::ReceiveAndDelete;
@@ -489,17 +654,31 @@ impl Conn {
             let id = s.next_delivery_id;
             s.next_delivery_id = id.wrapping_add(1);
             if !settled {
-                s.unsettled.insert(id, (handle, d.lock_token, entity.clone()));
+                s.unsettled
+                    .insert(id, (handle, d.lock_token, entity.clone()));
             }
             let tag = d.lock_token.to_delivery_tag();
-            let frames = write_transfer(&mut self.out, self.peer_max_frame, channel, handle, id, &tag, settled, &d.encoded);
+            let frames = write_transfer(
+                &mut self.out,
+                self.peer_max_frame,
+                channel,
+                handle,
+                id,
+                &tag,
+                settled,
+                &d.encoded,
+            );
             s.next_outgoing_id = s.next_outgoing_id.wrapping_add(frames);
             s.remote_incoming_window = s.remote_incoming_window.saturating_sub(frames);
         }
     }
 
     pub(super) fn on_wake(&mut self, channel: u16, handle: u32, generation: u64) {
-        let Some(link) = self.sessions.get_mut(&channel).and_then(|s| s.links.get_mut(&handle)) else {
+        let Some(link) = self
+            .sessions
+            .get_mut(&channel)
+            .and_then(|s| s.links.get_mut(&handle))
+        else {
             return;
         };
         if link.generation != generation {
@@ -512,21 +691,38 @@ impl Conn {
     }
 
     fn on_transfer(&mut self, channel: u16, t: Transfer, payload: Bytes) -> Result<(), ConnError> {
-        let Some(s) = self.sessions.get_mut(&channel) else { return Ok(()) };
+        let Some(s) = self.sessions.get_mut(&channel) else {
+            return Ok(());
+        };
         let Some(link) = s.links.get_mut(&t.handle) else {
-            return Err(ConnError(error(errors::UNATTACHED_HANDLE, format!("transfer on unattached handle {}", t.handle))));
+            return Err(ConnError(error(
+                errors::UNATTACHED_HANDLE,
+                format!("transfer on unattached handle {}", t.handle),
+            )));
         };
         let limit = match &link.kind {
-            LinkKind::EntityIn { entity, .. } => entity.lock().queue.properties().max_message_size as usize + 64 * 1024,
-            LinkKind::MgmtIn { entity, .. } => 2 * entity.lock().queue.properties().max_message_size as usize + 1024 * 1024,
+            LinkKind::EntityIn { entity, .. } => {
+                entity.lock().queue.properties().max_message_size as usize + 64 * 1024
+            }
+            LinkKind::MgmtIn { entity, .. } => {
+                2 * entity.lock().queue.properties().max_message_size as usize + 1024 * 1024
+            }
             LinkKind::CbsIn => 64 * 1024,
-            _ => return Err(ConnError(error(errors::NOT_ALLOWED, "transfer on a link the broker sends on"))),
+            _ => {
+                return Err(ConnError(error(
+                    errors::NOT_ALLOWED,
+                    "transfer on a link the broker sends on",
+                )));
+            }
         };
         let partial = match link.partial.take() {
             Some(p) => p,
             None => {
                 let Some(delivery_id) = t.delivery_id else {
-                    return Err(ConnError(error(errors::INVALID_FIELD, "first transfer frame has no delivery-id")));
+                    return Err(ConnError(error(
+                        errors::INVALID_FIELD,
+                        "first transfer frame has no delivery-id",
+                    )));
                 };
                 Partial {
                     delivery_id,
@@ -560,8 +756,12 @@ impl Conn {
             partial.buf.extend_from_slice(&payload);
             partial.buf.freeze()
         };
-        let (delivery_id, settled, format, oversize) =
-            (partial.delivery_id, partial.settled, partial.format, partial.oversize);
+        let (delivery_id, settled, format, oversize) = (
+            partial.delivery_id,
+            partial.settled,
+            partial.format,
+            partial.oversize,
+        );
         link.in_count = link.in_count.wrapping_add(1);
         link.in_credit = link.in_credit.saturating_sub(1);
         let top_up = (link.in_credit < SENDER_CREDIT / 2).then(|| {
@@ -575,18 +775,29 @@ impl Conn {
                 let result = if oversize || body.len() > max {
                     Err((
                         errors::MESSAGE_SIZE_EXCEEDED,
-                        format!("The received message (delivery-id:{delivery_id}, size:{} bytes) exceeds the limit ({max} bytes) currently allowed on the link.", body.len().max(max + 1)),
+                        format!(
+                            "The received message (delivery-id:{delivery_id}, size:{} bytes) exceeds the limit ({max} bytes) currently allowed on the link.",
+                            body.len().max(max + 1)
+                        ),
                     ))
                 } else {
                     decode_incoming(&body, format)
                 };
-                self.pending_sends.push(PendingSend { channel, delivery_id, settled, entity, result });
+                self.pending_sends.push(PendingSend {
+                    channel,
+                    delivery_id,
+                    settled,
+                    entity,
+                    result,
+                });
             }
             LinkKind::CbsIn => {
                 if !settled {
                     self.settle_request(channel, delivery_id);
                 }
-                let Ok(msg) = Message::decode(&body) else { return Ok(()) };
+                let Ok(msg) = Message::decode(&body) else {
+                    return Ok(());
+                };
                 self.on_cbs_request(channel, &msg);
             }
             LinkKind::MgmtIn { entity, sub } => {
@@ -597,7 +808,9 @@ impl Conn {
                 if oversize {
                     return Ok(());
                 }
-                let Ok(msg) = Message::decode(&body) else { return Ok(()) };
+                let Ok(msg) = Message::decode(&body) else {
+                    return Ok(());
+                };
                 self.on_management_request(channel, entity, sub, msg);
             }
             _ => {}
@@ -631,8 +844,9 @@ impl Conn {
         let now = self.broker.now();
         while !pending.is_empty() {
             let entity = pending[0].entity.clone();
-            let (group, rest): (Vec<_>, Vec<_>) =
-                pending.into_iter().partition(|p| Arc::ptr_eq(&p.entity, &entity));
+            let (group, rest): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|p| Arc::ptr_eq(&p.entity, &entity));
             pending = rest;
             let mut results = Vec::with_capacity(group.len());
             let mut seqs = Vec::new();
@@ -667,13 +881,17 @@ impl Conn {
                         st.queue.abort_pending(&seqs);
                     }
                 }
-                let mut by_channel: Vec<(u16, Vec<(u32, Result<(), (&'static str, String)>)>)> = Vec::new();
+                let mut by_channel: Vec<(u16, Vec<(u32, Result<(), (&'static str, String)>)>)> =
+                    Vec::new();
                 for (ch, id, settled, r) in results {
                     if settled {
                         continue;
                     }
                     let r = match (&failed, r) {
-                        (Some(e), Ok(())) => Err((errors::INTERNAL, format!("the message could not be stored: {e}"))),
+                        (Some(e), Ok(())) => Err((
+                            errors::INTERNAL,
+                            format!("the message could not be stored: {e}"),
+                        )),
                         (_, r) => r,
                     };
                     match by_channel.iter_mut().find(|(c, _)| *c == ch) {
@@ -701,7 +919,11 @@ impl Conn {
         }
     }
 
-    pub(super) fn on_sends_done(&mut self, channel: u16, results: Vec<(u32, Result<(), (&'static str, String)>)>) {
+    pub(super) fn on_sends_done(
+        &mut self,
+        channel: u16,
+        results: Vec<(u32, Result<(), (&'static str, String)>)>,
+    ) {
         if !self.sessions.contains_key(&channel) {
             return;
         }
@@ -709,7 +931,9 @@ impl Conn {
         for (id, r) in results {
             let state = match r {
                 Ok(()) => DeliveryState::Accepted,
-                Err((cond, desc)) => DeliveryState::Rejected { error: Some(error(cond, desc)) },
+                Err((cond, desc)) => DeliveryState::Rejected {
+                    error: Some(error(cond, desc)),
+                },
             };
             states.push((id, state));
         }
@@ -717,7 +941,12 @@ impl Conn {
     }
 
     /// Write settled dispositions, coalescing consecutive ids with equal states into ranges.
-    fn write_dispositions(&mut self, channel: u16, role: Role, mut states: Vec<(u32, DeliveryState)>) {
+    fn write_dispositions(
+        &mut self,
+        channel: u16,
+        role: Role,
+        mut states: Vec<(u32, DeliveryState)>,
+    ) {
         states.sort_by_key(|(id, _)| *id);
         let mut i = 0;
         while i < states.len() {
@@ -748,10 +977,14 @@ impl Conn {
             return;
         }
         let Some(state) = d.state.clone() else { return };
-        let Some(outcome) = outcome_of(&state) else { return };
+        let Some(outcome) = outcome_of(&state) else {
+            return;
+        };
         let now = self.broker.now();
         let last = d.last.unwrap_or(d.first);
-        let Some(s) = self.sessions.get_mut(&channel) else { return };
+        let Some(s) = self.sessions.get_mut(&channel) else {
+            return;
+        };
         let span = last.wrapping_sub(d.first) as usize;
         let ids: Vec<u32> = if span < s.unsettled.len().max(64) {
             (0..=span as u32).map(|k| d.first.wrapping_add(k)).collect()
@@ -775,7 +1008,9 @@ impl Conn {
                 }
                 continue;
             };
-            if let Some(LinkKind::EntityOut { unsettled, .. }) = s.links.get_mut(&handle).map(|l| &mut l.kind) {
+            if let Some(LinkKind::EntityOut { unsettled, .. }) =
+                s.links.get_mut(&handle).map(|l| &mut l.kind)
+            {
                 *unsettled = unsettled.saturating_sub(1);
                 touched.push(handle);
             }
@@ -788,10 +1023,15 @@ impl Conn {
                 st.wake();
             }
             drop(st);
-            results.push((id, match r {
-                Ok(()) => echo_of(&state),
-                Err(e) => DeliveryState::Rejected { error: Some(errors::from_condition(e.condition(), e.to_string())) },
-            }));
+            results.push((
+                id,
+                match r {
+                    Ok(()) => echo_of(&state),
+                    Err(e) => DeliveryState::Rejected {
+                        error: Some(errors::from_condition(e.condition(), e.to_string())),
+                    },
+                },
+            ));
         }
         touched.sort_unstable();
         touched.dedup();
@@ -811,7 +1051,14 @@ impl Conn {
                         None => results,
                         Some(e) => results
                             .into_iter()
-                            .map(|(id, _)| (id, DeliveryState::Rejected { error: Some(error(errors::INTERNAL, e.to_string())) }))
+                            .map(|(id, _)| {
+                                (
+                                    id,
+                                    DeliveryState::Rejected {
+                                        error: Some(error(errors::INTERNAL, e.to_string())),
+                                    },
+                                )
+                            })
                             .collect(),
                     };
                     let _ = tx.send(ConnEvent::SettlesDone { channel, results });
@@ -830,11 +1077,18 @@ impl Conn {
     }
 
     /// Find the link a response goes out on (wire reference §7.1 routing rule).
-    pub fn reply_link(&self, channel: u16, reply_to: Option<&str>, node: &str) -> Option<(u16, u32)> {
+    pub fn reply_link(
+        &self,
+        channel: u16,
+        reply_to: Option<&str>,
+        node: &str,
+    ) -> Option<(u16, u32)> {
         let replies = || {
             self.sessions.iter().flat_map(|(ch, s)| {
                 s.links.iter().filter_map(move |(h, l)| match &l.kind {
-                    LinkKind::ReplyOut { node, target, .. } => Some((*ch, *h, l.name.as_str(), node.as_str(), target.as_deref())),
+                    LinkKind::ReplyOut { node, target, .. } => {
+                        Some((*ch, *h, l.name.as_str(), node.as_str(), target.as_deref()))
+                    }
                     _ => None,
                 })
             })
@@ -855,14 +1109,29 @@ impl Conn {
 
     /// Send a response message pre-settled on a reply link.
     pub fn send_reply(&mut self, channel: u16, handle: u32, message: &[u8]) {
-        let Some(s) = self.sessions.get_mut(&channel) else { return };
-        let Some(link) = s.links.get_mut(&handle) else { return };
-        let LinkKind::ReplyOut { next_tag, .. } = &mut link.kind else { return };
+        let Some(s) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        let Some(link) = s.links.get_mut(&handle) else {
+            return;
+        };
+        let LinkKind::ReplyOut { next_tag, .. } = &mut link.kind else {
+            return;
+        };
         let tag = next_tag.to_be_bytes();
         *next_tag += 1;
         let id = s.next_delivery_id;
         s.next_delivery_id = id.wrapping_add(1);
-        let frames = write_transfer(&mut self.out, self.peer_max_frame, channel, handle, id, &tag, true, message);
+        let frames = write_transfer(
+            &mut self.out,
+            self.peer_max_frame,
+            channel,
+            handle,
+            id,
+            &tag,
+            true,
+            message,
+        );
         s.next_outgoing_id = s.next_outgoing_id.wrapping_add(frames);
         s.remote_incoming_window = s.remote_incoming_window.saturating_sub(frames);
     }
@@ -871,7 +1140,9 @@ impl Conn {
 fn unauthorized(path: &str) -> AmqpError {
     error(
         errors::UNAUTHORIZED,
-        format!("Unauthorized access. A valid token with the needed claim is required to perform this operation on '{path}'."),
+        format!(
+            "Unauthorized access. A valid token with the needed claim is required to perform this operation on '{path}'."
+        ),
     )
 }
 
@@ -885,19 +1156,33 @@ fn lock_lost_state() -> DeliveryState {
 }
 
 /// Decode a received transfer into messages (a batch holds one encoded message per `data`).
-fn decode_incoming(body: &Bytes, format: u32) -> Result<Vec<IncomingMessage>, (&'static str, String)> {
-    let bad = |e: keybus_amqp::DecodeError| (errors::DECODE_ERROR, format!("the message could not be decoded: {e}"));
+fn decode_incoming(
+    body: &Bytes,
+    format: u32,
+) -> Result<Vec<IncomingMessage>, (&'static str, String)> {
+    let bad = |e: keybus_amqp::DecodeError| {
+        (
+            errors::DECODE_ERROR,
+            format!("the message could not be decoded: {e}"),
+        )
+    };
     let msg = Message::decode(body).map_err(bad)?;
     if format == keybus_amqp::BATCH_MESSAGE_FORMAT {
         let inner = msg.batch_inner_messages().map_err(bad)?;
         inner
             .iter()
             .map(|b| {
-                Ok(IncomingMessage { message: Message::decode(b).map_err(bad)?, size: b.len() as u32 })
+                Ok(IncomingMessage {
+                    message: Message::decode(b).map_err(bad)?,
+                    size: b.len() as u32,
+                })
             })
             .collect()
     } else {
-        Ok(vec![IncomingMessage { message: msg, size: body.len() as u32 }])
+        Ok(vec![IncomingMessage {
+            message: msg,
+            size: body.len() as u32,
+        }])
     }
 }
 

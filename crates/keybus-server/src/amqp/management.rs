@@ -40,7 +40,12 @@ struct Done {
 
 impl Done {
     fn ok(body: Value) -> Done {
-        Done { status: 200, body: Some(body), commit: None, after_commit: None }
+        Done {
+            status: 200,
+            body: Some(body),
+            commit: None,
+            after_commit: None,
+        }
     }
 }
 
@@ -76,11 +81,20 @@ fn lock_tokens(body: &[(Value, Value)]) -> Result<Vec<LockToken>, OpError> {
 
 fn sequence_numbers(body: &[(Value, Value)]) -> Result<Vec<i64>, OpError> {
     let v = field(body, "sequence-numbers").ok_or_else(|| bad("missing sequence-numbers"))?;
-    elements(v).iter().map(|n| n.as_i64().ok_or_else(|| bad("sequence-numbers must be longs"))).collect()
+    elements(v)
+        .iter()
+        .map(|n| {
+            n.as_i64()
+                .ok_or_else(|| bad("sequence-numbers must be longs"))
+        })
+        .collect()
 }
 
 fn opt_string(body: &[(Value, Value)], name: &str) -> Option<String> {
-    field(body, name).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
+    field(body, name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 /// The right each operation needs (wire reference §3.7).
@@ -92,13 +106,24 @@ fn required_right(op: &str) -> Right {
 }
 
 impl Conn {
-    pub(super) fn on_management_request(&mut self, channel: u16, entity: Arc<Entity>, sub: SubQueue, msg: Message) {
-        let op = app_prop(&msg, "operation").and_then(Value::as_str).unwrap_or("").to_string();
+    pub(super) fn on_management_request(
+        &mut self,
+        channel: u16,
+        entity: Arc<Entity>,
+        sub: SubQueue,
+        msg: Message,
+    ) {
+        let op = app_prop(&msg, "operation")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let entity_key = entity.lock().queue.name().to_string();
         let node = match sub {
             SubQueue::Main => format!("{entity_key}/$management"),
             SubQueue::DeadLetter => format!("{entity_key}/$deadletterqueue/$management"),
-            SubQueue::TransferDeadLetter => format!("{entity_key}/$transfer/$deadletterqueue/$management"),
+            SubQueue::TransferDeadLetter => {
+                format!("{entity_key}/$transfer/$deadletterqueue/$management")
+            }
         };
         let reply_to = msg.properties.as_ref().and_then(|p| p.reply_to.clone());
         let Some((ch, h)) = self.reply_link(channel, reply_to.as_deref(), &node) else {
@@ -110,21 +135,38 @@ impl Conn {
             let fields = body.as_ref().and_then(Value::as_map).unwrap_or(&[]);
             self.management_op(&op, &entity, sub, fields)
         } else {
-            Err(OpError(401, "amqp:unauthorized-access", format!("Unauthorized access: '{op}' on '{entity_key}' needs the {:?} right.", required_right(&op))))
+            Err(OpError(
+                401,
+                "amqp:unauthorized-access",
+                format!(
+                    "Unauthorized access: '{op}' on '{entity_key}' needs the {:?} right.",
+                    required_right(&op)
+                ),
+            ))
         };
         match result {
             Err(OpError(status, cond, desc)) => {
                 let bytes = mgmt_response(&msg, status, &desc, Some(cond), None);
                 self.send_reply(ch, h, &bytes);
             }
-            Ok(Done { status, body, commit: None, after_commit }) => {
+            Ok(Done {
+                status,
+                body,
+                commit: None,
+                after_commit,
+            }) => {
                 if let Some(f) = after_commit {
                     f(true);
                 }
                 let bytes = mgmt_response(&msg, status, "OK", None, body);
                 self.send_reply(ch, h, &bytes);
             }
-            Ok(Done { status, body, commit: Some(fut), after_commit }) => {
+            Ok(Done {
+                status,
+                body,
+                commit: Some(fut),
+                after_commit,
+            }) => {
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let r = fut.await;
@@ -133,33 +175,64 @@ impl Conn {
                     }
                     let bytes = match r {
                         Ok(()) => mgmt_response(&msg, status, "OK", None, body),
-                        Err(e) => mgmt_response(&msg, 500, &e.to_string(), Some(ErrorCondition::InternalError.symbol()), None),
+                        Err(e) => mgmt_response(
+                            &msg,
+                            500,
+                            &e.to_string(),
+                            Some(ErrorCondition::InternalError.symbol()),
+                            None,
+                        ),
                     };
-                    let _ = tx.send(ConnEvent::Reply { channel: ch, handle: h, message: bytes });
+                    let _ = tx.send(ConnEvent::Reply {
+                        channel: ch,
+                        handle: h,
+                        message: bytes,
+                    });
                 });
             }
         }
     }
 
-    fn management_op(&mut self, op: &str, entity: &Arc<Entity>, sub: SubQueue, body: &[(Value, Value)]) -> Result<Done, OpError> {
+    fn management_op(
+        &mut self,
+        op: &str,
+        entity: &Arc<Entity>,
+        sub: SubQueue,
+        body: &[(Value, Value)],
+    ) -> Result<Done, OpError> {
         let now = self.broker.now();
         let mut st = entity.lock();
         match op {
             "com.microsoft:renew-lock" => {
                 let mut out = Vec::new();
                 for t in lock_tokens(body)? {
-                    out.push(Value::Timestamp(st.queue.renew_lock(t, now).map_err(ManagementError::from)?));
+                    out.push(Value::Timestamp(
+                        st.queue.renew_lock(t, now).map_err(ManagementError::from)?,
+                    ));
                 }
                 Ok(Done::ok(map(vec![("expirations", Value::Array(out))])))
             }
             "com.microsoft:peek-message" => {
-                let from = field(body, "from-sequence-number").and_then(Value::as_i64).unwrap_or(1);
-                let count = field(body, "message-count").and_then(Value::as_i64).unwrap_or(1).clamp(0, 1000) as usize;
+                let from = field(body, "from-sequence-number")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                let count = field(body, "message-count")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+                    .clamp(0, 1000) as usize;
                 let msgs = st.queue.peek(sub, from, count, now);
                 if msgs.is_empty() {
-                    return Ok(Done { status: 204, body: None, commit: None, after_commit: None });
+                    return Ok(Done {
+                        status: 204,
+                        body: None,
+                        commit: None,
+                        after_commit: None,
+                    });
                 }
-                let list = msgs.into_iter().map(|m| map(vec![("message", Value::Binary(m))])).collect();
+                let list = msgs
+                    .into_iter()
+                    .map(|m| map(vec![("message", Value::Binary(m))]))
+                    .collect();
                 Ok(Done::ok(map(vec![("messages", Value::List(list))])))
             }
             "com.microsoft:schedule-message" => {
@@ -171,10 +244,18 @@ impl Conn {
                         .and_then(|m| field(m, "message"))
                         .and_then(Value::as_binary)
                         .ok_or_else(|| bad("each scheduled message needs a 'message' binary"))?;
-                    let message = Message::decode(bytes).map_err(|e| bad(format!("the scheduled message could not be decoded: {e}")))?;
-                    incoming.push(IncomingMessage { message, size: bytes.len() as u32 });
+                    let message = Message::decode(bytes).map_err(|e| {
+                        bad(format!("the scheduled message could not be decoded: {e}"))
+                    })?;
+                    incoming.push(IncomingMessage {
+                        message,
+                        size: bytes.len() as u32,
+                    });
                 }
-                let seqs = st.queue.schedule(incoming, now).map_err(ManagementError::from)?;
+                let seqs = st
+                    .queue
+                    .schedule(incoming, now)
+                    .map_err(ManagementError::from)?;
                 let commit = entity.submit(&mut st);
                 let e = entity.clone();
                 let pending = seqs.clone();
@@ -189,12 +270,22 @@ impl Conn {
                     }
                 });
                 let out = seqs.into_iter().map(Value::Long).collect();
-                Ok(Done { status: 200, body: Some(map(vec![("sequence-numbers", Value::Array(out))])), commit, after_commit: Some(after) })
+                Ok(Done {
+                    status: 200,
+                    body: Some(map(vec![("sequence-numbers", Value::Array(out))])),
+                    commit,
+                    after_commit: Some(after),
+                })
             }
             "com.microsoft:cancel-scheduled-message" => {
                 st.queue.cancel_scheduled(&sequence_numbers(body)?);
                 let commit = entity.submit(&mut st);
-                Ok(Done { status: 200, body: Some(map(vec![])), commit, after_commit: None })
+                Ok(Done {
+                    status: 200,
+                    body: Some(map(vec![])),
+                    commit,
+                    after_commit: None,
+                })
             }
             "com.microsoft:receive-by-sequence-number" => {
                 let seqs = sequence_numbers(body)?;
@@ -214,11 +305,20 @@ impl Conn {
                         map(m)
                     })
                     .collect();
-                Ok(Done { status: 200, body: Some(map(vec![("messages", Value::List(list))])), commit, after_commit: None })
+                Ok(Done {
+                    status: 200,
+                    body: Some(map(vec![("messages", Value::List(list))])),
+                    commit,
+                    after_commit: None,
+                })
             }
             "com.microsoft:update-disposition" => {
-                let status = field(body, "disposition-status").and_then(Value::as_str).unwrap_or("");
-                let properties = field(body, "properties-to-modify").and_then(Value::as_map).map(<[_]>::to_vec);
+                let status = field(body, "disposition-status")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let properties = field(body, "properties-to-modify")
+                    .and_then(Value::as_map)
+                    .map(<[_]>::to_vec);
                 let outcome = match status {
                     "completed" => Outcome::Complete,
                     "abandoned" => Outcome::Abandon { properties },
@@ -231,27 +331,50 @@ impl Conn {
                     other => return Err(bad(format!("unknown disposition-status '{other}'"))),
                 };
                 for t in lock_tokens(body)? {
-                    st.queue.settle(t, outcome.clone(), now).map_err(ManagementError::from)?;
+                    st.queue
+                        .settle(t, outcome.clone(), now)
+                        .map_err(ManagementError::from)?;
                 }
                 if matches!(outcome, Outcome::Abandon { .. }) {
                     st.wake();
                 }
                 let commit = entity.submit(&mut st);
-                Ok(Done { status: 200, body: Some(map(vec![])), commit, after_commit: None })
+                Ok(Done {
+                    status: 200,
+                    body: Some(map(vec![])),
+                    commit,
+                    after_commit: None,
+                })
             }
-            other => Err(OpError(501, "amqp:not-implemented", format!("The operation '{other}' is not supported by this keybus version."))),
+            other => Err(OpError(
+                501,
+                "amqp:not-implemented",
+                format!("The operation '{other}' is not supported by this keybus version."),
+            )),
         }
     }
 }
 
 /// A `$management` response (camelCase keys, wire reference §7.1).
-fn mgmt_response(request: &Message, status: i32, description: &str, condition: Option<&str>, body: Option<Value>) -> Bytes {
+fn mgmt_response(
+    request: &Message,
+    status: i32,
+    description: &str,
+    condition: Option<&str>,
+    body: Option<Value>,
+) -> Bytes {
     let mut app = vec![
         (key("statusCode"), Value::Int(status)),
-        (key("statusDescription"), Value::String(description.to_string())),
+        (
+            key("statusDescription"),
+            Value::String(description.to_string()),
+        ),
     ];
     if let Some(c) = condition {
-        app.push((key("errorCondition"), Value::Symbol(keybus_amqp::Symbol::from(c))));
+        app.push((
+            key("errorCondition"),
+            Value::Symbol(keybus_amqp::Symbol::from(c)),
+        ));
     }
     response(request, app, body)
 }
