@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Queue state machine tests with an injected clock: no sleeps.
 
 use keybus_amqp::{Header, Message, Properties, Symbol, Value};

@@ -13,6 +13,9 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, SasPolicy};
 
+/// The outcome of one send: `Err((condition, description))` is refused.
+pub type SendResult = Result<(), (&'static str, String)>;
+
 /// Events delivered to a connection task from elsewhere (entities, commit waiters).
 #[derive(Debug)]
 pub enum ConnEvent {
@@ -25,7 +28,7 @@ pub enum ConnEvent {
     /// Sends became durable (or failed): settle these deliveries.
     SendsDone {
         channel: u16,
-        results: Vec<(u32, Result<(), (&'static str, String)>)>,
+        results: Vec<(u32, SendResult)>,
     },
     /// Settlements became durable: echo these states.
     SettlesDone {

@@ -13,7 +13,7 @@ use keybus_core::{
 
 use super::connection::{Conn, ConnError};
 use super::errors::{self, error};
-use crate::broker::{ConnEvent, Entity, Waiter};
+use crate::broker::{ConnEvent, Entity, SendResult, Waiter};
 use crate::config::Right;
 
 /// Credit we grant to client senders, topped up when half is used.
@@ -881,7 +881,7 @@ impl Conn {
                         st.queue.abort_pending(&seqs);
                     }
                 }
-                let mut by_channel: Vec<(u16, Vec<(u32, Result<(), (&'static str, String)>)>)> =
+                let mut by_channel: Vec<(u16, Vec<(u32, SendResult)>)> =
                     Vec::new();
                 for (ch, id, settled, r) in results {
                     if settled {
@@ -922,7 +922,7 @@ impl Conn {
     pub(super) fn on_sends_done(
         &mut self,
         channel: u16,
-        results: Vec<(u32, Result<(), (&'static str, String)>)>,
+        results: Vec<(u32, SendResult)>,
     ) {
         if !self.sessions.contains_key(&channel) {
             return;
