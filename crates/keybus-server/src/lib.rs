@@ -85,15 +85,50 @@ fn default_policies(opts: &ServeOptions) -> Result<Vec<SasPolicy>, ServeError> {
     }])
 }
 
+/// A started broker: its bound addresses and the connection string it printed.
+pub struct Running {
+    pub amqp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub connection_string: String,
+    pub broker: Arc<Broker>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop accepting and stop background work (open connections end with the runtime).
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
 /// Run the broker until `shutdown` resolves.
 pub async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let running = start(opts).await?;
+    println!("keybus: amqp listening on {}", running.amqp_addr);
+    println!("keybus: http listening on {}", running.http_addr);
+    println!("keybus: connection string: {}", running.connection_string);
+    shutdown.await;
+    running.stop();
+    tracing::info!("keybus stopped");
+    Ok(())
+}
+
+/// Open the store, load the entities, bind both listeners and start serving.
+pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
     let config = match &opts.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    start_with(opts, config).await
+}
+
+/// [`start`] with an already loaded configuration (used by tests).
+pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, ServeError> {
     let store: Arc<dyn Store> = if opts.in_memory {
         Arc::new(keybus_store::MemStore::new())
     } else {
@@ -123,11 +158,12 @@ pub async fn serve(
     } else {
         opts.bind.to_string()
     };
-    let policy = &broker.policies[0];
-    println!("keybus: amqp listening on {amqp_addr}");
-    println!("keybus: http listening on {http_addr}");
-    println!(
-        "keybus: connection string: Endpoint=sb://{host}:{};SharedAccessKeyName={};SharedAccessKey={};UseDevelopmentEmulator=true;",
+    let policy = broker
+        .policies
+        .first()
+        .ok_or_else(|| config::ConfigError::Invalid("no SAS policy".into()))?;
+    let connection_string = format!(
+        "Endpoint=sb://{host}:{};SharedAccessKeyName={};SharedAccessKey={};UseDevelopmentEmulator=true;",
         amqp_addr.port(),
         policy.name,
         policy.key
@@ -152,7 +188,7 @@ pub async fn serve(
     let http_task = tokio::spawn(http::serve(http_listener, broker.clone()));
     let accept = {
         let broker = broker.clone();
-        async move {
+        tokio::spawn(async move {
             loop {
                 match amqp.accept().await {
                     Ok((sock, peer)) => {
@@ -166,14 +202,13 @@ pub async fn serve(
                     }
                 }
             }
-        }
+        })
     };
-    tokio::select! {
-        _ = accept => {}
-        _ = shutdown => {}
-    }
-    ticker.abort();
-    http_task.abort();
-    tracing::info!("keybus stopped");
-    Ok(())
+    Ok(Running {
+        amqp_addr,
+        http_addr,
+        connection_string,
+        broker,
+        tasks: vec![ticker, http_task, accept],
+    })
 }

@@ -228,7 +228,8 @@ pub fn table(cfg: &Config, sums: &[Summary]) -> String {
                 fmt_spread(s.client_cpu_us, 1, multi),
                 fmt_spread(s.p50_ms, 2, multi),
                 fmt_spread(s.p99_ms, 2, multi),
-                fmt_spread(s.max_ms, 2, false),
+                s.max_ms
+                    .map_or_else(|| "-".to_string(), |m| format!("{:.2}", m.max)),
                 s.errors.to_string(),
             ]
         })

@@ -370,7 +370,6 @@ where
     broker.connections.fetch_sub(1, Ordering::SeqCst);
     if let Err(ConnError(err)) = result {
         tracing::debug!(%peer, condition = %err.condition.as_str(), "closing connection with error");
-        conn.out.clear();
         conn.write(0, Performative::Close(Close { error: Some(err) }));
         let _ = io.write_all(&conn.out).await;
     } else {

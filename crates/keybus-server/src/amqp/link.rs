@@ -881,8 +881,7 @@ impl Conn {
                         st.queue.abort_pending(&seqs);
                     }
                 }
-                let mut by_channel: Vec<(u16, Vec<(u32, SendResult)>)> =
-                    Vec::new();
+                let mut by_channel: Vec<(u16, Vec<(u32, SendResult)>)> = Vec::new();
                 for (ch, id, settled, r) in results {
                     if settled {
                         continue;
@@ -919,11 +918,7 @@ impl Conn {
         }
     }
 
-    pub(super) fn on_sends_done(
-        &mut self,
-        channel: u16,
-        results: Vec<(u32, SendResult)>,
-    ) {
+    pub(super) fn on_sends_done(&mut self, channel: u16, results: Vec<(u32, SendResult)>) {
         if !self.sessions.contains_key(&channel) {
             return;
         }
