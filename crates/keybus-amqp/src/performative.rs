@@ -166,7 +166,8 @@ fn decode_error(dec: &mut Dec<'_>, code: u64, perf: &'static str) -> Result<Amqp
     let mut f = Fields::open(dec, "error")?;
     let condition = req(f.symbol("condition")?, "error", "condition")?;
     let description = f.string("description")?;
-    let info = f.map("info")?;
+    // An empty info map is what we send for "none" (see `with_fields`).
+    let info = f.map("info")?.filter(|m| !m.is_empty());
     f.finish()?;
     Ok(AmqpError {
         condition,

@@ -160,15 +160,24 @@ impl Conn {
 
     /// Session-level part of an incoming `flow`.
     pub fn on_session_flow(&mut self, channel: u16, f: &Flow) {
+        let mut unblocked = Vec::new();
         if let Some(s) = self.sessions.get_mut(&channel) {
+            let was_blocked = s.remote_incoming_window == 0;
             let next_in = f.next_incoming_id.unwrap_or(1);
             s.remote_incoming_window = next_in
                 .wrapping_add(f.incoming_window)
                 .wrapping_sub(s.next_outgoing_id);
+            if was_blocked && s.remote_incoming_window > 0 {
+                unblocked = s.links.keys().copied().collect();
+            }
             if f.handle.is_none() && f.echo {
                 let flow = session_flow(s);
                 self.write(channel, Performative::Flow(flow));
             }
+        }
+        // Receivers that stopped at a closed session window resume now.
+        for handle in unblocked {
+            self.pump(channel, handle);
         }
     }
 
