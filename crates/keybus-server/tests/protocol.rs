@@ -432,3 +432,78 @@ async fn missing_entity_is_not_found_with_js_description() {
         other => panic!("expected detach, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn no_sasl_layer_is_accepted() {
+    let b = broker(Limits::default()).await;
+    let mut c = Client::connect(&b).await;
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&AMQP_HEADER);
+    keybus_amqp::encode_amqp_frame(
+        0,
+        &Performative::Open(Open {
+            container_id: "js".into(),
+            ..Default::default()
+        }),
+        &[],
+        &mut out,
+    );
+    c.send(&out).await;
+    assert_eq!(c.read_exact(8).await.unwrap(), AMQP_HEADER);
+    let Some(Performative::Open(open)) = c.performative().await else {
+        panic!("expected open")
+    };
+    assert_eq!(open.idle_time_out, Some(120_000));
+    assert!(open.max_frame_size >= 512);
+}
+
+/// A store that refuses every write, as a full or failed disk would.
+struct BrokenStore;
+
+impl keybus_core::Store for BrokenStore {
+    fn commit(&self, _ops: Vec<keybus_core::StoreOp>) -> keybus_core::CommitFuture {
+        Box::pin(async { Err(keybus_core::StoreError::Poisoned) })
+    }
+    fn list_entities(&self) -> Result<Vec<keybus_core::EntityDefinition>, keybus_core::StoreError> {
+        Ok(Vec::new())
+    }
+    fn load_entity(&self, _: &str) -> Result<keybus_core::EntitySnapshot, keybus_core::StoreError> {
+        Ok(keybus_core::EntitySnapshot::default())
+    }
+    fn healthy(&self) -> bool {
+        false
+    }
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn health_is_200_and_503_when_the_store_cannot_write() {
+    let b = broker(Limits::default()).await;
+    assert!(
+        http_get(b.http_addr, "/health")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    let broken = keybus_server::broker::Broker::open(
+        Config::default(),
+        Vec::new(),
+        std::sync::Arc::new(BrokenStore),
+        std::sync::Arc::new(keybus_core::SystemClock),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(keybus_server::http::serve(listener, broken));
+    assert!(http_get(addr, "/health").await.starts_with("HTTP/1.1 503"));
+}
