@@ -22,7 +22,7 @@ use crate::sas::Grant;
 /// Idle time-out we announce; clients send empty frames at half of it.
 pub const IDLE_TIMEOUT_MS: u32 = 120_000;
 /// We send an empty frame when we have been silent this long (JS/.NET need < 60 s).
-const HEARTBEAT: Duration = Duration::from_secs(20);
+const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Sessions advertise a window this large and re-open it when half is used.
 pub const SESSION_WINDOW: u32 = 1 << 20;
 
@@ -453,7 +453,8 @@ where
         .map(|t| Duration::from_millis(u64::from(t)));
     let our_idle = Duration::from_millis(u64::from(IDLE_TIMEOUT_MS) * 2);
     let heartbeat_every = peer_idle.map_or(HEARTBEAT, |p| (p / 2).min(HEARTBEAT));
-    let mut ticker = tokio::time::interval(heartbeat_every);
+    // Tick at half the heartbeat period so silence never exceeds 1.5 periods.
+    let mut ticker = tokio::time::interval(heartbeat_every / 2);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_in = Instant::now();
     let mut last_out = Instant::now();
