@@ -1151,6 +1151,9 @@ fn lock_lost_state() -> DeliveryState {
 }
 
 /// Decode a received transfer into messages (a batch holds one encoded message per `data`).
+///
+/// Stored messages own their bytes: decoding zero-copy from the read buffer would pin a whole
+/// 64 KB read buffer per message for as long as the message lives.
 fn decode_incoming(
     body: &Bytes,
     format: u32,
@@ -1161,23 +1164,23 @@ fn decode_incoming(
             format!("the message could not be decoded: {e}"),
         )
     };
-    let msg = Message::decode(body).map_err(bad)?;
+    let owned = |b: &[u8]| -> Result<IncomingMessage, (&'static str, String)> {
+        let own = Bytes::copy_from_slice(b);
+        Ok(IncomingMessage {
+            message: Message::decode(&own).map_err(bad)?,
+            size: b.len() as u32,
+        })
+    };
     if format == keybus_amqp::BATCH_MESSAGE_FORMAT {
-        let inner = msg.batch_inner_messages().map_err(bad)?;
-        inner
+        let envelope = Message::decode(body).map_err(bad)?;
+        envelope
+            .batch_inner_messages()
+            .map_err(bad)?
             .iter()
-            .map(|b| {
-                Ok(IncomingMessage {
-                    message: Message::decode(b).map_err(bad)?,
-                    size: b.len() as u32,
-                })
-            })
+            .map(|b| owned(b))
             .collect()
     } else {
-        Ok(vec![IncomingMessage {
-            message: msg,
-            size: body.len() as u32,
-        }])
+        Ok(vec![owned(body)?])
     }
 }
 
