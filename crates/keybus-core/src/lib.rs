@@ -11,6 +11,7 @@ pub mod address;
 pub mod clock;
 pub mod entity;
 pub mod error;
+pub mod filter;
 pub mod queue;
 pub mod record;
 pub mod store;
