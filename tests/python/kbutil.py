@@ -78,6 +78,16 @@ def declare_queue(name: str, **props: Any) -> str:
     return name
 
 
+#: raw TOML blocks (topics with subscriptions and rules) appended to the session config
+EXTRA_TOML: List[str] = []
+
+
+def declare_toml(block: str) -> None:
+    """Append a raw keybus TOML block (e.g. a ``[[topics]]`` table) to the session config."""
+    if block not in EXTRA_TOML:
+        EXTRA_TOML.append(block)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -107,6 +117,8 @@ def render_toml(queues: Dict[str, Dict[str, Any]], namespace: str = "keybus-test
         for key, value in queues[name].items():
             lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
+    if queues is QUEUES:
+        lines.extend(EXTRA_TOML)
     return "\n".join(lines)
 
 

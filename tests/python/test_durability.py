@@ -176,3 +176,61 @@ def test_kill9_during_concurrent_sends_keeps_every_acknowledged_message(broker_f
     assert not phantom, f"messages nobody sent: {sorted(phantom)[:10]}"
     for m in after:
         assert str(m) == m.message_id
+
+
+def _drain_subscription(client: ServiceBusClient, topic: str, sub: str, expected: int, timeout: float = 60.0) -> List[Any]:
+    got: List[Any] = []
+    end = time.monotonic() + timeout
+    with client.get_subscription_receiver(topic, sub) as receiver:
+        while time.monotonic() < end:
+            msgs = receiver.receive_messages(max_message_count=50, max_wait_time=3)
+            for m in msgs:
+                receiver.complete_message(m)
+            got.extend(msgs)
+            if not msgs and len(got) >= expected:
+                break
+    return got
+
+
+def test_kill9_topic_fan_out_loses_and_duplicates_nothing(broker_factory, tmp_path: Path) -> None:
+    config = tmp_path / "topics.toml"
+    config.write_text(
+        kbutil_render_with_topic()
+    )
+    data_dir = tmp_path / "data-topic"
+    b = broker_factory.start(config, data_dir=data_dir, name="keybus-durable-topic")
+    ids = [f"t-{i:03d}" for i in range(100)]
+    client = ServiceBusClient.from_connection_string(b.conn_str, retry_total=0)
+    try:
+        with client.get_topic_sender("du-topic") as sender:
+            for start in range(0, 100, 25):
+                sender.send_messages([ServiceBusMessage(f"b-{i}", message_id=ids[i]) for i in range(start, start + 25)])
+        receiver = client.get_subscription_receiver("du-topic", "a")
+        done = receive_n(receiver, 30)
+        for m in done:
+            receiver.complete_message(m)
+        max_seq_before = max(m.sequence_number for m in done)
+        b.kill9()
+    finally:
+        _close_quietly(client)
+
+    b = broker_factory.restart(b)
+    client = ServiceBusClient.from_connection_string(b.conn_str, retry_total=1)
+    try:
+        rest_a = _drain_subscription(client, "du-topic", "a", 70)
+        all_b = _drain_subscription(client, "du-topic", "b", 100)
+        done_ids = {m.message_id for m in done}
+        assert sorted(m.message_id for m in rest_a) == sorted(set(ids) - done_ids)
+        assert sorted(m.message_id for m in all_b) == ids
+        with client.get_topic_sender("du-topic") as sender:
+            sender.send_messages(ServiceBusMessage("after", message_id="after"))
+        after = _drain_subscription(client, "du-topic", "b", 1)
+        assert after[0].sequence_number > max(max_seq_before, max(m.sequence_number for m in all_b))
+    finally:
+        _close_quietly(client)
+
+
+def kbutil_render_with_topic() -> str:
+    import kbutil
+
+    return kbutil.render_toml({}) + '\n[[topics]]\nname = "du-topic"\n[[topics.subscriptions]]\nname = "a"\nlock_duration = "5s"\n[[topics.subscriptions]]\nname = "b"\n'

@@ -85,6 +85,92 @@ impl QueueProperties {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EntityKind {
     Queue(QueueProperties),
+    Topic(TopicProperties),
+    /// A subscription; its definition name is `<topic>/Subscriptions/<name>`.
+    Subscription(SubscriptionDefinition),
+}
+
+/// Properties of a topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TopicProperties {
+    pub default_message_ttl_ms: Option<i64>,
+    pub requires_duplicate_detection: bool,
+    pub duplicate_detection_window_ms: i64,
+    pub max_message_size: u64,
+    pub max_size_bytes: u64,
+}
+
+impl Default for TopicProperties {
+    fn default() -> Self {
+        let q = QueueProperties::default();
+        Self {
+            default_message_ttl_ms: None,
+            requires_duplicate_detection: false,
+            duplicate_detection_window_ms: q.duplicate_detection_window_ms,
+            max_message_size: q.max_message_size,
+            max_size_bytes: q.max_size_bytes,
+        }
+    }
+}
+
+/// A subscription of a topic: queue-like properties plus its rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionDefinition {
+    /// The topic's name.
+    pub topic: String,
+    /// The subscription's own name.
+    pub name: String,
+    pub properties: QueueProperties,
+    pub dead_lettering_on_filter_evaluation_exceptions: bool,
+    pub rules: Vec<RuleDefinition>,
+}
+
+/// A simple value in a correlation filter's properties.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SimpleValue {
+    String(String),
+    Long(i64),
+    Double(f64),
+    Bool(bool),
+}
+
+/// A rule's filter as declared (compiled when the subscription is loaded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FilterDefinition {
+    True,
+    False,
+    Sql(String),
+    Correlation {
+        correlation_id: Option<String>,
+        message_id: Option<String>,
+        to: Option<String>,
+        reply_to: Option<String>,
+        label: Option<String>,
+        session_id: Option<String>,
+        reply_to_session_id: Option<String>,
+        content_type: Option<String>,
+        properties: Vec<(String, SimpleValue)>,
+    },
+}
+
+/// A subscription rule: a filter and an optional SQL action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleDefinition {
+    pub name: String,
+    pub filter: FilterDefinition,
+    pub action: Option<String>,
+}
+
+impl RuleDefinition {
+    /// The rule every subscription starts with.
+    pub fn default_rule() -> RuleDefinition {
+        RuleDefinition {
+            name: "$Default".into(),
+            filter: FilterDefinition::True,
+            action: None,
+        }
+    }
 }
 
 /// A named, durable entity of the namespace.

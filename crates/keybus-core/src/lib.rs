@@ -15,12 +15,14 @@ pub mod filter;
 pub mod queue;
 pub mod record;
 pub mod store;
+pub mod topic;
 
 pub use address::{NodeAddress, NodeKind, SubQueue};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use entity::{
-    DEFAULT_MAX_MESSAGE_SIZE, EntityDefinition, EntityKind, MAX_MESSAGE_SIZE_LIMIT,
-    QueueProperties, validate_entity_name,
+    DEFAULT_MAX_MESSAGE_SIZE, EntityDefinition, EntityKind, FilterDefinition,
+    MAX_MESSAGE_SIZE_LIMIT, QueueProperties, RuleDefinition, SimpleValue, SubscriptionDefinition,
+    TopicProperties, validate_entity_name,
 };
 pub use error::{ErrorCondition, ManagementError, SendError, SettleError};
 pub use queue::{
@@ -28,3 +30,4 @@ pub use queue::{
 };
 pub use record::{MessageRecord, MessageState};
 pub use store::{CommitFuture, EntitySnapshot, Store, StoreError, StoreOp};
+pub use topic::{Fanout, Subscription, Topic};

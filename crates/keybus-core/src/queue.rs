@@ -460,41 +460,10 @@ impl Queue {
                 }
                 self.remember_id(id, now);
             }
-            message.delivery_annotations = None;
-            if let Some(ann) = message.message_annotations.as_mut() {
-                ann.retain(|(k, _)| !k.as_str().is_some_and(|k| BROKER_ANNOTATIONS.contains(&k)));
-            }
-            let sched = scheduled_time(&message).filter(|t| *t > now);
+            strip_broker_annotations(&mut message);
             let seq = self.next_seq;
             self.next_seq += 1;
-            let (state, enqueued_time, expires_at) = match sched {
-                Some(t) => (MessageState::Scheduled, t, None),
-                None => (
-                    MessageState::Active,
-                    now,
-                    self.ttl_ms(&message).map(|ttl| now.saturating_add(ttl)),
-                ),
-            };
-            let rec = MessageRecord {
-                sequence_number: seq,
-                enqueued_time,
-                state,
-                delivery_count: 0,
-                scheduled_time: sched,
-                expires_at,
-                message: Arc::new(message),
-                size: m.size,
-            };
-            self.ops.push(StoreOp::PutMessage {
-                entity: self.name.clone(),
-                sub: SubQueue::Main,
-                record: rec.clone(),
-            });
-            self.main.insert(Entry {
-                rec,
-                lock: None,
-                pending: true,
-            });
+            self.insert_pending(seq, Arc::new(message), m.size, now);
             seqs.push(seq);
         }
         self.ops.push(StoreOp::PutSequence {
@@ -502,6 +471,74 @@ impl Queue {
             next: self.next_seq,
         });
         Ok(seqs)
+    }
+
+    /// Insert a new pending message with an already assigned sequence number.
+    fn insert_pending(&mut self, seq: i64, message: Arc<Message>, size: u32, now: Timestamp) {
+        let sched = scheduled_time(&message).filter(|t| *t > now);
+        let (state, enqueued_time, expires_at) = match sched {
+            Some(t) => (MessageState::Scheduled, t, None),
+            None => (
+                MessageState::Active,
+                now,
+                self.ttl_ms(&message).map(|ttl| now.saturating_add(ttl)),
+            ),
+        };
+        let rec = MessageRecord {
+            sequence_number: seq,
+            enqueued_time,
+            state,
+            delivery_count: 0,
+            scheduled_time: sched,
+            expires_at,
+            message,
+            size,
+        };
+        self.ops.push(StoreOp::PutMessage {
+            entity: self.name.clone(),
+            sub: SubQueue::Main,
+            record: rec.clone(),
+        });
+        self.main.insert(Entry {
+            rec,
+            lock: None,
+            pending: true,
+        });
+    }
+
+    /// A topic's copy of a message for this subscription: the sequence number was assigned
+    /// at the topic and broker annotations are already stripped. Pending until
+    /// [`Queue::commit_pending`].
+    pub fn accept_copy(&mut self, seq: i64, message: Arc<Message>, size: u32, now: Timestamp) {
+        self.next_seq = self.next_seq.max(seq + 1);
+        self.insert_pending(seq, message, size, now);
+    }
+
+    /// A topic's copy that failed rule evaluation on a subscription that dead-letters filter
+    /// exceptions: it goes straight to the dead-letter sub-queue.
+    pub fn dead_letter_copy(
+        &mut self,
+        seq: i64,
+        message: Message,
+        size: u32,
+        now: Timestamp,
+        description: String,
+    ) {
+        self.accept_copy(seq, Arc::new(message), size, now);
+        self.main
+            .entries
+            .entry(seq)
+            .and_modify(|e| e.pending = false);
+        self.dead_letter(
+            seq,
+            Some("FilterEvaluationException".into()),
+            Some(description),
+        );
+    }
+
+    /// Bytes held by this queue and its dead-letter sub-queue.
+    pub fn size_bytes(&self) -> u64 {
+        self.main.size_bytes + self.dlq.size_bytes
     }
 
     /// Make pending messages visible once their commit is durable. Returns true if any became
@@ -942,8 +979,17 @@ impl Queue {
     }
 }
 
+/// Remove what the broker owns from an incoming message: delivery annotations and the
+/// broker's `x-opt-*` message annotations (§5.1).
+pub fn strip_broker_annotations(message: &mut Message) {
+    message.delivery_annotations = None;
+    if let Some(ann) = message.message_annotations.as_mut() {
+        ann.retain(|(k, _)| !k.as_str().is_some_and(|k| BROKER_ANNOTATIONS.contains(&k)));
+    }
+}
+
 /// The duplicate-detection key of a message: its message id as text.
-fn message_id_key(msg: &Message) -> Option<String> {
+pub fn message_id_key(msg: &Message) -> Option<String> {
     let id = msg.properties.as_ref()?.message_id.as_ref()?;
     Some(match id {
         Value::String(s) => format!("s:{s}"),
@@ -955,11 +1001,11 @@ fn message_id_key(msg: &Message) -> Option<String> {
     })
 }
 
-fn group_id(msg: &Message) -> Option<&str> {
+pub fn group_id(msg: &Message) -> Option<&str> {
     msg.properties.as_ref()?.group_id.as_deref()
 }
 
-fn scheduled_time(msg: &Message) -> Option<Timestamp> {
+pub fn scheduled_time(msg: &Message) -> Option<Timestamp> {
     let ann = msg.message_annotations.as_ref()?;
     match keybus_amqp::map_get(ann, "x-opt-scheduled-enqueue-time")? {
         Value::Timestamp(t) | Value::Long(t) => Some(*t),

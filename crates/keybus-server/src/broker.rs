@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use keybus_core::{
-    Clock, CommitFuture, EntityDefinition, EntityKind, Queue, Store, StoreError, StoreOp, SubQueue,
+    Clock, CommitFuture, EntityDefinition, EntityKind, Fanout, IncomingMessage, Queue, SendError,
+    Store, StoreError, StoreOp, SubQueue, Subscription, Topic,
 };
 use tokio::sync::mpsc;
 
@@ -47,25 +48,159 @@ pub enum ConnEvent {
 #[derive(Debug)]
 pub struct Waiter {
     pub tx: mpsc::UnboundedSender<ConnEvent>,
+    /// The subscription, for a topic.
+    pub subscription: Option<String>,
     pub sub: SubQueue,
     pub channel: u16,
     pub handle: u32,
     pub generation: u64,
 }
 
+/// The state machine behind an entity (one per entity, so the size difference is moot).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Machine {
+    Queue(Queue),
+    Topic(Topic),
+}
+
+/// Messages a send made pending, to publish once their commit is durable.
+#[derive(Debug)]
+pub enum Pending {
+    Queue(Vec<i64>),
+    Topic(Fanout),
+}
+
 /// Mutable state of one entity.
 #[derive(Debug)]
 pub struct EntityState {
-    pub queue: Queue,
+    pub machine: Machine,
     pub waiters: Vec<Waiter>,
 }
 
 impl EntityState {
-    /// Tell waiting links whose sub-queue has messages to pull them.
+    /// The queue a receiver reads: the queue itself, or a topic's subscription.
+    pub fn receiver(&mut self, subscription: Option<&str>) -> Option<&mut Queue> {
+        match (&mut self.machine, subscription) {
+            (Machine::Queue(q), None) => Some(q),
+            (Machine::Topic(t), Some(s)) => t.subscription_mut(s).map(|s| &mut s.queue),
+            _ => None,
+        }
+    }
+
+    pub fn receiver_ref(&self, subscription: Option<&str>) -> Option<&Queue> {
+        match (&self.machine, subscription) {
+            (Machine::Queue(q), None) => Some(q),
+            (Machine::Topic(t), Some(s)) => t.subscription(s).map(|s| &s.queue),
+            _ => None,
+        }
+    }
+
+    /// The lower-case path of the entity.
+    pub fn name(&self) -> &str {
+        match &self.machine {
+            Machine::Queue(q) => q.name(),
+            Machine::Topic(t) => t.name(),
+        }
+    }
+
+    /// Largest message a sender may send.
+    pub fn max_message_size(&self) -> u64 {
+        match &self.machine {
+            Machine::Queue(q) => q.properties().max_message_size,
+            Machine::Topic(t) => t.properties().max_message_size,
+        }
+    }
+
+    /// Accept a send (or a `schedule-message`): the messages stay pending until published.
+    pub fn send(
+        &mut self,
+        msgs: Vec<IncomingMessage>,
+        now: i64,
+        schedule: bool,
+    ) -> Result<(Vec<i64>, Pending), SendError> {
+        match &mut self.machine {
+            Machine::Queue(q) => {
+                let seqs = if schedule {
+                    q.schedule(msgs, now)?
+                } else {
+                    q.enqueue(msgs, now)?
+                };
+                Ok((seqs.clone(), Pending::Queue(seqs)))
+            }
+            Machine::Topic(t) => {
+                let (seqs, fanout) = t.enqueue(msgs, now, schedule)?;
+                Ok((seqs, Pending::Topic(fanout)))
+            }
+        }
+    }
+
+    /// Publish (on a durable commit) or forget (on a failed one) what a send made pending.
+    pub fn finish(&mut self, pending: &Pending, durable: bool) {
+        let woke = match (&mut self.machine, pending) {
+            (Machine::Queue(q), Pending::Queue(seqs)) => {
+                if durable {
+                    q.commit_pending(seqs)
+                } else {
+                    q.abort_pending(seqs);
+                    false
+                }
+            }
+            (Machine::Topic(t), Pending::Topic(fanout)) => {
+                if durable {
+                    t.commit_pending(fanout)
+                } else {
+                    t.abort_pending(fanout);
+                    false
+                }
+            }
+            _ => false,
+        };
+        if woke {
+            self.wake();
+        }
+    }
+
+    pub fn cancel_scheduled(&mut self, seqs: &[i64]) {
+        match &mut self.machine {
+            Machine::Queue(q) => q.cancel_scheduled(seqs),
+            Machine::Topic(t) => t.cancel_scheduled(seqs),
+        }
+    }
+
+    pub fn take_ops(&mut self) -> Vec<StoreOp> {
+        match &mut self.machine {
+            Machine::Queue(q) => q.take_ops(),
+            Machine::Topic(t) => t.take_ops(),
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<i64> {
+        match &self.machine {
+            Machine::Queue(q) => q.next_deadline(),
+            Machine::Topic(t) => t.next_deadline(),
+        }
+    }
+
+    pub fn tick(&mut self, now: i64) -> bool {
+        match &mut self.machine {
+            Machine::Queue(q) => q.tick(now),
+            Machine::Topic(t) => t.tick(now),
+        }
+    }
+
+    /// Tell waiting links whose (sub-)queue has messages to pull them.
     pub fn wake(&mut self) {
-        let queue = &self.queue;
+        let machine = &self.machine;
         self.waiters.retain(|w| {
-            if queue.has_available(w.sub) {
+            let available = match (machine, w.subscription.as_deref()) {
+                (Machine::Queue(q), None) => q.has_available(w.sub),
+                (Machine::Topic(t), Some(s)) => t
+                    .subscription(s)
+                    .is_some_and(|s| s.queue.has_available(w.sub)),
+                _ => false,
+            };
+            if available {
                 let _ = w.tx.send(ConnEvent::Wake {
                     channel: w.channel,
                     handle: w.handle,
@@ -79,7 +214,7 @@ impl EntityState {
     }
 }
 
-/// One messaging entity.
+/// One messaging entity (a queue, or a topic with its subscriptions).
 pub struct Entity {
     /// The name as declared (for display and error texts).
     pub name: String,
@@ -92,9 +227,9 @@ impl Entity {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Submit the queue's pending writes, in order, while the caller holds the lock.
+    /// Submit the entity's pending writes, in order, while the caller holds the lock.
     pub fn submit(&self, st: &mut EntityState) -> Option<CommitFuture> {
-        let ops = st.queue.take_ops();
+        let ops = st.take_ops();
         (!ops.is_empty()).then(|| self.store.commit(ops))
     }
 }
@@ -136,27 +271,62 @@ impl Broker {
         let now = clock.now();
         let seed = AtomicU64::new(rand::random::<u64>());
         let mut entities = HashMap::new();
+        let mut subscriptions = Vec::new();
         for (key, def) in defs {
+            let machine = match def.kind {
+                EntityKind::Queue(props) => {
+                    let snapshot = store.load_entity(&key)?;
+                    Machine::Queue(Queue::restore(
+                        &key,
+                        props,
+                        snapshot,
+                        seed.fetch_add(1, Ordering::Relaxed),
+                        now,
+                    ))
+                }
+                EntityKind::Topic(props) => {
+                    let snapshot = store.load_entity(&key)?;
+                    Machine::Topic(Topic::new(&key, props, snapshot.next_sequence))
+                }
+                EntityKind::Subscription(sub) => {
+                    subscriptions.push((key, sub));
+                    continue;
+                }
+            };
+            let entity = Entity {
+                name: def.name,
+                state: Mutex::new(EntityState {
+                    machine,
+                    waiters: Vec::new(),
+                }),
+                store: store.clone(),
+            };
+            entities.insert(key, Arc::new(entity));
+        }
+        for (key, sub) in subscriptions {
+            let Some(topic) = entities.get(&sub.topic.to_ascii_lowercase()) else {
+                tracing::warn!(subscription = %key, "the subscription's topic does not exist; skipped");
+                continue;
+            };
             let snapshot = store.load_entity(&key)?;
-            let EntityKind::Queue(props) = def.kind;
+            let max_seq = keybus_core::topic::max_sequence(&snapshot);
             let queue = Queue::restore(
                 &key,
-                props,
+                sub.properties.clone(),
                 snapshot,
                 seed.fetch_add(1, Ordering::Relaxed),
                 now,
             );
-            entities.insert(
-                key,
-                Arc::new(Entity {
-                    name: def.name,
-                    state: Mutex::new(EntityState {
-                        queue,
-                        waiters: Vec::new(),
-                    }),
-                    store: store.clone(),
-                }),
-            );
+            let subscription = match Subscription::new(sub, queue) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(subscription = %key, error = %e, "subscription skipped");
+                    continue;
+                }
+            };
+            if let Machine::Topic(t) = &mut topic.lock().machine {
+                t.add_subscription(subscription, max_seq);
+            }
         }
         Ok(Arc::new(Broker {
             config,
@@ -167,6 +337,19 @@ impl Broker {
             connections: AtomicUsize::new(0),
             seed,
         }))
+    }
+
+    /// Resolve a node path to its entity and, for `<topic>/subscriptions/<name>`, the
+    /// subscription name.
+    pub fn resolve(&self, path: &str) -> Option<(Arc<Entity>, Option<String>)> {
+        if let Some(e) = self.entity(path) {
+            return Some((e, None));
+        }
+        let (topic, sub) = path.rsplit_once("/subscriptions/")?;
+        let entity = self.entity(topic)?;
+        let exists =
+            matches!(&entity.lock().machine, Machine::Topic(t) if t.subscription(sub).is_some());
+        exists.then(|| (entity, Some(sub.to_string())))
     }
 
     /// Look up an entity by its lower-case path.
@@ -200,10 +383,10 @@ impl Broker {
         let now = self.now();
         for e in self.entity_list() {
             let mut st = e.lock();
-            if st.queue.next_deadline().is_none_or(|d| d > now) {
+            if st.next_deadline().is_none_or(|d| d > now) {
                 continue;
             }
-            let woke = st.queue.tick(now);
+            let woke = st.tick(now);
             if let Some(fut) = e.submit(&mut st) {
                 tokio::spawn(async move {
                     if let Err(err) = fut.await {

@@ -4,7 +4,30 @@
 
 use std::path::Path;
 
-use keybus_core::{EntityDefinition, EntityKind, QueueProperties, validate_entity_name};
+use keybus_core::{
+    EntityDefinition, EntityKind, FilterDefinition, QueueProperties, RuleDefinition, SimpleValue,
+    SubscriptionDefinition, TopicProperties, validate_entity_name,
+};
+
+/// The definition of `<topic>/Subscriptions/<name>`.
+fn subscription(
+    topic: &str,
+    name: String,
+    properties: QueueProperties,
+    dead_lettering_on_filter_evaluation_exceptions: bool,
+    rules: Vec<RuleDefinition>,
+) -> EntityDefinition {
+    EntityDefinition {
+        name: format!("{topic}/Subscriptions/{name}"),
+        kind: EntityKind::Subscription(SubscriptionDefinition {
+            topic: topic.to_string(),
+            name,
+            properties,
+            dead_lettering_on_filter_evaluation_exceptions,
+            rules,
+        }),
+    }
+}
 use serde::Deserialize;
 
 /// A right a SAS policy grants.
@@ -115,6 +138,7 @@ struct RawToml {
     sas_policies: Vec<RawPolicy>,
     limits: Limits,
     queues: Vec<RawQueue>,
+    topics: Vec<RawTopic>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +180,159 @@ struct RawQueue {
     max_size_in_megabytes: Option<u64>,
     forward_to: Option<String>,
     forward_dead_lettered_messages_to: Option<String>,
+    /// Subscriptions only.
+    dead_lettering_on_filter_evaluation_exceptions: Option<bool>,
+    /// Subscriptions only; none means the `$Default` rule.
+    rules: Option<Vec<RawRule>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawTopic {
+    name: String,
+    default_message_time_to_live: Option<String>,
+    requires_duplicate_detection: Option<bool>,
+    duplicate_detection_history_time_window: Option<String>,
+    max_message_size: Option<u64>,
+    max_size_in_megabytes: Option<u64>,
+    subscriptions: Vec<RawQueue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    /// `"true"` or `"false"`.
+    filter: Option<String>,
+    sql_filter: Option<String>,
+    correlation_filter: Option<RawCorrelation>,
+    action: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawCorrelation {
+    correlation_id: Option<String>,
+    message_id: Option<String>,
+    to: Option<String>,
+    reply_to: Option<String>,
+    label: Option<String>,
+    session_id: Option<String>,
+    reply_to_session_id: Option<String>,
+    content_type: Option<String>,
+    properties: std::collections::BTreeMap<String, toml::Value>,
+}
+
+fn simple_value(key: &str, v: SimpleSource) -> Result<SimpleValue, ConfigError> {
+    Ok(match v {
+        SimpleSource::Toml(toml::Value::String(s))
+        | SimpleSource::Json(serde_json::Value::String(s)) => SimpleValue::String(s),
+        SimpleSource::Toml(toml::Value::Integer(n)) => SimpleValue::Long(n),
+        SimpleSource::Toml(toml::Value::Float(d)) => SimpleValue::Double(d),
+        SimpleSource::Toml(toml::Value::Boolean(b))
+        | SimpleSource::Json(serde_json::Value::Bool(b)) => SimpleValue::Bool(b),
+        SimpleSource::Json(serde_json::Value::Number(n)) => match n.as_i64() {
+            Some(i) => SimpleValue::Long(i),
+            None => SimpleValue::Double(n.as_f64().unwrap_or(0.0)),
+        },
+        other => {
+            return Err(ConfigError::Invalid(format!(
+                "{key}: unsupported property value {other:?}"
+            )));
+        }
+    })
+}
+
+/// A correlation-filter property value from either file format.
+#[derive(Debug)]
+enum SimpleSource {
+    Toml(toml::Value),
+    Json(serde_json::Value),
+}
+
+fn toml_rule(topic: &str, sub: &str, r: RawRule) -> Result<RuleDefinition, ConfigError> {
+    let key = format!("topics.{topic}.subscriptions.{sub}.rules.{}", r.name);
+    let filter = match (r.filter.as_deref(), r.sql_filter, r.correlation_filter) {
+        (Some(f), None, None) if f.eq_ignore_ascii_case("true") => FilterDefinition::True,
+        (Some(f), None, None) if f.eq_ignore_ascii_case("false") => FilterDefinition::False,
+        (None, Some(sql), None) => FilterDefinition::Sql(sql),
+        (None, None, Some(c)) => FilterDefinition::Correlation {
+            properties: c
+                .properties
+                .into_iter()
+                .map(|(k, v)| {
+                    Ok((
+                        k.clone(),
+                        simple_value(&format!("{key}.{k}"), SimpleSource::Toml(v))?,
+                    ))
+                })
+                .collect::<Result<_, ConfigError>>()?,
+            correlation_id: c.correlation_id,
+            message_id: c.message_id,
+            to: c.to,
+            reply_to: c.reply_to,
+            label: c.label,
+            session_id: c.session_id,
+            reply_to_session_id: c.reply_to_session_id,
+            content_type: c.content_type,
+        },
+        _ => {
+            return Err(ConfigError::Invalid(format!(
+                "{key}: give exactly one of filter = \"true\"/\"false\", sql_filter or correlation_filter"
+            )));
+        }
+    };
+    Ok(RuleDefinition {
+        name: r.name,
+        filter,
+        action: r.action.filter(|a| !a.trim().is_empty()),
+    })
+}
+
+fn toml_queue_props(
+    section: &str,
+    q: &RawQueue,
+    max_message_size: u64,
+) -> Result<QueueProperties, ConfigError> {
+    let mut p = QueueProperties {
+        max_message_size,
+        ..Default::default()
+    };
+    let key = |f: &str| format!("{section}.{}.{f}", q.name);
+    if let Some(v) = &q.lock_duration {
+        p.lock_duration_ms = humantime_ms(&key("lock_duration"), v)?;
+    }
+    if let Some(v) = q.max_delivery_count {
+        p.max_delivery_count = v;
+    }
+    if let Some(v) = &q.default_message_time_to_live {
+        p.default_message_ttl_ms = Some(humantime_ms(&key("default_message_time_to_live"), v)?);
+    }
+    if let Some(v) = q.dead_lettering_on_message_expiration {
+        p.dead_lettering_on_message_expiration = v;
+    }
+    if let Some(v) = q.requires_duplicate_detection {
+        p.requires_duplicate_detection = v;
+    }
+    if let Some(v) = &q.duplicate_detection_history_time_window {
+        p.duplicate_detection_window_ms =
+            humantime_ms(&key("duplicate_detection_history_time_window"), v)?;
+    }
+    if let Some(v) = q.requires_session {
+        p.requires_session = v;
+    }
+    if let Some(v) = q.max_message_size {
+        p.max_message_size = v;
+    }
+    if let Some(v) = q.max_size_in_megabytes {
+        p.max_size_bytes = v.saturating_mul(1024 * 1024);
+    }
+    p.forward_to = q.forward_to.clone().filter(|s| !s.is_empty());
+    p.forward_dead_lettered_messages_to = q
+        .forward_dead_lettered_messages_to
+        .clone()
+        .filter(|s| !s.is_empty());
+    Ok(p)
 }
 
 fn humantime_ms(key: &str, v: &str) -> Result<i64, ConfigError> {
@@ -182,46 +359,62 @@ fn parse_toml(text: &str) -> Result<Config, ConfigError> {
         max_message_size: raw.namespace.max_message_size,
     };
     for q in raw.queues {
-        let mut p = QueueProperties {
-            max_message_size: cfg.max_message_size,
-            ..Default::default()
-        };
-        let key = |f: &str| format!("queues.{}.{f}", q.name);
-        if let Some(v) = &q.lock_duration {
-            p.lock_duration_ms = humantime_ms(&key("lock_duration"), v)?;
+        if q.rules.is_some() || q.dead_lettering_on_filter_evaluation_exceptions.is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "queues.{}: rules belong to subscriptions",
+                q.name
+            )));
         }
-        if let Some(v) = q.max_delivery_count {
-            p.max_delivery_count = v;
-        }
-        if let Some(v) = &q.default_message_time_to_live {
-            p.default_message_ttl_ms = Some(humantime_ms(&key("default_message_time_to_live"), v)?);
-        }
-        if let Some(v) = q.dead_lettering_on_message_expiration {
-            p.dead_lettering_on_message_expiration = v;
-        }
-        if let Some(v) = q.requires_duplicate_detection {
-            p.requires_duplicate_detection = v;
-        }
-        if let Some(v) = &q.duplicate_detection_history_time_window {
-            p.duplicate_detection_window_ms =
-                humantime_ms(&key("duplicate_detection_history_time_window"), v)?;
-        }
-        if let Some(v) = q.requires_session {
-            p.requires_session = v;
-        }
-        if let Some(v) = q.max_message_size {
-            p.max_message_size = v;
-        }
-        if let Some(v) = q.max_size_in_megabytes {
-            p.max_size_bytes = v.saturating_mul(1024 * 1024);
-        }
-        p.forward_to = q.forward_to.filter(|s| !s.is_empty());
-        p.forward_dead_lettered_messages_to = q
-            .forward_dead_lettered_messages_to
-            .filter(|s| !s.is_empty());
+        let p = toml_queue_props("queues", &q, cfg.max_message_size)?;
         cfg.entities.push(EntityDefinition {
             name: q.name,
             kind: EntityKind::Queue(p),
+        });
+    }
+    for t in raw.topics {
+        let key = |f: &str| format!("topics.{}.{f}", t.name);
+        let mut p = TopicProperties {
+            max_message_size: cfg.max_message_size,
+            ..Default::default()
+        };
+        if let Some(v) = &t.default_message_time_to_live {
+            p.default_message_ttl_ms = Some(humantime_ms(&key("default_message_time_to_live"), v)?);
+        }
+        if let Some(v) = t.requires_duplicate_detection {
+            p.requires_duplicate_detection = v;
+        }
+        if let Some(v) = &t.duplicate_detection_history_time_window {
+            p.duplicate_detection_window_ms =
+                humantime_ms(&key("duplicate_detection_history_time_window"), v)?;
+        }
+        if let Some(v) = t.max_message_size {
+            p.max_message_size = v;
+        }
+        if let Some(v) = t.max_size_in_megabytes {
+            p.max_size_bytes = v.saturating_mul(1024 * 1024);
+        }
+        for s in t.subscriptions {
+            let props = toml_queue_props(
+                &format!("topics.{}.subscriptions", t.name),
+                &s,
+                p.max_message_size,
+            )?;
+            let rules = match s.rules {
+                None => vec![RuleDefinition::default_rule()],
+                Some(rules) => rules
+                    .into_iter()
+                    .map(|r| toml_rule(&t.name, &s.name, r))
+                    .collect::<Result<_, _>>()?,
+            };
+            let dlq_on_filter = s
+                .dead_lettering_on_filter_evaluation_exceptions
+                .unwrap_or(false);
+            cfg.entities
+                .push(subscription(&t.name, s.name, props, dlq_on_filter, rules));
+        }
+        cfg.entities.push(EntityDefinition {
+            name: t.name,
+            kind: EntityKind::Topic(p),
         });
     }
     validate(cfg)
@@ -284,16 +477,133 @@ fn parse_emulator(text: &str) -> Result<Config, ConfigError> {
             kind: EntityKind::Queue(p),
         });
     }
-    if ns
+    for t in ns
         .get("Topics")
         .and_then(|v| v.as_array())
-        .is_some_and(|t| !t.is_empty())
+        .into_iter()
+        .flatten()
     {
-        tracing::warn!(
-            "Config.json declares topics; topics arrive in a later keybus version and are skipped"
-        );
+        emulator_topic(&mut cfg, t)?;
     }
     validate(cfg)
+}
+
+fn json_str(v: &serde_json::Value, key: &str) -> Option<String> {
+    v.get(key)
+        .and_then(|x| x.as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn emulator_topic(cfg: &mut Config, t: &serde_json::Value) -> Result<(), ConfigError> {
+    let err = |m: String| ConfigError::Json(m);
+    let name = json_str(t, "Name").ok_or_else(|| err("a topic has no Name".into()))?;
+    let mut p = TopicProperties::default();
+    if let Some(obj) = t.get("Properties").and_then(|v| v.as_object()) {
+        for (k, v) in obj {
+            let bad = || {
+                err(format!(
+                    "topic {name}: property {k} has an invalid value {v}"
+                ))
+            };
+            let dur = || v.as_str().and_then(parse_iso8601_ms).ok_or_else(bad);
+            match k.as_str() {
+                "DefaultMessageTimeToLive" => p.default_message_ttl_ms = Some(dur()?),
+                "DuplicateDetectionHistoryTimeWindow" => p.duplicate_detection_window_ms = dur()?,
+                "RequiresDuplicateDetection" => {
+                    p.requires_duplicate_detection = v.as_bool().ok_or_else(bad)?
+                }
+                other => return Err(err(format!("topic {name}: unknown property {other}"))),
+            }
+        }
+    }
+    for s in t
+        .get("Subscriptions")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let sub = json_str(s, "Name")
+            .ok_or_else(|| err(format!("a subscription of {name} has no Name")))?;
+        let props = s
+            .get("Properties")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        let q = emulator_queue_props(&format!("{name}/Subscriptions/{sub}"), &props)?;
+        let mut rules = Vec::new();
+        for r in s
+            .get("Rules")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let rname = json_str(r, "Name")
+                .ok_or_else(|| err(format!("a rule of {name}/{sub} has no Name")))?;
+            let rp = r
+                .get("Properties")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
+            let key = format!("rule {name}/{sub}/{rname}");
+            let filter = match rp.get("FilterType").and_then(|v| v.as_str()) {
+                Some("Sql") => FilterDefinition::Sql(
+                    rp.get("SqlFilter")
+                        .and_then(|f| json_str(f, "SqlExpression"))
+                        .ok_or_else(|| {
+                            err(format!("{key}: SqlFilter.SqlExpression is required"))
+                        })?,
+                ),
+                Some("Correlation") => {
+                    let c = rp
+                        .get("CorrelationFilter")
+                        .cloned()
+                        .unwrap_or(serde_json::Value::Null);
+                    let mut properties = Vec::new();
+                    for (k, v) in c
+                        .get("Properties")
+                        .and_then(|v| v.as_object())
+                        .into_iter()
+                        .flatten()
+                    {
+                        properties.push((
+                            k.clone(),
+                            simple_value(&format!("{key}.{k}"), SimpleSource::Json(v.clone()))?,
+                        ));
+                    }
+                    FilterDefinition::Correlation {
+                        correlation_id: json_str(&c, "CorrelationId"),
+                        message_id: json_str(&c, "MessageId"),
+                        to: json_str(&c, "To"),
+                        reply_to: json_str(&c, "ReplyTo"),
+                        label: json_str(&c, "Label"),
+                        session_id: json_str(&c, "SessionId"),
+                        reply_to_session_id: json_str(&c, "ReplyToSessionId"),
+                        content_type: json_str(&c, "ContentType"),
+                        properties,
+                    }
+                }
+                other => {
+                    return Err(err(format!(
+                        "{key}: FilterType must be \"Sql\" or \"Correlation\", not {other:?}"
+                    )));
+                }
+            };
+            let action = rp.get("Action").and_then(|a| json_str(a, "SqlExpression"));
+            rules.push(RuleDefinition {
+                name: rname,
+                filter,
+                action,
+            });
+        }
+        if rules.is_empty() {
+            rules.push(RuleDefinition::default_rule());
+        }
+        cfg.entities.push(subscription(&name, sub, q, false, rules));
+    }
+    cfg.entities.push(EntityDefinition {
+        name,
+        kind: EntityKind::Topic(p),
+    });
+    Ok(())
 }
 
 fn emulator_queue_props(name: &str, p: &serde_json::Value) -> Result<QueueProperties, ConfigError> {
@@ -450,6 +760,27 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             )));
         }
         match &e.kind {
+            EntityKind::Topic(t) => {
+                if !(1024..=keybus_core::MAX_MESSAGE_SIZE_LIMIT).contains(&t.max_message_size) {
+                    return Err(ConfigError::Invalid(format!(
+                        "topic '{}': max message size out of range (1 KB to 100 MB)",
+                        e.name
+                    )));
+                }
+            }
+            EntityKind::Subscription(sd) => {
+                sd.properties
+                    .validate()
+                    .map_err(|m| ConfigError::Invalid(format!("subscription '{}': {m}", e.name)))?;
+                for r in &sd.rules {
+                    keybus_core::topic::compile_rule(r).map_err(|m| {
+                        ConfigError::Invalid(format!(
+                            "subscription '{}', rule '{}': {m}",
+                            e.name, r.name
+                        ))
+                    })?;
+                }
+            }
             EntityKind::Queue(p) => p
                 .validate()
                 .map_err(|m| ConfigError::Invalid(format!("queue '{}': {m}", e.name)))?,
@@ -490,10 +821,65 @@ mod tests {
             "Topics": [] } ], "Logging": { "Type": "File" } } }"#;
         let cfg = Config::parse(text).unwrap();
         assert_eq!(cfg.policies[0].key, "SAS_KEY_VALUE");
-        let EntityKind::Queue(p) = &cfg.entities[0].kind;
+        let EntityKind::Queue(p) = &cfg.entities[0].kind else {
+            panic!()
+        };
         assert_eq!(p.lock_duration_ms, 60_000);
         assert_eq!(p.max_delivery_count, 3);
         assert_eq!(p.default_message_ttl_ms, Some(3_600_000));
+    }
+
+    #[test]
+    fn topics_in_both_formats() {
+        let toml = r#"
+[[topics]]
+name = "events"
+[[topics.subscriptions]]
+name = "all"
+[[topics.subscriptions]]
+name = "eu"
+[[topics.subscriptions.rules]]
+name = "eu"
+sql_filter = "Region = 'EU'"
+action = "SET Routed = 'yes'"
+"#;
+        let cfg = Config::parse(toml).unwrap();
+        let names: Vec<_> = cfg.entities.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "events/Subscriptions/all",
+                "events/Subscriptions/eu",
+                "events"
+            ]
+        );
+        let EntityKind::Subscription(all) = &cfg.entities[0].kind else {
+            panic!()
+        };
+        assert_eq!(all.rules, vec![RuleDefinition::default_rule()]);
+        assert!(Config::parse(&toml.replace("Region = 'EU'", "Region = ")).is_err());
+
+        let json = r#"{ "UserConfig": { "Namespaces": [ { "Name": "sbemulatorns", "Queues": [],
+            "Topics": [ { "Name": "topic.1", "Properties": { "DefaultMessageTimeToLive": "PT1H" },
+              "Subscriptions": [ { "Name": "subscription.1", "Properties": { "MaxDeliveryCount": 3 },
+                "Rules": [ { "Name": "app-prop-filter-1", "Properties": { "FilterType": "Correlation",
+                  "CorrelationFilter": { "ContentType": "application/text", "Label": "l", "Properties": { "prop3": "value3", "n": 2 } } } },
+                  { "Name": "sql", "Properties": { "FilterType": "Sql", "SqlFilter": { "SqlExpression": "a = 1" },
+                    "Action": { "SqlExpression": "SET b = 2" } } } ] } ] } ] } ], "Logging": { "Type": "File" } } }"#;
+        let cfg = Config::parse(json).unwrap();
+        let EntityKind::Subscription(sd) = &cfg.entities[0].kind else {
+            panic!()
+        };
+        assert_eq!(sd.properties.max_delivery_count, 3);
+        assert_eq!(sd.rules.len(), 2);
+        assert!(
+            matches!(&sd.rules[0].filter, FilterDefinition::Correlation { properties, .. } if properties.len() == 2)
+        );
+        assert_eq!(sd.rules[1].action.as_deref(), Some("SET b = 2"));
+        let EntityKind::Topic(tp) = &cfg.entities[1].kind else {
+            panic!()
+        };
+        assert_eq!(tp.default_message_ttl_ms, Some(3_600_000));
     }
 
     #[test]
@@ -502,7 +888,9 @@ mod tests {
             "[[queues]]\nname = \"orders\"\nlock_duration = \"5s\"\n[[sas_policies]]\nname = \"a\"\nkey = \"k\"\nrights = [\"Send\"]\n",
         )
         .unwrap();
-        let EntityKind::Queue(p) = &cfg.entities[0].kind;
+        let EntityKind::Queue(p) = &cfg.entities[0].kind else {
+            panic!()
+        };
         assert_eq!(p.lock_duration_ms, 5_000);
         assert!(Config::parse("[[queues]]\nname = \"a\"\nbogus = 1\n").is_err());
         assert!(Config::parse("[[queues]]\nname = \"a?b\"\n").is_err());

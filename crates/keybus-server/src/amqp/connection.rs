@@ -46,8 +46,16 @@ pub struct Session {
     pub links: HashMap<u32, Link>,
     pub next_delivery_id: u32,
     /// Deliveries sent unsettled on this session: delivery-id → (link handle, lock token).
-    pub unsettled: HashMap<u32, (u32, keybus_core::LockToken, Arc<crate::broker::Entity>)>,
+    pub unsettled: HashMap<u32, Unsettled>,
 }
+
+/// A delivery sent unsettled: (link handle, lock token, entity, subscription).
+pub type Unsettled = (
+    u32,
+    keybus_core::LockToken,
+    Arc<crate::broker::Entity>,
+    Option<String>,
+);
 
 /// The connection state owned by its task.
 pub struct Conn {

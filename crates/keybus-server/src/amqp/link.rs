@@ -26,6 +26,7 @@ pub enum LinkKind {
     /// Client receives messages from an entity (sub-queue).
     EntityOut {
         entity: Arc<Entity>,
+        subscription: Option<String>,
         sub: SubQueue,
         mode: ReceiveMode,
         credit: u32,
@@ -36,7 +37,11 @@ pub enum LinkKind {
     /// Requests to `$cbs`.
     CbsIn,
     /// Requests to `<entity>/$management`.
-    MgmtIn { entity: Arc<Entity>, sub: SubQueue },
+    MgmtIn {
+        entity: Arc<Entity>,
+        subscription: Option<String>,
+        sub: SubQueue,
+    },
     /// Responses from `$cbs` or `$management` (`node` is the normalised node address).
     ReplyOut {
         node: String,
@@ -332,12 +337,22 @@ impl Conn {
             }
             return Ok(());
         }
-        let Some(entity) = self.broker.entity(&addr.entity) else {
+        let Some((entity, subscription)) = self.broker.resolve(&addr.entity) else {
             let host = self.hostname.clone();
             self.refuse(channel, &a, errors::entity_not_found(&host, &addr.entity));
             return Ok(());
         };
-        let max_size = entity.lock().queue.properties().max_message_size;
+        let (max_size, is_topic, requires_session) = {
+            let st = entity.lock();
+            let requires_session = st
+                .receiver_ref(subscription.as_deref())
+                .is_some_and(|q| q.properties().requires_session);
+            (
+                st.max_message_size(),
+                matches!(st.machine, crate::broker::Machine::Topic(_)),
+                requires_session,
+            )
+        };
         let sub = addr.sub_queue();
         // Tokens are checked against the node's own path: a token for `q/$DeadLetterQueue`
         // covers that sub-queue (and its `$management`), one for `q` covers all of them.
@@ -351,6 +366,14 @@ impl Conn {
                     self.refuse(channel, &a, unauthorized(&path));
                     return Ok(());
                 }
+                if is_topic && subscription.is_none() && sub != SubQueue::Main {
+                    self.refuse(
+                        channel,
+                        &a,
+                        error(errors::NOT_ALLOWED, "a topic has no dead-letter sub-queue"),
+                    );
+                    return Ok(());
+                }
                 self.reply_attach(channel, &a, max_size);
                 if client_sends {
                     self.grant_credit(
@@ -359,7 +382,16 @@ impl Conn {
                         a.initial_delivery_count.unwrap_or(0),
                         SENDER_CREDIT,
                     );
-                    self.add_link(channel, &a, LinkKind::MgmtIn { entity, sub }, None);
+                    self.add_link(
+                        channel,
+                        &a,
+                        LinkKind::MgmtIn {
+                            entity,
+                            subscription,
+                            sub,
+                        },
+                        None,
+                    );
                 } else {
                     let target = a.target.as_ref().and_then(|t| t.address.clone());
                     let node = node_key(&addr);
@@ -376,6 +408,17 @@ impl Conn {
                 }
             }
             NodeKind::Entity(_) if client_sends => {
+                if subscription.is_some() {
+                    self.refuse(
+                        channel,
+                        &a,
+                        error(
+                            errors::NOT_ALLOWED,
+                            "cannot send to a subscription; send to its topic",
+                        ),
+                    );
+                    return Ok(());
+                }
                 if sub != SubQueue::Main {
                     self.refuse(
                         channel,
@@ -406,6 +449,17 @@ impl Conn {
                 );
             }
             NodeKind::Entity(_) => {
+                if is_topic && subscription.is_none() {
+                    self.refuse(
+                        channel,
+                        &a,
+                        error(
+                            errors::NOT_ALLOWED,
+                            "cannot receive from a topic; receive from one of its subscriptions",
+                        ),
+                    );
+                    return Ok(());
+                }
                 if !self.authorized(&path, Right::Listen) {
                     self.refuse(channel, &a, unauthorized(&path));
                     return Ok(());
@@ -416,7 +470,6 @@ impl Conn {
                     .and_then(|s| s.filter.as_ref())
                     .and_then(|f| keybus_amqp::map_get(f, "com.microsoft:session-filter"))
                     .is_some();
-                let requires_session = entity.lock().queue.properties().requires_session;
                 if session_filter || (requires_session && sub == SubQueue::Main) {
                     self.refuse(
                         channel,
@@ -436,6 +489,7 @@ impl Conn {
                 self.reply_attach(channel, &a, max_size);
                 let kind = LinkKind::EntityOut {
                     entity,
+                    subscription,
                     sub,
                     mode,
                     credit: 0,
@@ -590,6 +644,7 @@ impl Conn {
         let generation = link.generation;
         let LinkKind::EntityOut {
             entity,
+            subscription,
             sub,
             mode,
             credit,
@@ -610,15 +665,18 @@ impl Conn {
         let mut deliveries = Vec::new();
         {
             let mut st = entity.lock();
-            while deliveries.len() < want {
-                match st.queue.acquire(sub, mode, now) {
-                    Some(d) => deliveries.push(d),
-                    None => break,
+            if let Some(q) = st.receiver(subscription.as_deref()) {
+                while deliveries.len() < want {
+                    match q.acquire(sub, mode, now) {
+                        Some(d) => deliveries.push(d),
+                        None => break,
+                    }
                 }
             }
             if deliveries.len() < *credit as usize && !*waiting {
                 st.waiters.push(Waiter {
                     tx,
+                    subscription: subscription.clone(),
                     sub,
                     channel,
                     handle,
@@ -635,6 +693,7 @@ impl Conn {
             }
         }
         let n = deliveries.len() as u32;
+        let subscription = subscription.clone();
         let LinkKind::EntityOut {
             credit,
             delivery_count,
@@ -654,8 +713,10 @@ impl Conn {
             let id = s.next_delivery_id;
             s.next_delivery_id = id.wrapping_add(1);
             if !settled {
-                s.unsettled
-                    .insert(id, (handle, d.lock_token, entity.clone()));
+                s.unsettled.insert(
+                    id,
+                    (handle, d.lock_token, entity.clone(), subscription.clone()),
+                );
             }
             let tag = d.lock_token.to_delivery_tag();
             let frames = write_transfer(
@@ -702,10 +763,10 @@ impl Conn {
         };
         let limit = match &link.kind {
             LinkKind::EntityIn { entity, .. } => {
-                entity.lock().queue.properties().max_message_size as usize + 64 * 1024
+                entity.lock().max_message_size() as usize + 64 * 1024
             }
             LinkKind::MgmtIn { entity, .. } => {
-                2 * entity.lock().queue.properties().max_message_size as usize + 1024 * 1024
+                2 * entity.lock().max_message_size() as usize + 1024 * 1024
             }
             LinkKind::CbsIn => 64 * 1024,
             _ => {
@@ -771,7 +832,7 @@ impl Conn {
         match &mut link.kind {
             LinkKind::EntityIn { entity } => {
                 let entity = entity.clone();
-                let max = entity.lock().queue.properties().max_message_size as usize;
+                let max = entity.lock().max_message_size() as usize;
                 let result = if oversize || body.len() > max {
                     Err((
                         errors::MESSAGE_SIZE_EXCEEDED,
@@ -800,8 +861,12 @@ impl Conn {
                 };
                 self.on_cbs_request(channel, &msg);
             }
-            LinkKind::MgmtIn { entity, sub } => {
-                let (entity, sub) = (entity.clone(), *sub);
+            LinkKind::MgmtIn {
+                entity,
+                subscription,
+                sub,
+            } => {
+                let (entity, subscription, sub) = (entity.clone(), subscription.clone(), *sub);
                 if !settled {
                     self.settle_request(channel, delivery_id);
                 }
@@ -811,7 +876,7 @@ impl Conn {
                 let Ok(msg) = Message::decode(&body) else {
                     return Ok(());
                 };
-                self.on_management_request(channel, entity, sub, msg);
+                self.on_management_request(channel, entity, subscription, sub, msg);
             }
             _ => {}
         }
@@ -849,14 +914,14 @@ impl Conn {
                 .partition(|p| Arc::ptr_eq(&p.entity, &entity));
             pending = rest;
             let mut results = Vec::with_capacity(group.len());
-            let mut seqs = Vec::new();
+            let mut pendings = Vec::new();
             let fut = {
                 let mut st = entity.lock();
                 for p in group {
                     let r = match p.result {
-                        Ok(msgs) => match st.queue.enqueue(msgs, now) {
-                            Ok(s) => {
-                                seqs.extend(s);
+                        Ok(msgs) => match st.send(msgs, now, false) {
+                            Ok((_, pending)) => {
+                                pendings.push(pending);
                                 Ok(())
                             }
                             Err(e) => Err((e.condition().symbol(), e.to_string())),
@@ -873,12 +938,8 @@ impl Conn {
                 let failed = ok.as_ref().err().map(|e| e.to_string());
                 {
                     let mut st = entity.lock();
-                    if failed.is_none() {
-                        if st.queue.commit_pending(&seqs) {
-                            st.wake();
-                        }
-                    } else {
-                        st.queue.abort_pending(&seqs);
+                    for p in &pendings {
+                        st.finish(p, failed.is_none());
                     }
                 }
                 let mut by_channel: Vec<(u16, Vec<(u32, SendResult)>)> = Vec::new();
@@ -997,7 +1058,7 @@ impl Conn {
         let mut futures = Vec::new();
         let mut touched = Vec::new();
         for id in ids {
-            let Some((handle, token, entity)) = s.unsettled.remove(&id) else {
+            let Some((handle, token, entity, subscription)) = s.unsettled.remove(&id) else {
                 if d.first == id || d.last.is_none() {
                     results.push((id, lock_lost_state()));
                 }
@@ -1010,7 +1071,10 @@ impl Conn {
                 touched.push(handle);
             }
             let mut st = entity.lock();
-            let r = st.queue.settle(token, outcome.clone(), now);
+            let r = match st.receiver(subscription.as_deref()) {
+                Some(q) => q.settle(token, outcome.clone(), now),
+                None => Err(keybus_core::SettleError::LockLost),
+            };
             if let Some(f) = entity.submit(&mut st) {
                 futures.push(f);
             }

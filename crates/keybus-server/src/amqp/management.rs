@@ -12,7 +12,7 @@ use keybus_core::{
 
 use super::cbs::{app_prop, body_value, response};
 use super::connection::Conn;
-use crate::broker::{ConnEvent, Entity};
+use crate::broker::{ConnEvent, Entity, EntityState};
 use crate::config::Right;
 
 /// A failed operation: status code, error condition, description.
@@ -97,6 +97,20 @@ fn opt_string(body: &[(Value, Value)], name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The queue behind a `$management` node: the queue itself or a topic's subscription.
+fn receiver<'a>(
+    st: &'a mut EntityState,
+    subscription: Option<&str>,
+) -> Result<&'a mut keybus_core::Queue, OpError> {
+    st.receiver(subscription).ok_or_else(|| {
+        OpError(
+            400,
+            ErrorCondition::NotAllowed.symbol(),
+            "this operation needs a queue or a subscription, not a topic".into(),
+        )
+    })
+}
+
 /// The right each operation needs (wire reference §3.7).
 fn required_right(op: &str) -> Right {
     match op {
@@ -110,6 +124,7 @@ impl Conn {
         &mut self,
         channel: u16,
         entity: Arc<Entity>,
+        subscription: Option<String>,
         sub: SubQueue,
         msg: Message,
     ) {
@@ -117,7 +132,13 @@ impl Conn {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let entity_key = entity.lock().queue.name().to_string();
+        let entity_key = {
+            let st = entity.lock();
+            match &subscription {
+                Some(s) => format!("{}/subscriptions/{s}", st.name()),
+                None => st.name().to_string(),
+            }
+        };
         let node = match sub {
             SubQueue::Main => format!("{entity_key}/$management"),
             SubQueue::DeadLetter => format!("{entity_key}/$deadletterqueue/$management"),
@@ -133,7 +154,7 @@ impl Conn {
         let result = if self.authorized(&node, required_right(&op)) {
             let body = body_value(&msg);
             let fields = body.as_ref().and_then(Value::as_map).unwrap_or(&[]);
-            self.management_op(&op, &entity, sub, fields)
+            self.management_op(&op, &entity, subscription.as_deref(), sub, fields)
         } else {
             Err(OpError(
                 401,
@@ -197,6 +218,7 @@ impl Conn {
         &mut self,
         op: &str,
         entity: &Arc<Entity>,
+        subscription: Option<&str>,
         sub: SubQueue,
         body: &[(Value, Value)],
     ) -> Result<Done, OpError> {
@@ -207,7 +229,9 @@ impl Conn {
                 let mut out = Vec::new();
                 for t in lock_tokens(body)? {
                     out.push(Value::Timestamp(
-                        st.queue.renew_lock(t, now).map_err(ManagementError::from)?,
+                        receiver(&mut st, subscription)?
+                            .renew_lock(t, now)
+                            .map_err(ManagementError::from)?,
                     ));
                 }
                 Ok(Done::ok(map(vec![("expirations", Value::Array(out))])))
@@ -220,7 +244,7 @@ impl Conn {
                     .and_then(Value::as_i64)
                     .unwrap_or(1)
                     .clamp(0, 1000) as usize;
-                let msgs = st.queue.peek(sub, from, count, now);
+                let msgs = receiver(&mut st, subscription)?.peek(sub, from, count, now);
                 if msgs.is_empty() {
                     return Ok(Done {
                         status: 204,
@@ -252,23 +276,13 @@ impl Conn {
                         size: bytes.len() as u32,
                     });
                 }
-                let seqs = st
-                    .queue
-                    .schedule(incoming, now)
+                let (seqs, pending) = st
+                    .send(incoming, now, true)
                     .map_err(ManagementError::from)?;
                 let commit = entity.submit(&mut st);
                 let e = entity.clone();
-                let pending = seqs.clone();
-                let after: Box<dyn FnOnce(bool) + Send> = Box::new(move |ok| {
-                    let mut st = e.lock();
-                    if ok {
-                        if st.queue.commit_pending(&pending) {
-                            st.wake();
-                        }
-                    } else {
-                        st.queue.abort_pending(&pending);
-                    }
-                });
+                let after: Box<dyn FnOnce(bool) + Send> =
+                    Box::new(move |ok| e.lock().finish(&pending, ok));
                 let out = seqs.into_iter().map(Value::Long).collect();
                 Ok(Done {
                     status: 200,
@@ -278,7 +292,7 @@ impl Conn {
                 })
             }
             "com.microsoft:cancel-scheduled-message" => {
-                st.queue.cancel_scheduled(&sequence_numbers(body)?);
+                st.cancel_scheduled(&sequence_numbers(body)?);
                 let commit = entity.submit(&mut st);
                 Ok(Done {
                     status: 200,
@@ -293,7 +307,8 @@ impl Conn {
                     Some(0) => ReceiveMode::ReceiveAndDelete,
                     _ => ReceiveMode::PeekLock,
                 };
-                let ds = st.queue.receive_deferred(sub, &seqs, mode, now)?;
+                let ds =
+                    receiver(&mut st, subscription)?.receive_deferred(sub, &seqs, mode, now)?;
                 let commit = entity.submit(&mut st);
                 let list = ds
                     .into_iter()
@@ -330,9 +345,9 @@ impl Conn {
                     },
                     other => return Err(bad(format!("unknown disposition-status '{other}'"))),
                 };
+                let q = receiver(&mut st, subscription)?;
                 for t in lock_tokens(body)? {
-                    st.queue
-                        .settle(t, outcome.clone(), now)
+                    q.settle(t, outcome.clone(), now)
                         .map_err(ManagementError::from)?;
                 }
                 if matches!(outcome, Outcome::Abandon { .. }) {

@@ -1,0 +1,391 @@
+//! Topics: sequence numbers are assigned at the topic (the same number in every copy), and
+//! each subscription gets its own copy, with its own locks, delivery counts and dead-letter
+//! sub-queue, when its rules match.
+//!
+//! Rule semantics (Service Bus "topic filters and actions"): rules without an action are
+//! OR-ed and give at most one copy; each matching rule with an action gives a copy with that
+//! action applied. A rule whose filter fails to evaluate is skipped, or — with
+//! `dead_lettering_on_filter_evaluation_exceptions` — the message goes to the subscription's
+//! dead-letter sub-queue. Copies without actions share one in-memory message.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use keybus_amqp::{Message, Value};
+
+use crate::clock::Timestamp;
+use crate::entity::{
+    FilterDefinition, RuleDefinition, SimpleValue, SubscriptionDefinition, TopicProperties,
+};
+use crate::error::SendError;
+use crate::filter::{
+    CorrelationFilter, Filter, FilterError, MessageView, SqlFilter, SqlRuleAction, SystemProps,
+};
+use crate::queue::{
+    IncomingMessage, Queue, message_id_key, scheduled_time, strip_broker_annotations,
+};
+use crate::store::{EntitySnapshot, StoreOp};
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+struct Rule {
+    filter: Filter,
+    action: Option<SqlRuleAction>,
+}
+
+/// Compile a rule definition; the error names the rule.
+pub fn compile_rule(def: &RuleDefinition) -> Result<(Filter, Option<SqlRuleAction>), FilterError> {
+    let filter = match &def.filter {
+        FilterDefinition::True => Filter::True,
+        FilterDefinition::False => Filter::False,
+        FilterDefinition::Sql(text) => Filter::Sql(SqlFilter::parse(text)?),
+        FilterDefinition::Correlation {
+            correlation_id,
+            message_id,
+            to,
+            reply_to,
+            label,
+            session_id,
+            reply_to_session_id,
+            content_type,
+            properties,
+        } => Filter::Correlation(CorrelationFilter {
+            correlation_id: correlation_id.clone(),
+            message_id: message_id.clone(),
+            to: to.clone(),
+            reply_to: reply_to.clone(),
+            label: label.clone(),
+            session_id: session_id.clone(),
+            reply_to_session_id: reply_to_session_id.clone(),
+            content_type: content_type.clone(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        SimpleValue::String(s) => Value::String(s.clone()),
+                        SimpleValue::Long(n) => Value::Long(*n),
+                        SimpleValue::Double(d) => Value::Double(*d),
+                        SimpleValue::Bool(b) => Value::Bool(*b),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        }),
+    };
+    let action = def
+        .action
+        .as_deref()
+        .filter(|a| !a.trim().is_empty())
+        .map(SqlRuleAction::parse)
+        .transpose()?;
+    Ok((filter, action))
+}
+
+/// One subscription: a queue plus its rules.
+#[derive(Debug)]
+pub struct Subscription {
+    pub queue: Queue,
+    pub definition: SubscriptionDefinition,
+    rules: Vec<Rule>,
+}
+
+impl Subscription {
+    /// Build a subscription; rules that fail to compile are reported.
+    pub fn new(definition: SubscriptionDefinition, queue: Queue) -> Result<Subscription, String> {
+        let mut rules = Vec::with_capacity(definition.rules.len());
+        for r in &definition.rules {
+            let (filter, action) =
+                compile_rule(r).map_err(|e| format!("rule '{}': {e}", r.name))?;
+            rules.push(Rule { filter, action });
+        }
+        Ok(Subscription {
+            queue,
+            definition,
+            rules,
+        })
+    }
+}
+
+/// A topic with its subscriptions.
+#[derive(Debug)]
+pub struct Topic {
+    name: String,
+    props: TopicProperties,
+    next_seq: i64,
+    subs: BTreeMap<String, Subscription>,
+    dup_seen: HashMap<String, Timestamp>,
+    dup_order: VecDeque<(Timestamp, String)>,
+    ops: Vec<StoreOp>,
+}
+
+/// The sequence numbers a send produced, per subscription (to publish after the commit).
+pub type Fanout = Vec<(String, Vec<i64>)>;
+
+impl Topic {
+    pub fn new(name: impl Into<String>, props: TopicProperties, next_sequence: i64) -> Topic {
+        Topic {
+            name: name.into().to_ascii_lowercase(),
+            props,
+            next_seq: next_sequence.max(1),
+            subs: BTreeMap::new(),
+            dup_seen: HashMap::new(),
+            dup_order: VecDeque::new(),
+            ops: Vec::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn properties(&self) -> &TopicProperties {
+        &self.props
+    }
+
+    /// Add a loaded subscription (its messages restored from `snapshot`).
+    pub fn add_subscription(&mut self, sub: Subscription, snapshot_max_seq: i64) {
+        self.next_seq = self.next_seq.max(snapshot_max_seq + 1);
+        self.subs
+            .insert(sub.definition.name.to_ascii_lowercase(), sub);
+    }
+
+    pub fn subscription(&self, name: &str) -> Option<&Subscription> {
+        self.subs.get(&name.to_ascii_lowercase())
+    }
+
+    pub fn subscription_mut(&mut self, name: &str) -> Option<&mut Subscription> {
+        self.subs.get_mut(&name.to_ascii_lowercase())
+    }
+
+    pub fn subscriptions_mut(&mut self) -> impl Iterator<Item = &mut Subscription> {
+        self.subs.values_mut()
+    }
+
+    pub fn subscriptions(&self) -> impl Iterator<Item = &Subscription> {
+        self.subs.values()
+    }
+
+    /// Writes of the topic and all subscriptions, in order per entity.
+    pub fn take_ops(&mut self) -> Vec<StoreOp> {
+        let mut ops = std::mem::take(&mut self.ops);
+        for s in self.subs.values_mut() {
+            ops.extend(s.queue.take_ops());
+        }
+        ops
+    }
+
+    fn check(&self, msgs: &[IncomingMessage]) -> Result<(), SendError> {
+        let mut total = 0u64;
+        for m in msgs {
+            let size = u64::from(m.size);
+            if size > self.props.max_message_size {
+                return Err(SendError::MessageSizeExceeded {
+                    size,
+                    limit: self.props.max_message_size,
+                });
+            }
+            total += size;
+        }
+        let used: u64 = self
+            .subs
+            .values()
+            .map(|s| s.queue.size_bytes())
+            .max()
+            .unwrap_or(0);
+        if used + total > self.props.max_size_bytes {
+            return Err(SendError::QuotaExceeded {
+                entity: self.name.clone(),
+                size: used,
+                limit: self.props.max_size_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn prune_duplicates(&mut self, now: Timestamp) {
+        let window = self.props.duplicate_detection_window_ms;
+        while let Some((t, _)) = self.dup_order.front() {
+            if t + window > now {
+                break;
+            }
+            if let Some((t, id)) = self.dup_order.pop_front()
+                && self.dup_seen.get(&id) == Some(&t)
+            {
+                self.dup_seen.remove(&id);
+            }
+        }
+    }
+
+    /// Accept messages sent to the topic: assign sequence numbers and give each matching
+    /// subscription its pending copy. With `schedule`, messages must carry a schedule time.
+    pub fn enqueue(
+        &mut self,
+        msgs: Vec<IncomingMessage>,
+        now: Timestamp,
+        schedule: bool,
+    ) -> Result<(Vec<i64>, Fanout), SendError> {
+        self.check(&msgs)?;
+        if schedule && msgs.iter().any(|m| scheduled_time(&m.message).is_none()) {
+            return Err(SendError::Argument(
+                "A scheduled message must carry x-opt-scheduled-enqueue-time.".into(),
+            ));
+        }
+        if self.props.requires_duplicate_detection {
+            self.prune_duplicates(now);
+        }
+        let mut seqs = Vec::with_capacity(msgs.len());
+        let mut fanout: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for m in msgs {
+            let mut message = m.message;
+            if self.props.requires_duplicate_detection
+                && let Some(id) = message_id_key(&message)
+            {
+                if self.dup_seen.contains_key(&id) && !schedule {
+                    continue;
+                }
+                self.dup_seen.insert(id.clone(), now);
+                self.dup_order.push_back((now, id));
+            }
+            strip_broker_annotations(&mut message);
+            apply_topic_ttl(&mut message, self.props.default_message_ttl_ms);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            seqs.push(seq);
+            let shared = Arc::new(message);
+            let sys = SystemProps {
+                sequence_number: seq,
+                enqueued_time: now,
+            };
+            for (key, sub) in self.subs.iter_mut() {
+                if deliver_to(sub, &shared, m.size, seq, &sys, now) {
+                    fanout.entry(key.clone()).or_default().push(seq);
+                }
+            }
+        }
+        self.ops.push(StoreOp::PutSequence {
+            entity: self.name.clone(),
+            next: self.next_seq,
+        });
+        Ok((seqs, fanout.into_iter().collect()))
+    }
+
+    /// Publish committed copies; true if any subscription got an available message.
+    pub fn commit_pending(&mut self, fanout: &Fanout) -> bool {
+        let mut any = false;
+        for (key, seqs) in fanout {
+            if let Some(s) = self.subs.get_mut(key) {
+                any |= s.queue.commit_pending(seqs);
+            }
+        }
+        any
+    }
+
+    pub fn abort_pending(&mut self, fanout: &Fanout) {
+        for (key, seqs) in fanout {
+            if let Some(s) = self.subs.get_mut(key) {
+                s.queue.abort_pending(seqs);
+            }
+        }
+    }
+
+    /// `cancel-scheduled-message` on the topic cancels the copies in every subscription.
+    pub fn cancel_scheduled(&mut self, seqs: &[i64]) {
+        for s in self.subs.values_mut() {
+            s.queue.cancel_scheduled(seqs);
+        }
+    }
+
+    pub fn tick(&mut self, now: Timestamp) -> bool {
+        if self.props.requires_duplicate_detection {
+            self.prune_duplicates(now);
+        }
+        let mut woke = false;
+        for s in self.subs.values_mut() {
+            if s.queue.next_deadline().is_some_and(|d| d <= now) {
+                woke |= s.queue.tick(now);
+            }
+        }
+        woke
+    }
+
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.subs
+            .values()
+            .filter_map(|s| s.queue.next_deadline())
+            .min()
+    }
+}
+
+/// A topic's default TTL caps the message's own, as a subscription's does.
+fn apply_topic_ttl(message: &mut Message, default_ttl: Option<i64>) {
+    let Some(default_ttl) = default_ttl else {
+        return;
+    };
+    let cap = u32::try_from(default_ttl).unwrap_or(u32::MAX);
+    let header = message.header.get_or_insert_with(Default::default);
+    header.ttl = Some(header.ttl.filter(|t| *t > 0).map_or(cap, |t| t.min(cap)));
+}
+
+/// Evaluate a subscription's rules and add its copies. Returns true if it got one.
+fn deliver_to(
+    sub: &mut Subscription,
+    shared: &Arc<Message>,
+    size: u32,
+    seq: i64,
+    sys: &SystemProps,
+    now: Timestamp,
+) -> bool {
+    let view = MessageView::new(shared, sys);
+    let mut plain_match = false;
+    let mut with_action: Option<Message> = None;
+    let mut failure: Option<String> = None;
+    for rule in &sub.rules {
+        match rule.filter.matches(&view) {
+            Ok(true) => match &rule.action {
+                None => plain_match = true,
+                Some(action) => {
+                    // One subscription keeps one copy per sequence number: the first matching
+                    // rule with an action decides its content.
+                    if with_action.is_none() {
+                        let mut copy = Message::clone(shared);
+                        match action.apply(&mut copy, sys) {
+                            Ok(()) => with_action = Some(copy),
+                            Err(e) => failure = Some(format!("rule action failed: {e}")),
+                        }
+                    }
+                }
+            },
+            Ok(false) => {}
+            Err(e) => failure = Some(format!("filter evaluation failed: {e}")),
+        }
+    }
+    if let Some(copy) = with_action {
+        sub.queue.accept_copy(seq, Arc::new(copy), size, now);
+        return true;
+    }
+    if plain_match {
+        sub.queue.accept_copy(seq, shared.clone(), size, now);
+        return true;
+    }
+    if let Some(description) = failure
+        && sub
+            .definition
+            .dead_lettering_on_filter_evaluation_exceptions
+    {
+        sub.queue
+            .dead_letter_copy(seq, Message::clone(shared), size, now, description);
+    }
+    false
+}
+
+/// Highest sequence number in a snapshot (for restoring the topic's counter).
+pub fn max_sequence(snapshot: &EntitySnapshot) -> i64 {
+    snapshot
+        .main
+        .iter()
+        .chain(snapshot.dead_letter.iter())
+        .map(|r| r.sequence_number)
+        .max()
+        .unwrap_or(0)
+        .max(snapshot.next_sequence - 1)
+}

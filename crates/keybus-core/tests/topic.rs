@@ -1,0 +1,217 @@
+//! Topic fan-out with an injected clock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use keybus_amqp::{Message, Properties, Symbol, Value};
+use keybus_core::{
+    FilterDefinition, IncomingMessage, Queue, QueueProperties, ReceiveMode, RuleDefinition,
+    StoreOp, SubQueue, Subscription, SubscriptionDefinition, Topic, TopicProperties,
+};
+
+fn msg(id: &str, props: Vec<(&str, Value)>) -> IncomingMessage {
+    let message = Message {
+        properties: Some(Properties {
+            message_id: Some(Value::String(id.into())),
+            ..Default::default()
+        }),
+        application_properties: Some(
+            props
+                .into_iter()
+                .map(|(k, v)| (Value::String(k.into()), v))
+                .collect(),
+        ),
+        body_raw: Message::body_data(id.as_bytes()),
+        ..Default::default()
+    };
+    IncomingMessage { message, size: 100 }
+}
+
+fn sub(name: &str, rules: Vec<RuleDefinition>, dlq_on_filter: bool) -> Subscription {
+    let def = SubscriptionDefinition {
+        topic: "t".into(),
+        name: name.into(),
+        properties: QueueProperties::default(),
+        dead_lettering_on_filter_evaluation_exceptions: dlq_on_filter,
+        rules,
+    };
+    Subscription::new(
+        def,
+        Queue::new(
+            format!("t/subscriptions/{name}"),
+            QueueProperties::default(),
+            3,
+        ),
+    )
+    .unwrap()
+}
+
+fn rule(name: &str, filter: FilterDefinition, action: Option<&str>) -> RuleDefinition {
+    RuleDefinition {
+        name: name.into(),
+        filter,
+        action: action.map(str::to_string),
+    }
+}
+
+fn topic() -> Topic {
+    let mut t = Topic::new("t", TopicProperties::default(), 1);
+    t.add_subscription(sub("all", vec![RuleDefinition::default_rule()], false), 0);
+    t.add_subscription(
+        sub(
+            "eu",
+            vec![rule(
+                "eu",
+                FilterDefinition::Sql("region = 'EU'".into()),
+                Some("SET seen = 1"),
+            )],
+            false,
+        ),
+        0,
+    );
+    t.add_subscription(
+        sub(
+            "strict",
+            vec![rule("n", FilterDefinition::Sql("n > 1".into()), None)],
+            true,
+        ),
+        0,
+    );
+    t
+}
+
+fn app(d: &[u8], key: &str) -> Option<Value> {
+    let m = Message::decode(&keybus_amqp::Bytes::copy_from_slice(d)).unwrap();
+    keybus_amqp::map_get(m.application_properties.as_ref()?, key).cloned()
+}
+
+#[test]
+fn fan_out_shares_sequence_numbers_and_applies_rules() {
+    let mut t = topic();
+    let now = 1_000;
+    let (seqs, fanout) = t
+        .enqueue(
+            vec![
+                msg(
+                    "a",
+                    vec![("region", Value::String("EU".into())), ("n", Value::Int(5))],
+                ),
+                msg(
+                    "b",
+                    vec![
+                        ("region", Value::String("US".into())),
+                        ("n", Value::String("x".into())),
+                    ],
+                ),
+            ],
+            now,
+            false,
+        )
+        .unwrap();
+    assert_eq!(seqs, vec![1, 2]);
+    assert!(t.commit_pending(&fanout));
+    let all = &mut t.subscription_mut("all").unwrap().queue;
+    assert_eq!(
+        all.acquire(SubQueue::Main, ReceiveMode::PeekLock, now)
+            .unwrap()
+            .sequence_number,
+        1
+    );
+    assert_eq!(
+        all.acquire(SubQueue::Main, ReceiveMode::PeekLock, now)
+            .unwrap()
+            .sequence_number,
+        2
+    );
+    let eu = &mut t.subscription_mut("EU").unwrap().queue;
+    let d = eu
+        .acquire(SubQueue::Main, ReceiveMode::PeekLock, now)
+        .unwrap();
+    assert_eq!(d.sequence_number, 1);
+    assert_eq!(app(&d.encoded, "seen"), Some(Value::Long(1)));
+    assert!(
+        eu.acquire(SubQueue::Main, ReceiveMode::PeekLock, now)
+            .is_none()
+    );
+    // The "all" copy has no action applied.
+    let strict = &mut t.subscription_mut("strict").unwrap().queue;
+    assert_eq!(
+        strict
+            .acquire(SubQueue::Main, ReceiveMode::PeekLock, now)
+            .unwrap()
+            .sequence_number,
+        1
+    );
+    let dead = strict
+        .acquire(SubQueue::DeadLetter, ReceiveMode::PeekLock, now)
+        .unwrap();
+    assert_eq!(dead.sequence_number, 2);
+    assert_eq!(
+        app(&dead.encoded, "DeadLetterReason"),
+        Some(Value::String("FilterEvaluationException".into()))
+    );
+    let ops = t.take_ops();
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, StoreOp::PutSequence { entity, next: 3 } if entity == "t"))
+    );
+}
+
+#[test]
+fn pending_copies_are_invisible_and_cancel_reaches_every_subscription() {
+    let mut t = topic();
+    let mut m = msg("s", vec![("region", Value::String("EU".into()))]);
+    m.message.message_annotations = Some(vec![(
+        Value::Symbol(Symbol::from("x-opt-scheduled-enqueue-time")),
+        Value::Timestamp(5_000),
+    )]);
+    let (seqs, fanout) = t.enqueue(vec![m], 1_000, true).unwrap();
+    assert!(
+        t.subscription("all")
+            .unwrap()
+            .queue
+            .peek(SubQueue::Main, 1, 10, 1_000)
+            .is_empty()
+    );
+    t.commit_pending(&fanout);
+    assert_eq!(
+        t.subscription("eu")
+            .unwrap()
+            .queue
+            .peek(SubQueue::Main, 1, 10, 1_000)
+            .len(),
+        1
+    );
+    t.cancel_scheduled(&seqs);
+    assert!(
+        t.subscription("eu")
+            .unwrap()
+            .queue
+            .peek(SubQueue::Main, 1, 10, 1_000)
+            .is_empty()
+    );
+    assert!(
+        t.subscription("all")
+            .unwrap()
+            .queue
+            .peek(SubQueue::Main, 1, 10, 1_000)
+            .is_empty()
+    );
+}
+
+#[test]
+fn duplicate_detection_at_the_topic() {
+    let mut t = Topic::new(
+        "t",
+        TopicProperties {
+            requires_duplicate_detection: true,
+            duplicate_detection_window_ms: 60_000,
+            ..Default::default()
+        },
+        1,
+    );
+    t.add_subscription(sub("all", vec![RuleDefinition::default_rule()], false), 0);
+    let (seqs, _) = t
+        .enqueue(vec![msg("a", vec![]), msg("a", vec![])], 0, false)
+        .unwrap();
+    assert_eq!(seqs, vec![1]);
+}
