@@ -160,6 +160,9 @@ pub struct RuleDefinition {
     pub name: String,
     pub filter: FilterDefinition,
     pub action: Option<String>,
+    /// Creation time (ms since the epoch); 0 for rules declared in a config file.
+    #[serde(default)]
+    pub created_at: i64,
 }
 
 impl RuleDefinition {
@@ -169,6 +172,7 @@ impl RuleDefinition {
             name: "$Default".into(),
             filter: FilterDefinition::True,
             action: None,
+            created_at: 0,
         }
     }
 }

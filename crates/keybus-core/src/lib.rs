@@ -30,4 +30,4 @@ pub use queue::{
 };
 pub use record::{MessageRecord, MessageState};
 pub use store::{CommitFuture, EntitySnapshot, Store, StoreError, StoreOp};
-pub use topic::{Fanout, Subscription, Topic};
+pub use topic::{Fanout, RuleError, Subscription, Topic};

@@ -89,7 +89,72 @@ pub struct Subscription {
     rules: Vec<Rule>,
 }
 
+/// Why a rule could not be added or removed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RuleError {
+    #[error("The rule '{0}' already exists on this subscription.")]
+    AlreadyExists(String),
+    #[error("The rule '{0}' could not be found.")]
+    NotFound(String),
+    #[error("The rule '{name}' is invalid: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("A subscription can have at most {0} rules.")]
+    TooMany(usize),
+}
+
+/// Most rules per subscription (Service Bus quota).
+pub const MAX_RULES: usize = 2000;
+
 impl Subscription {
+    pub fn rules(&self) -> &[RuleDefinition] {
+        &self.definition.rules
+    }
+
+    /// `add-rule`: compile and append; returns the op that persists the new definition.
+    pub fn add_rule(&mut self, def: RuleDefinition) -> Result<StoreOp, RuleError> {
+        if self
+            .definition
+            .rules
+            .iter()
+            .any(|r| r.name.eq_ignore_ascii_case(&def.name))
+        {
+            return Err(RuleError::AlreadyExists(def.name));
+        }
+        if self.definition.rules.len() >= MAX_RULES {
+            return Err(RuleError::TooMany(MAX_RULES));
+        }
+        let (filter, action) = compile_rule(&def).map_err(|e| RuleError::Invalid {
+            name: def.name.clone(),
+            reason: e.to_string(),
+        })?;
+        self.rules.push(Rule { filter, action });
+        self.definition.rules.push(def);
+        Ok(self.persist())
+    }
+
+    /// `remove-rule`; returns the op that persists the new definition.
+    pub fn remove_rule(&mut self, name: &str) -> Result<StoreOp, RuleError> {
+        let i = self
+            .definition
+            .rules
+            .iter()
+            .position(|r| r.name.eq_ignore_ascii_case(name))
+            .ok_or_else(|| RuleError::NotFound(name.to_string()))?;
+        self.definition.rules.remove(i);
+        self.rules.remove(i);
+        Ok(self.persist())
+    }
+
+    fn persist(&self) -> StoreOp {
+        StoreOp::PutEntity(crate::entity::EntityDefinition {
+            name: format!(
+                "{}/Subscriptions/{}",
+                self.definition.topic, self.definition.name
+            ),
+            kind: crate::entity::EntityKind::Subscription(self.definition.clone()),
+        })
+    }
+
     /// Build a subscription; rules that fail to compile are reported.
     pub fn new(definition: SubscriptionDefinition, queue: Queue) -> Result<Subscription, String> {
         let mut rules = Vec::with_capacity(definition.rules.len());
@@ -163,6 +228,11 @@ impl Topic {
 
     pub fn subscriptions(&self) -> impl Iterator<Item = &Subscription> {
         self.subs.values()
+    }
+
+    /// Queue a write produced outside the send path (rule changes).
+    pub fn push_op(&mut self, op: StoreOp) {
+        self.ops.push(op);
     }
 
     /// Writes of the topic and all subscriptions, in order per entity.

@@ -50,6 +50,7 @@ fn rule(name: &str, filter: FilterDefinition, action: Option<&str>) -> RuleDefin
         name: name.into(),
         filter,
         action: action.map(str::to_string),
+        created_at: 0,
     }
 }
 
@@ -214,4 +215,42 @@ fn duplicate_detection_at_the_topic() {
         .enqueue(vec![msg("a", vec![]), msg("a", vec![])], 0, false)
         .unwrap();
     assert_eq!(seqs, vec![1]);
+}
+
+#[test]
+fn rules_are_added_and_removed_and_persisted() {
+    let mut t = topic();
+    let s = t.subscription_mut("all").unwrap();
+    let op = s
+        .add_rule(rule("extra", FilterDefinition::Sql("x = 1".into()), None))
+        .unwrap();
+    assert!(matches!(op, StoreOp::PutEntity(ref d) if d.name == "t/Subscriptions/all"));
+    assert!(matches!(
+        s.add_rule(rule("EXTRA", FilterDefinition::True, None)),
+        Err(keybus_core::RuleError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        s.add_rule(rule("bad", FilterDefinition::Sql("x = ".into()), None)),
+        Err(keybus_core::RuleError::Invalid { .. })
+    ));
+    assert_eq!(s.rules().len(), 2);
+    s.remove_rule("$default").unwrap();
+    assert!(matches!(
+        s.remove_rule("nope"),
+        Err(keybus_core::RuleError::NotFound(_))
+    ));
+    // Only the remaining rule (x = 1) decides now.
+    let (_, fanout) = t
+        .enqueue(
+            vec![msg("no", vec![]), msg("yes", vec![("x", Value::Long(1))])],
+            0,
+            false,
+        )
+        .unwrap();
+    let all: Vec<i64> = fanout
+        .iter()
+        .filter(|(k, _)| k == "all")
+        .flat_map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(all, vec![2]);
 }

@@ -286,6 +286,7 @@ fn toml_rule(topic: &str, sub: &str, r: RawRule) -> Result<RuleDefinition, Confi
         name: r.name,
         filter,
         action: r.action.filter(|a| !a.trim().is_empty()),
+        created_at: 0,
     })
 }
 
@@ -592,6 +593,7 @@ fn emulator_topic(cfg: &mut Config, t: &serde_json::Value) -> Result<(), ConfigE
                 name: rname,
                 filter,
                 action,
+                created_at: 0,
             });
         }
         if rules.is_empty() {

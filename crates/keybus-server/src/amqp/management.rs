@@ -12,6 +12,7 @@ use keybus_core::{
 
 use super::cbs::{app_prop, body_value, response};
 use super::connection::Conn;
+use super::rules;
 use crate::broker::{ConnEvent, Entity, EntityState};
 use crate::config::Right;
 
@@ -115,6 +116,9 @@ fn receiver<'a>(
 fn required_right(op: &str) -> Right {
     match op {
         "com.microsoft:schedule-message" | "com.microsoft:cancel-scheduled-message" => Right::Send,
+        "com.microsoft:add-rule"
+        | "com.microsoft:remove-rule"
+        | "com.microsoft:enumerate-rules" => Right::Manage,
         _ => Right::Listen,
     }
 }
@@ -323,6 +327,89 @@ impl Conn {
                 Ok(Done {
                     status: 200,
                     body: Some(map(vec![("messages", Value::List(list))])),
+                    commit,
+                    after_commit: None,
+                })
+            }
+            "com.microsoft:add-rule"
+            | "com.microsoft:remove-rule"
+            | "com.microsoft:enumerate-rules" => {
+                let Some(name) = subscription else {
+                    return Err(OpError(
+                        400,
+                        ErrorCondition::NotAllowed.symbol(),
+                        "rules belong to subscriptions".into(),
+                    ));
+                };
+                let crate::broker::Machine::Topic(topic) = &mut st.machine else {
+                    return Err(OpError(
+                        400,
+                        ErrorCondition::NotAllowed.symbol(),
+                        "rules belong to subscriptions".into(),
+                    ));
+                };
+                let sub = topic.subscription_mut(name).ok_or_else(|| {
+                    OpError(
+                        404,
+                        ErrorCondition::NotFound.symbol(),
+                        format!("The subscription '{name}' could not be found."),
+                    )
+                })?;
+                let op = match op {
+                    "com.microsoft:enumerate-rules" => {
+                        let skip = field(body, "skip")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(0)
+                            .max(0) as usize;
+                        let top = field(body, "top")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(i64::from(i32::MAX))
+                            .max(0) as usize;
+                        let rules: Vec<Value> = sub
+                            .rules()
+                            .iter()
+                            .skip(skip)
+                            .take(top)
+                            .map(rules::describe)
+                            .collect();
+                        if rules.is_empty() {
+                            return Ok(Done {
+                                status: 204,
+                                body: None,
+                                commit: None,
+                                after_commit: None,
+                            });
+                        }
+                        return Ok(Done::ok(map(vec![("rules", Value::List(rules))])));
+                    }
+                    "com.microsoft:add-rule" => {
+                        let def = rules::parse_add_rule(body, now).map_err(bad)?;
+                        sub.add_rule(def)
+                    }
+                    _ => {
+                        let rule = field(body, "rule-name")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| bad("missing rule-name"))?;
+                        sub.remove_rule(rule)
+                    }
+                }
+                .map_err(|e| match e {
+                    keybus_core::RuleError::AlreadyExists(_) => {
+                        OpError(409, "com.microsoft:entity-already-exists", e.to_string())
+                    }
+                    keybus_core::RuleError::NotFound(_) => {
+                        OpError(404, ErrorCondition::NotFound.symbol(), e.to_string())
+                    }
+                    keybus_core::RuleError::TooMany(_) => {
+                        OpError(403, ErrorCondition::QuotaExceeded.symbol(), e.to_string())
+                    }
+                    keybus_core::RuleError::Invalid { .. } => bad(e.to_string()),
+                })?;
+                topic.push_op(op);
+                let commit = entity.submit(&mut st);
+                Ok(Done {
+                    status: 200,
+                    body: Some(map(vec![])),
                     commit,
                     after_commit: None,
                 })

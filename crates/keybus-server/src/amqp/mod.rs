@@ -15,5 +15,6 @@ pub mod connection;
 pub mod errors;
 pub mod link;
 pub mod management;
+pub mod rules;
 
 pub use connection::serve_connection;
