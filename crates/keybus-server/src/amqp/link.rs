@@ -514,9 +514,17 @@ impl Conn {
         }
     }
 
+    /// The client detaches. If we started the detach (a refused attach or a forced detach),
+    /// the link is already gone and this is the client's answer: replying again would be a
+    /// second detach, which rhea treats as a protocol error.
     fn on_detach(&mut self, channel: u16, d: Detach) {
-        if let Some(s) = self.sessions.get_mut(&channel) {
-            s.links.remove(&d.handle);
+        let attached = self
+            .sessions
+            .get_mut(&channel)
+            .and_then(|s| s.links.remove(&d.handle))
+            .is_some();
+        if !attached {
+            return;
         }
         self.write(
             channel,
