@@ -135,6 +135,19 @@ pub enum SimpleValue {
     Bool(bool),
 }
 
+impl SimpleValue {
+    /// The AMQP value a message property must equal.
+    pub fn to_value(&self) -> keybus_amqp::Value {
+        use keybus_amqp::Value;
+        match self {
+            SimpleValue::String(s) => Value::String(s.clone()),
+            SimpleValue::Long(n) => Value::Long(*n),
+            SimpleValue::Double(d) => Value::Double(*d),
+            SimpleValue::Bool(b) => Value::Bool(*b),
+        }
+    }
+}
+
 /// A rule's filter as declared (compiled when the subscription is loaded).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FilterDefinition {

@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod clock;
+pub mod duplicates;
 pub mod entity;
 pub mod error;
 pub mod filter;

@@ -7,13 +7,14 @@
 //! messages invisible ("pending") until [`Queue::commit_pending`] is called after the commit,
 //! so no receiver ever sees a message that is not on disk.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use keybus_amqp::{Bytes, BytesMut, Header, Message, Symbol, Value};
 
 use crate::address::SubQueue;
 use crate::clock::Timestamp;
+use crate::duplicates::DuplicateHistory;
 use crate::entity::QueueProperties;
 use crate::error::{ManagementError, SendError, SettleError};
 use crate::record::{MessageRecord, MessageState};
@@ -212,8 +213,7 @@ pub struct Queue {
     main: MessageSet,
     dlq: MessageSet,
     locks: HashMap<LockToken, (SubQueue, i64)>,
-    dup_seen: HashMap<String, Timestamp>,
-    dup_order: VecDeque<(Timestamp, String)>,
+    duplicates: DuplicateHistory,
     ops: Vec<StoreOp>,
     rng: u64,
 }
@@ -228,8 +228,7 @@ impl Queue {
             main: MessageSet::default(),
             dlq: MessageSet::default(),
             locks: HashMap::new(),
-            dup_seen: HashMap::new(),
-            dup_order: VecDeque::new(),
+            duplicates: DuplicateHistory::default(),
             ops: Vec::new(),
             rng: seed | 1,
         }
@@ -349,22 +348,12 @@ impl Queue {
     }
 
     fn remember_id(&mut self, id: String, at: Timestamp) {
-        self.dup_seen.insert(id.clone(), at);
-        self.dup_order.push_back((at, id));
+        self.duplicates.remember(id, at);
     }
 
     fn prune_duplicates(&mut self, now: Timestamp) {
-        let window = self.props.duplicate_detection_window_ms;
-        while let Some((t, _)) = self.dup_order.front() {
-            if t + window > now {
-                break;
-            }
-            if let Some((t, id)) = self.dup_order.pop_front()
-                && self.dup_seen.get(&id) == Some(&t)
-            {
-                self.dup_seen.remove(&id);
-            }
-        }
+        self.duplicates
+            .prune(now, self.props.duplicate_detection_window_ms);
     }
 
     fn ttl_ms(&self, msg: &Message) -> Option<i64> {
@@ -455,7 +444,7 @@ impl Queue {
             if self.props.requires_duplicate_detection
                 && let Some(id) = message_id_key(&message)
             {
-                if self.dup_seen.contains_key(&id) && !always_assign {
+                if self.duplicates.contains(&id) && !always_assign {
                     continue;
                 }
                 self.remember_id(id, now);

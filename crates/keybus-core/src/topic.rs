@@ -8,15 +8,14 @@
 //! `dead_lettering_on_filter_evaluation_exceptions` — the message goes to the subscription's
 //! dead-letter sub-queue. Copies without actions share one in-memory message.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use keybus_amqp::{Message, Value};
+use keybus_amqp::Message;
 
 use crate::clock::Timestamp;
-use crate::entity::{
-    FilterDefinition, RuleDefinition, SimpleValue, SubscriptionDefinition, TopicProperties,
-};
+use crate::duplicates::DuplicateHistory;
+use crate::entity::{FilterDefinition, RuleDefinition, SubscriptionDefinition, TopicProperties};
 use crate::error::SendError;
 use crate::filter::{
     CorrelationFilter, Filter, FilterError, MessageView, SqlFilter, SqlRuleAction, SystemProps,
@@ -60,15 +59,7 @@ pub fn compile_rule(def: &RuleDefinition) -> Result<(Filter, Option<SqlRuleActio
             content_type: content_type.clone(),
             properties: properties
                 .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        SimpleValue::String(s) => Value::String(s.clone()),
-                        SimpleValue::Long(n) => Value::Long(*n),
-                        SimpleValue::Double(d) => Value::Double(*d),
-                        SimpleValue::Bool(b) => Value::Bool(*b),
-                    };
-                    (k.clone(), v)
-                })
+                .map(|(k, v)| (k.clone(), v.to_value()))
                 .collect(),
         }),
     };
@@ -178,8 +169,7 @@ pub struct Topic {
     props: TopicProperties,
     next_seq: i64,
     subs: BTreeMap<String, Subscription>,
-    dup_seen: HashMap<String, Timestamp>,
-    dup_order: VecDeque<(Timestamp, String)>,
+    duplicates: DuplicateHistory,
     ops: Vec<StoreOp>,
 }
 
@@ -193,8 +183,7 @@ impl Topic {
             props,
             next_seq: next_sequence.max(1),
             subs: BTreeMap::new(),
-            dup_seen: HashMap::new(),
-            dup_order: VecDeque::new(),
+            duplicates: DuplicateHistory::default(),
             ops: Vec::new(),
         }
     }
@@ -273,17 +262,8 @@ impl Topic {
     }
 
     fn prune_duplicates(&mut self, now: Timestamp) {
-        let window = self.props.duplicate_detection_window_ms;
-        while let Some((t, _)) = self.dup_order.front() {
-            if t + window > now {
-                break;
-            }
-            if let Some((t, id)) = self.dup_order.pop_front()
-                && self.dup_seen.get(&id) == Some(&t)
-            {
-                self.dup_seen.remove(&id);
-            }
-        }
+        self.duplicates
+            .prune(now, self.props.duplicate_detection_window_ms);
     }
 
     /// Accept messages sent to the topic: assign sequence numbers and give each matching
@@ -310,11 +290,10 @@ impl Topic {
             if self.props.requires_duplicate_detection
                 && let Some(id) = message_id_key(&message)
             {
-                if self.dup_seen.contains_key(&id) && !schedule {
+                if self.duplicates.contains(&id) && !schedule {
                     continue;
                 }
-                self.dup_seen.insert(id.clone(), now);
-                self.dup_order.push_back((now, id));
+                self.duplicates.remember(id, now);
             }
             strip_broker_annotations(&mut message);
             apply_topic_ttl(&mut message, self.props.default_message_ttl_ms);

@@ -64,15 +64,7 @@ pub fn describe(rule: &RuleDefinition) -> Value {
                 Value::Map(
                     properties
                         .iter()
-                        .map(|(k, v)| {
-                            let v = match v {
-                                SimpleValue::String(s) => Value::String(s.clone()),
-                                SimpleValue::Long(n) => Value::Long(*n),
-                                SimpleValue::Double(d) => Value::Double(*d),
-                                SimpleValue::Bool(b) => Value::Bool(*b),
-                            };
-                            (Value::String(k.clone()), v)
-                        })
+                        .map(|(k, v)| (Value::String(k.clone()), v.to_value()))
                         .collect(),
                 ),
             ],
