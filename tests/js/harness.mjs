@@ -57,6 +57,15 @@ const QUEUE_KEYS = {
 /** name -> properties (keybus TOML names, see docs/config.md) */
 export const QUEUES = new Map();
 
+/** Raw keybus TOML blocks (topics, subscriptions, rules) appended to the suite's config. */
+export const EXTRA_TOML = [];
+
+/** Append a raw TOML block (e.g. a `[[topics]]` table); call at import time. */
+export function declareToml(block) {
+  if (broker.proc) throw new Error("declareToml() after the broker was started");
+  if (!EXTRA_TOML.includes(block)) EXTRA_TOML.push(block);
+}
+
 /**
  * Register a queue for the suite's broker and return its name. Must be called at import time
  * (before the first test starts the broker).
@@ -103,6 +112,7 @@ export function renderToml(queues, namespace = "keybus-js-tests") {
     for (const [k, v] of Object.entries(queues.get(name))) lines.push(`${k} = ${tomlValue(v)}`);
     lines.push("");
   }
+  if (queues === QUEUES) lines.push(...EXTRA_TOML);
   return lines.join("\n");
 }
 

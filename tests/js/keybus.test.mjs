@@ -9,3 +9,4 @@ import "./cases/settlement.mjs";
 import "./cases/modes.mjs";
 import "./cases/errors.mjs";
 import "./cases/expiry.mjs";
+import "./cases/topics.mjs";

@@ -85,7 +85,8 @@ pub struct Subscription {
 pub enum RuleError {
     #[error("The rule '{0}' already exists on this subscription.")]
     AlreadyExists(String),
-    #[error("The rule '{0}' could not be found.")]
+    /// Worded like a missing entity so that SDKs map it to `MessagingEntityNotFound`.
+    #[error("The messaging entity 'Rules/{0}' could not be found.")]
     NotFound(String),
     #[error("The rule '{name}' is invalid: {reason}")]
     Invalid { name: String, reason: String },
