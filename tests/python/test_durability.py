@@ -37,11 +37,18 @@ def _close_quietly(obj: Any, timeout: float = 10.0) -> None:
     t.join(timeout)
 
 
-def _drain_and_complete(client: ServiceBusClient, queue: str, expected: int, timeout: float = 60.0) -> List[Any]:
-    """Receive and complete until ``expected`` messages arrived, then until the queue stays quiet."""
+def _drain_and_complete(
+    client: ServiceBusClient, queue: str, expected: int, timeout: float = 60.0, subscription: str | None = None
+) -> List[Any]:
+    """Receive and complete until ``expected`` messages arrived, then until the queue (or the
+    topic ``queue``'s ``subscription``) stays quiet."""
     got: List[Any] = []
     end = time.monotonic() + timeout
-    with client.get_queue_receiver(queue) as receiver:
+    if subscription is None:
+        receiver_cm = client.get_queue_receiver(queue)
+    else:
+        receiver_cm = client.get_subscription_receiver(queue, subscription)
+    with receiver_cm as receiver:
         while time.monotonic() < end:
             msgs = receiver.receive_messages(max_message_count=50, max_wait_time=3)
             for m in msgs:
@@ -178,18 +185,8 @@ def test_kill9_during_concurrent_sends_keeps_every_acknowledged_message(broker_f
         assert str(m) == m.message_id
 
 
-def _drain_subscription(client: ServiceBusClient, topic: str, sub: str, expected: int, timeout: float = 60.0) -> List[Any]:
-    got: List[Any] = []
-    end = time.monotonic() + timeout
-    with client.get_subscription_receiver(topic, sub) as receiver:
-        while time.monotonic() < end:
-            msgs = receiver.receive_messages(max_message_count=50, max_wait_time=3)
-            for m in msgs:
-                receiver.complete_message(m)
-            got.extend(msgs)
-            if not msgs and len(got) >= expected:
-                break
-    return got
+def _drain_subscription(client: ServiceBusClient, topic: str, sub: str, expected: int) -> List[Any]:
+    return _drain_and_complete(client, topic, expected, subscription=sub)
 
 
 def test_kill9_topic_fan_out_loses_and_duplicates_nothing(broker_factory, tmp_path: Path) -> None:

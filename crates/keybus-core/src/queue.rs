@@ -370,32 +370,19 @@ impl Queue {
     }
 
     fn check_incoming(&self, msgs: &[IncomingMessage]) -> Result<(), SendError> {
-        let mut total = 0u64;
-        for m in msgs {
-            let size = u64::from(m.size);
-            if size > self.props.max_message_size {
-                return Err(SendError::MessageSizeExceeded {
-                    size,
-                    limit: self.props.max_message_size,
-                });
-            }
-            if self.props.requires_session && group_id(&m.message).is_none() {
-                return Err(SendError::Argument(format!(
-                    "The SessionId was not set on a message, and it cannot be sent to the entity '{}'. Entities that have session support enabled can only receive messages that have the SessionId set to a valid value.",
-                    self.name
-                )));
-            }
-            total += size;
+        if self.props.requires_session && msgs.iter().any(|m| group_id(&m.message).is_none()) {
+            return Err(SendError::Argument(format!(
+                "The SessionId was not set on a message, and it cannot be sent to the entity '{}'. Entities that have session support enabled can only receive messages that have the SessionId set to a valid value.",
+                self.name
+            )));
         }
-        let used = self.main.size_bytes + self.dlq.size_bytes;
-        if used + total > self.props.max_size_bytes {
-            return Err(SendError::QuotaExceeded {
-                entity: self.name.clone(),
-                size: used,
-                limit: self.props.max_size_bytes,
-            });
-        }
-        Ok(())
+        check_sizes(
+            &self.name,
+            msgs,
+            self.props.max_message_size,
+            self.size_bytes(),
+            self.props.max_size_bytes,
+        )
     }
 
     /// Accept messages from a sender: assign sequence numbers, strip broker annotations, and
@@ -966,6 +953,36 @@ impl Queue {
         self.dlq = MessageSet::default();
         self.locks.clear();
     }
+}
+
+/// Check each message against the message size limit and the batch against the entity's
+/// size quota (`used` bytes already held).
+pub fn check_sizes(
+    entity: &str,
+    msgs: &[IncomingMessage],
+    max_message_size: u64,
+    used: u64,
+    max_size_bytes: u64,
+) -> Result<(), SendError> {
+    let mut total = 0u64;
+    for m in msgs {
+        let size = u64::from(m.size);
+        if size > max_message_size {
+            return Err(SendError::MessageSizeExceeded {
+                size,
+                limit: max_message_size,
+            });
+        }
+        total += size;
+    }
+    if used + total > max_size_bytes {
+        return Err(SendError::QuotaExceeded {
+            entity: entity.to_string(),
+            size: used,
+            limit: max_size_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Remove what the broker owns from an incoming message: delivery annotations and the

@@ -21,7 +21,7 @@ use crate::filter::{
     CorrelationFilter, Filter, FilterError, MessageView, SqlFilter, SqlRuleAction, SystemProps,
 };
 use crate::queue::{
-    IncomingMessage, Queue, message_id_key, scheduled_time, strip_broker_annotations,
+    IncomingMessage, Queue, check_sizes, message_id_key, scheduled_time, strip_broker_annotations,
 };
 use crate::store::{EntitySnapshot, StoreOp};
 
@@ -235,31 +235,19 @@ impl Topic {
     }
 
     fn check(&self, msgs: &[IncomingMessage]) -> Result<(), SendError> {
-        let mut total = 0u64;
-        for m in msgs {
-            let size = u64::from(m.size);
-            if size > self.props.max_message_size {
-                return Err(SendError::MessageSizeExceeded {
-                    size,
-                    limit: self.props.max_message_size,
-                });
-            }
-            total += size;
-        }
-        let used: u64 = self
+        let used = self
             .subs
             .values()
             .map(|s| s.queue.size_bytes())
             .max()
             .unwrap_or(0);
-        if used + total > self.props.max_size_bytes {
-            return Err(SendError::QuotaExceeded {
-                entity: self.name.clone(),
-                size: used,
-                limit: self.props.max_size_bytes,
-            });
-        }
-        Ok(())
+        check_sizes(
+            &self.name,
+            msgs,
+            self.props.max_message_size,
+            used,
+            self.props.max_size_bytes,
+        )
     }
 
     fn prune_duplicates(&mut self, now: Timestamp) {
