@@ -189,6 +189,10 @@ impl Value {
             Value::Int(v) => Some(i64::from(*v)),
             Value::Short(v) => Some(i64::from(*v)),
             Value::Byte(v) => Some(i64::from(*v)),
+            Value::Uint(v) => Some(i64::from(*v)),
+            Value::Ushort(v) => Some(i64::from(*v)),
+            Value::Ubyte(v) => Some(i64::from(*v)),
+            Value::Ulong(v) => i64::try_from(*v).ok(),
             _ => None,
         }
     }

@@ -7,6 +7,8 @@ pub enum ErrorCondition {
     MessageLockLost,
     MessageNotFound,
     SessionLockLost,
+    SessionCannotBeLocked,
+    Timeout,
     MessageSizeExceeded,
     QuotaExceeded,
     ArgumentError,
@@ -23,6 +25,8 @@ impl ErrorCondition {
             Self::MessageLockLost => "com.microsoft:message-lock-lost",
             Self::MessageNotFound => "com.microsoft:message-not-found",
             Self::SessionLockLost => "com.microsoft:session-lock-lost",
+            Self::SessionCannotBeLocked => "com.microsoft:session-cannot-be-locked",
+            Self::Timeout => "com.microsoft:timeout",
             Self::MessageSizeExceeded => "amqp:link:message-size-exceeded",
             Self::QuotaExceeded => "amqp:resource-limit-exceeded",
             Self::ArgumentError => "com.microsoft:argument-error",
@@ -36,7 +40,8 @@ impl ErrorCondition {
     pub fn status_code(self) -> i32 {
         match self {
             Self::NotFound | Self::MessageNotFound => 404,
-            Self::MessageLockLost | Self::SessionLockLost => 410,
+            Self::MessageLockLost | Self::SessionLockLost | Self::SessionCannotBeLocked => 410,
+            Self::Timeout => 408,
             Self::MessageSizeExceeded | Self::QuotaExceeded => 403,
             Self::ArgumentError | Self::NotAllowed => 400,
             Self::InternalError => 500,
@@ -89,6 +94,31 @@ impl SettleError {
     }
 }
 
+/// Why a session operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SessionError {
+    #[error(
+        "The session lock has expired on the MessageSession '{0}', or it is not held by this receiver. Accept a new session."
+    )]
+    LockLost(String),
+    #[error(
+        "The requested session '{0}' cannot be accepted. It may be locked by another receiver."
+    )]
+    CannotBeLocked(String),
+    #[error("No session is available: the operation did not complete within the allotted timeout.")]
+    NoneAvailable,
+}
+
+impl SessionError {
+    pub fn condition(&self) -> ErrorCondition {
+        match self {
+            Self::LockLost(_) => ErrorCondition::SessionLockLost,
+            Self::CannotBeLocked(_) => ErrorCondition::SessionCannotBeLocked,
+            Self::NoneAvailable => ErrorCondition::Timeout,
+        }
+    }
+}
+
 /// Errors of `$management` operations on an entity.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ManagementError {
@@ -96,6 +126,8 @@ pub enum ManagementError {
     Settle(#[from] SettleError),
     #[error("{0}")]
     Send(#[from] SendError),
+    #[error("{0}")]
+    Session(#[from] SessionError),
     #[error(
         "The message with sequence number {0} could not be found (it is not deferred or does not exist)."
     )]
@@ -109,6 +141,7 @@ impl ManagementError {
         match self {
             Self::Settle(e) => e.condition(),
             Self::Send(e) => e.condition(),
+            Self::Session(e) => e.condition(),
             Self::MessageNotFound(_) => ErrorCondition::MessageNotFound,
             Self::Argument(_) => ErrorCondition::ArgumentError,
         }

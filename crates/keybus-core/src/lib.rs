@@ -25,10 +25,11 @@ pub use entity::{
     MAX_MESSAGE_SIZE_LIMIT, QueueProperties, RuleDefinition, SimpleValue, SubscriptionDefinition,
     TopicProperties, validate_entity_name,
 };
-pub use error::{ErrorCondition, ManagementError, SendError, SettleError};
+pub use error::{ErrorCondition, ManagementError, SendError, SessionError, SettleError};
 pub use queue::{
-    Delivery, IncomingMessage, LockToken, Outcome, Queue, QueueCounts, ReceiveMode, encode_delivery,
+    Delivery, IncomingMessage, LockToken, Outcome, Queue, QueueCounts, ReceiveMode,
+    encode_delivery, sessions::LIST_ALL_SESSIONS,
 };
 pub use record::{MessageRecord, MessageState};
-pub use store::{CommitFuture, EntitySnapshot, Store, StoreError, StoreOp};
+pub use store::{CommitFuture, EntitySnapshot, SessionRecord, Store, StoreError, StoreOp};
 pub use topic::{Fanout, RuleError, Subscription, Topic};

@@ -15,7 +15,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use keybus_amqp::Bytes;
+
 use crate::address::SubQueue;
+use crate::clock::Timestamp;
 use crate::entity::EntityDefinition;
 use crate::record::MessageRecord;
 
@@ -40,6 +43,20 @@ pub enum StoreOp {
         sub: SubQueue,
         sequence_number: i64,
     },
+    /// Set a session's state; an empty state removes it.
+    PutSessionState {
+        entity: String,
+        record: SessionRecord,
+    },
+}
+
+/// The stored state of one message session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    pub session_id: String,
+    pub state: Bytes,
+    /// When the state was last set.
+    pub updated: Timestamp,
 }
 
 /// Everything the store holds for one entity.
@@ -49,6 +66,8 @@ pub struct EntitySnapshot {
     /// Messages by sub-queue, in sequence order.
     pub main: Vec<MessageRecord>,
     pub dead_letter: Vec<MessageRecord>,
+    /// Session states, by session id.
+    pub sessions: Vec<SessionRecord>,
 }
 
 /// Failures of the store.

@@ -68,7 +68,7 @@ fn sequence_numbers_rise_and_pending_is_invisible() {
         q.acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
             .is_none()
     );
-    assert!(q.peek(SubQueue::Main, 1, 10, clock.now()).is_empty());
+    assert!(q.peek(SubQueue::Main, 1, 10, None, clock.now()).is_empty());
     let ops = q.take_ops();
     assert!(matches!(
         ops.last(),
@@ -108,7 +108,7 @@ fn complete_removes_and_late_settle_loses_lock() {
         q.settle(d.lock_token, Outcome::Complete, clock.now()),
         Err(SettleError::LockLost)
     );
-    assert!(q.peek(SubQueue::Main, 1, 10, clock.now()).is_empty());
+    assert!(q.peek(SubQueue::Main, 1, 10, None, clock.now()).is_empty());
 }
 
 #[test]
@@ -222,7 +222,7 @@ fn dead_letter_with_reason_and_properties() {
         clock.now(),
     )
     .unwrap();
-    let peeked = q.peek(SubQueue::DeadLetter, 1, 10, clock.now());
+    let peeked = q.peek(SubQueue::DeadLetter, 1, 10, None, clock.now());
     assert_eq!(peeked.len(), 1);
     let m = decode(&peeked[0]);
     assert_eq!(app(&m, "DeadLetterReason"), Some(Value::String("r".into())));
@@ -260,23 +260,41 @@ fn defer_then_receive_by_sequence_number() {
         q.acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
             .is_none()
     );
-    let peek = q.peek(SubQueue::Main, 1, 1, clock.now());
+    let peek = q.peek(SubQueue::Main, 1, 1, None, clock.now());
     assert_eq!(
         annotation(&decode(&peek[0]), "x-opt-message-state"),
         Some(Value::Int(MessageState::Deferred as i32))
     );
     assert!(
-        q.receive_deferred(SubQueue::Main, &[2], ReceiveMode::PeekLock, clock.now())
-            .is_err()
+        q.receive_deferred(
+            SubQueue::Main,
+            &[2],
+            ReceiveMode::PeekLock,
+            None,
+            clock.now()
+        )
+        .is_err()
     );
     let got = q
-        .receive_deferred(SubQueue::Main, &[1], ReceiveMode::PeekLock, clock.now())
+        .receive_deferred(
+            SubQueue::Main,
+            &[1],
+            ReceiveMode::PeekLock,
+            None,
+            clock.now(),
+        )
         .unwrap();
     q.settle(got[0].lock_token, Outcome::Complete, clock.now())
         .unwrap();
     assert!(
-        q.receive_deferred(SubQueue::Main, &[1], ReceiveMode::PeekLock, clock.now())
-            .is_err()
+        q.receive_deferred(
+            SubQueue::Main,
+            &[1],
+            ReceiveMode::PeekLock,
+            None,
+            clock.now()
+        )
+        .is_err()
     );
 }
 
@@ -292,7 +310,7 @@ fn scheduled_messages_wait_and_cancel() {
         q.acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
             .is_none()
     );
-    let peek = q.peek(SubQueue::Main, 1, 10, clock.now());
+    let peek = q.peek(SubQueue::Main, 1, 10, None, clock.now());
     assert_eq!(peek.len(), 2);
     assert_eq!(
         annotation(&decode(&peek[0]), "x-opt-message-state"),

@@ -170,7 +170,7 @@ fn pending_copies_are_invisible_and_cancel_reaches_every_subscription() {
         t.subscription("all")
             .unwrap()
             .queue
-            .peek(SubQueue::Main, 1, 10, 1_000)
+            .peek(SubQueue::Main, 1, 10, None, 1_000)
             .is_empty()
     );
     t.commit_pending(&fanout);
@@ -178,7 +178,7 @@ fn pending_copies_are_invisible_and_cancel_reaches_every_subscription() {
         t.subscription("eu")
             .unwrap()
             .queue
-            .peek(SubQueue::Main, 1, 10, 1_000)
+            .peek(SubQueue::Main, 1, 10, None, 1_000)
             .len(),
         1
     );
@@ -187,14 +187,14 @@ fn pending_copies_are_invisible_and_cancel_reaches_every_subscription() {
         t.subscription("eu")
             .unwrap()
             .queue
-            .peek(SubQueue::Main, 1, 10, 1_000)
+            .peek(SubQueue::Main, 1, 10, None, 1_000)
             .is_empty()
     );
     assert!(
         t.subscription("all")
             .unwrap()
             .queue
-            .peek(SubQueue::Main, 1, 10, 1_000)
+            .peek(SubQueue::Main, 1, 10, None, 1_000)
             .is_empty()
     );
 }

@@ -36,12 +36,36 @@ pub enum ConnEvent {
         channel: u16,
         results: Vec<(u32, keybus_amqp::DeliveryState)>,
     },
+    /// The session lock of a receiver link ran out: detach it with `session-lock-lost`.
+    SessionLost {
+        channel: u16,
+        handle: u32,
+        generation: u64,
+        session: String,
+    },
+    /// A next-available session receiver found no session in time: refuse its attach.
+    SessionTimeout {
+        channel: u16,
+        handle: u32,
+        generation: u64,
+    },
     /// A `$management` or `$cbs` response to send on (`channel`, `handle`).
     Reply {
         channel: u16,
         handle: u32,
         message: keybus_amqp::Bytes,
     },
+}
+
+/// What a waiting link waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wants {
+    /// Any available message of the (sub-)queue.
+    Message,
+    /// An available message of this session.
+    Session(String),
+    /// A session it could lock (a next-available session receiver).
+    FreeSession,
 }
 
 /// A link waiting for messages on an entity.
@@ -51,6 +75,7 @@ pub struct Waiter {
     /// The subscription, for a topic.
     pub subscription: Option<String>,
     pub sub: SubQueue,
+    pub wants: Wants,
     pub channel: u16,
     pub handle: u32,
     pub generation: u64,
@@ -76,6 +101,8 @@ pub enum Pending {
 pub struct EntityState {
     pub machine: Machine,
     pub waiters: Vec<Waiter>,
+    /// Session receivers by lock holder id, told when their session lock runs out.
+    pub session_links: HashMap<u64, Waiter>,
 }
 
 impl EntityState {
@@ -189,17 +216,43 @@ impl EntityState {
         }
     }
 
+    /// Detach session receivers whose session lock ran out.
+    pub fn notify_lost_sessions(&mut self) {
+        let mut lost = Vec::new();
+        match &mut self.machine {
+            Machine::Queue(q) => lost.extend(q.take_lost_sessions()),
+            Machine::Topic(t) => {
+                for s in t.subscriptions_mut() {
+                    lost.extend(s.queue.take_lost_sessions());
+                }
+            }
+        }
+        for (session, holder) in lost {
+            if let Some(w) = self.session_links.remove(&holder) {
+                let _ = w.tx.send(ConnEvent::SessionLost {
+                    channel: w.channel,
+                    handle: w.handle,
+                    generation: w.generation,
+                    session,
+                });
+            }
+        }
+    }
+
     /// Tell waiting links whose (sub-)queue has messages to pull them.
     pub fn wake(&mut self) {
         let machine = &self.machine;
         self.waiters.retain(|w| {
-            let available = match (machine, w.subscription.as_deref()) {
-                (Machine::Queue(q), None) => q.has_available(w.sub),
-                (Machine::Topic(t), Some(s)) => t
-                    .subscription(s)
-                    .is_some_and(|s| s.queue.has_available(w.sub)),
-                _ => false,
+            let queue = match (machine, w.subscription.as_deref()) {
+                (Machine::Queue(q), None) => Some(q),
+                (Machine::Topic(t), Some(s)) => t.subscription(s).map(|s| &s.queue),
+                _ => None,
             };
+            let available = queue.is_some_and(|q| match &w.wants {
+                Wants::Message => q.has_available(w.sub),
+                Wants::Session(id) => q.has_available_in(id),
+                Wants::FreeSession => q.has_free_session(),
+            });
             if available {
                 let _ = w.tx.send(ConnEvent::Wake {
                     channel: w.channel,
@@ -243,6 +296,7 @@ pub struct Broker {
     pub clock: Arc<dyn Clock>,
     pub connections: AtomicUsize,
     seed: AtomicU64,
+    holders: AtomicU64,
 }
 
 impl Broker {
@@ -298,6 +352,7 @@ impl Broker {
                 state: Mutex::new(EntityState {
                     machine,
                     waiters: Vec::new(),
+                    session_links: HashMap::new(),
                 }),
                 store: store.clone(),
             };
@@ -336,6 +391,7 @@ impl Broker {
             clock,
             connections: AtomicUsize::new(0),
             seed,
+            holders: AtomicU64::new(1),
         }))
     }
 
@@ -374,6 +430,11 @@ impl Broker {
         self.clock.now()
     }
 
+    /// A broker-wide unique id for a session lock holder (one per session receiver link).
+    pub fn next_holder(&self) -> u64 {
+        self.holders.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub fn next_seed(&self) -> u64 {
         self.seed.fetch_add(0x9E37_79B9, Ordering::Relaxed)
     }
@@ -387,6 +448,7 @@ impl Broker {
                 continue;
             }
             let woke = st.tick(now);
+            st.notify_lost_sessions();
             if let Some(fut) = e.submit(&mut st) {
                 tokio::spawn(async move {
                     if let Err(err) = fut.await {

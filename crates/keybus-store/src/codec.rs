@@ -7,14 +7,16 @@
 //! - `messages`: `entity 0x00 sub seq` → record (see [`encode_record`]). `sub` is one byte
 //!   (0 main, 1 dead-letter; the transfer dead-letter queue shares the dead-letter set, as in
 //!   the core), `seq` is the sequence number as big-endian `u64` with the sign bit flipped, so
-//!   keys of one entity and sub-queue sort in sequence order. Entity paths never contain a NUL
+//!   keys of one entity and sub-queue sort in sequence order.
+//! - `sessions`: `entity 0x00 session-id` → last update time (`i64` big-endian) then the
+//!   session state bytes. An empty state is never stored (setting it removes the key). Entity paths never contain a NUL
 //!   (control characters are forbidden), so `entity 0x00` is an exact prefix of one entity.
 
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use keybus_amqp::Message;
-use keybus_core::{MessageRecord, MessageState, SubQueue};
+use keybus_core::{MessageRecord, MessageState, SessionRecord, SubQueue};
 
 /// Version of the whole on-disk layout, written at creation and checked on open.
 pub const FORMAT_VERSION: u32 = 1;
@@ -52,6 +54,27 @@ pub(crate) fn entity_prefix(buf: &mut Vec<u8>, entity: &str) {
     buf.clear();
     buf.extend_from_slice(entity.as_bytes());
     buf.push(0);
+}
+
+/// The key of one session's state, written into `buf` (cleared first).
+pub(crate) fn session_key(buf: &mut Vec<u8>, entity: &str, session: &str) {
+    entity_prefix(buf, entity);
+    buf.extend_from_slice(session.as_bytes());
+}
+
+/// Decode a stored session state from its key suffix (the session id) and value.
+pub(crate) fn decode_session(id: &[u8], value: &[u8]) -> Result<SessionRecord, String> {
+    let session_id = std::str::from_utf8(id)
+        .map_err(|_| "session id is not UTF-8".to_string())?
+        .to_string();
+    let (time, state) = value
+        .split_first_chunk::<8>()
+        .ok_or_else(|| format!("session '{session_id}' value is too short"))?;
+    Ok(SessionRecord {
+        session_id,
+        state: Bytes::copy_from_slice(state),
+        updated: i64::from_be_bytes(*time),
+    })
 }
 
 /// The key of one message, written into `buf` (cleared first).

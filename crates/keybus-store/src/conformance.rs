@@ -16,7 +16,7 @@ use bytes::Bytes;
 use keybus_amqp::Message;
 use keybus_core::{
     EntityDefinition, EntityKind, EntitySnapshot, MessageRecord, MessageState, QueueProperties,
-    Store, StoreError, StoreOp, SubQueue,
+    SessionRecord, Store, StoreError, StoreOp, SubQueue,
 };
 
 /// Result of one conformance case.
@@ -55,6 +55,7 @@ pub const CASES: &[Case] = &[
         "concurrent_commits_all_durable",
         concurrent_commits_all_durable,
     ),
+    ("session_states", session_states),
 ];
 
 /// Run every case of [`CASES`] against a fresh store from `make`; all failures are reported.
@@ -87,7 +88,7 @@ macro_rules! conformance_tests {
             delete_entity_removes_only_its_data, delete_entity_within_a_batch,
             batch_applies_ops_in_order, transfer_dead_letter_is_dead_letter,
             empty_commit_resolves, commits_apply_in_submission_order,
-            concurrent_commits_all_durable);
+            concurrent_commits_all_durable, session_states);
     };
     (@case $make:expr; $($name:ident),*) => {
         $(
@@ -596,6 +597,67 @@ pub fn concurrent_commits_all_durable(store: &dyn Store) -> CaseResult {
 // Durable backends
 
 /// Data written through one instance is all there after dropping it and opening another.
+fn session(entity: &str, id: &str, state: &[u8], updated: i64) -> StoreOp {
+    StoreOp::PutSessionState {
+        entity: entity.into(),
+        record: SessionRecord {
+            session_id: id.into(),
+            state: Bytes::copy_from_slice(state),
+            updated,
+        },
+    }
+}
+
+/// Session states: set, replaced, cleared by an empty state, kept per entity, and removed
+/// with their entity (also when set earlier in the same batch).
+pub fn session_states(store: &dyn Store) -> CaseResult {
+    commit(
+        store,
+        vec![
+            StoreOp::PutEntity(queue("s")),
+            StoreOp::PutEntity(queue("s2")),
+            session("s", "b", b"two", 2),
+            session("s", "a", b"one", 1),
+            session("s", "c", b"gone", 1),
+            session("s2", "a", b"other", 5),
+        ],
+    )?;
+    commit(
+        store,
+        vec![session("s", "a", b"uno", 3), session("s", "c", b"", 4)],
+    )?;
+    let got: Vec<(String, Vec<u8>, i64)> = load(store, "s")?
+        .sessions
+        .into_iter()
+        .map(|r| (r.session_id, r.state.to_vec(), r.updated))
+        .collect();
+    expect_eq(
+        "session states",
+        got,
+        vec![
+            ("a".to_string(), b"uno".to_vec(), 3),
+            ("b".to_string(), b"two".to_vec(), 2),
+        ],
+    )?;
+    commit(
+        store,
+        vec![
+            session("s", "d", b"new", 6),
+            StoreOp::DeleteEntity { entity: "s".into() },
+        ],
+    )?;
+    expect_eq(
+        "deleted entity's sessions",
+        load(store, "s")?.sessions.len(),
+        0,
+    )?;
+    expect_eq(
+        "other entity's sessions",
+        load(store, "s2")?.sessions.len(),
+        1,
+    )
+}
+
 pub fn reopen_keeps_everything<S: Store>(open: impl Fn() -> Result<S, StoreError>) -> CaseResult {
     let open = || open().map_err(|e| format!("open failed: {e}"));
     let mut big = record(7, 1)?;

@@ -62,6 +62,7 @@ struct Tables {
     entities: Keyspace,
     sequences: Keyspace,
     messages: Keyspace,
+    sessions: Keyspace,
 }
 
 impl Tables {
@@ -81,6 +82,7 @@ impl Tables {
             entities: ks("entities")?,
             sequences: ks("sequences")?,
             messages: ks("messages")?,
+            sessions: ks("sessions")?,
             db: db.clone(),
         };
         tables.check_format(dir)?;
@@ -289,6 +291,14 @@ impl Store for FjallStore {
                 )));
             }
         }
+        for item in self.tables.sessions.prefix(&prefix) {
+            let (key, value) = item
+                .into_inner()
+                .map_err(|e| io(&format!("reading sessions of '{entity}'"), e))?;
+            let record = codec::decode_session(&key[prefix.len()..], &value)
+                .map_err(|e| corrupt(format!("session state of '{entity}': {e}")))?;
+            snap.sessions.push(record);
+        }
         Ok(snap)
     }
 
@@ -397,6 +407,7 @@ impl Writer {
             entities,
             sequences,
             messages,
+            sessions,
             ..
         } = &self.tables;
         let total: usize = group.iter().map(|r| r.ops.len()).sum();
@@ -419,6 +430,10 @@ impl Writer {
                             let key = item.key().map_err(|e| io("scanning messages", e))?;
                             batch.remove(messages, key);
                         }
+                        for item in sessions.prefix(&self.key) {
+                            let key = item.key().map_err(|e| io("scanning sessions", e))?;
+                            batch.remove(sessions, key);
+                        }
                         // ...and those put earlier in this group, not yet applied. A later
                         // op on the same key in one batch wins.
                         let earlier = group[..ri]
@@ -435,6 +450,12 @@ impl Writer {
                             {
                                 codec::message_key(&mut self.key, e, *sub, record.sequence_number);
                                 batch.remove(messages, self.key.as_slice());
+                            }
+                            if let StoreOp::PutSessionState { entity: e, record } = op
+                                && e == entity
+                            {
+                                codec::session_key(&mut self.key, e, &record.session_id);
+                                batch.remove(sessions, self.key.as_slice());
                             }
                         }
                     }
@@ -470,6 +491,17 @@ impl Writer {
                     } => {
                         codec::message_key(&mut self.key, entity, *sub, *sequence_number);
                         batch.remove(messages, self.key.as_slice());
+                    }
+                    StoreOp::PutSessionState { entity, record } => {
+                        codec::session_key(&mut self.key, entity, &record.session_id);
+                        if record.state.is_empty() {
+                            batch.remove(sessions, self.key.as_slice());
+                        } else {
+                            let mut v = Vec::with_capacity(8 + record.state.len());
+                            v.extend_from_slice(&record.updated.to_be_bytes());
+                            v.extend_from_slice(&record.state);
+                            batch.insert(sessions, self.key.as_slice(), v);
+                        }
                     }
                 }
             }

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use keybus_core::{
-    CommitFuture, EntityDefinition, EntitySnapshot, MessageRecord, Store, StoreError, StoreOp,
-    SubQueue,
+    CommitFuture, EntityDefinition, EntitySnapshot, MessageRecord, SessionRecord, Store,
+    StoreError, StoreOp, SubQueue,
 };
 
 #[derive(Default)]
@@ -13,6 +13,7 @@ struct EntityData {
     next_sequence: i64,
     main: BTreeMap<i64, MessageRecord>,
     dead_letter: BTreeMap<i64, MessageRecord>,
+    sessions: BTreeMap<String, SessionRecord>,
 }
 
 impl EntityData {
@@ -66,6 +67,14 @@ impl Inner {
                     d.set(sub).remove(&sequence_number);
                 }
             }
+            StoreOp::PutSessionState { entity, record } => {
+                let sessions = &mut self.data(entity).sessions;
+                if record.state.is_empty() {
+                    sessions.remove(&record.session_id);
+                } else {
+                    sessions.insert(record.session_id.clone(), record);
+                }
+            }
         }
     }
 }
@@ -117,6 +126,7 @@ impl Store for MemStore {
                 next_sequence: d.next_sequence,
                 main: d.main.values().cloned().collect(),
                 dead_letter: d.dead_letter.values().cloned().collect(),
+                sessions: d.sessions.values().cloned().collect(),
             },
             None => EntitySnapshot::default(),
         })

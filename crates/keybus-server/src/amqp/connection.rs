@@ -219,6 +219,17 @@ impl Conn {
                 handle,
                 message,
             } => self.send_reply(channel, handle, &message),
+            ConnEvent::SessionLost {
+                channel,
+                handle,
+                generation,
+                session,
+            } => self.on_session_lost(channel, handle, generation, &session),
+            ConnEvent::SessionTimeout {
+                channel,
+                handle,
+                generation,
+            } => self.on_session_timeout(channel, handle, generation),
         }
     }
 }

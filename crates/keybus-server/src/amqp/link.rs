@@ -13,7 +13,7 @@ use keybus_core::{
 
 use super::connection::{Conn, ConnError};
 use super::errors::{self, error};
-use crate::broker::{ConnEvent, Entity, SendResult, Waiter};
+use crate::broker::{ConnEvent, Entity, SendResult, Waiter, Wants};
 use crate::config::Right;
 
 /// Credit we grant to client senders, topped up when half is used.
@@ -33,6 +33,8 @@ pub enum LinkKind {
         delivery_count: u32,
         waiting: bool,
         unsettled: u32,
+        /// Set for session receivers.
+        session: Option<SessionBinding>,
     },
     /// Requests to `$cbs`.
     CbsIn,
@@ -48,6 +50,83 @@ pub enum LinkKind {
         target: Option<String>,
         next_tag: u64,
     },
+}
+
+/// The session of a session receiver link.
+pub enum SessionBinding {
+    /// A next-available attach still looking for a session: its reply is deferred.
+    Waiting(Box<Attach>),
+    /// The link holds this session's lock.
+    Held(SessionGuard),
+}
+
+/// A held session lock; dropping it (detach, session end, connection loss) releases the
+/// session, so it never outlives its link.
+pub struct SessionGuard {
+    pub id: String,
+    pub holder: u64,
+    entity: Arc<Entity>,
+    subscription: Option<String>,
+    clock: Arc<dyn keybus_core::Clock>,
+}
+
+impl SessionGuard {
+    pub(super) fn new(
+        id: String,
+        holder: u64,
+        entity: Arc<Entity>,
+        subscription: Option<String>,
+        clock: Arc<dyn keybus_core::Clock>,
+    ) -> SessionGuard {
+        SessionGuard {
+            id,
+            holder,
+            entity,
+            subscription,
+            clock,
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let now = self.clock.now();
+        let mut st = self.entity.lock();
+        st.session_links.remove(&self.holder);
+        if let Some(q) = st.receiver(self.subscription.as_deref()) {
+            q.release_session(&self.id, self.holder, now);
+        }
+        if let Some(fut) = self.entity.submit(&mut st)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                if let Err(err) = fut.await {
+                    tracing::error!(%err, "store commit failed releasing a session");
+                }
+            });
+        }
+        st.wake();
+    }
+}
+
+/// The session filter of a receiver's attach: `None` for a plain receiver, `Some(None)` for
+/// "next available session", `Some(Some(id))` for a named session (§4.4).
+fn session_filter(a: &Attach) -> Option<Option<String>> {
+    let v = a
+        .source
+        .as_ref()
+        .and_then(|s| s.filter.as_ref())
+        .and_then(|f| keybus_amqp::map_get(f, SESSION_FILTER))?;
+    Some(v.as_str().map(str::to_string))
+}
+
+pub(super) const SESSION_FILTER: &str = "com.microsoft:session-filter";
+
+/// .NET ticks for a Unix time in milliseconds (`com.microsoft:locked-until-utc`).
+pub(super) fn dotnet_ticks(unix_ms: i64) -> i64 {
+    unix_ms
+        .saturating_mul(10_000)
+        .saturating_add(621_355_968_000_000_000)
 }
 
 /// A partly received multi-frame transfer.
@@ -192,6 +271,16 @@ impl Conn {
     }
 
     fn reply_attach(&mut self, channel: u16, a: &Attach, max_message_size: u64) {
+        self.reply_attach_with(channel, a, max_message_size, None);
+    }
+
+    pub(super) fn reply_attach_with(
+        &mut self,
+        channel: u16,
+        a: &Attach,
+        max_message_size: u64,
+        properties: Option<Vec<(Value, Value)>>,
+    ) {
         let we_send = a.role == Role::Receiver;
         let reply = Attach {
             name: a.name.clone(),
@@ -211,13 +300,14 @@ impl Conn {
             target: Some(a.target.clone().unwrap_or_default()),
             initial_delivery_count: we_send.then_some(0),
             max_message_size: Some(max_message_size),
+            properties,
             ..Default::default()
         };
         self.write(channel, Performative::Attach(reply));
     }
 
     /// Refuse a link: attach with our terminus null, then detach with the error (§4.6).
-    fn refuse(&mut self, channel: u16, a: &Attach, err: AmqpError) {
+    pub(super) fn refuse(&mut self, channel: u16, a: &Attach, err: AmqpError) {
         let we_send = a.role == Role::Receiver;
         let reply = Attach {
             name: a.name.clone(),
@@ -464,40 +554,47 @@ impl Conn {
                     self.refuse(channel, &a, unauthorized(&path));
                     return Ok(());
                 }
-                let session_filter = a
-                    .source
-                    .as_ref()
-                    .and_then(|s| s.filter.as_ref())
-                    .and_then(|f| keybus_amqp::map_get(f, "com.microsoft:session-filter"))
-                    .is_some();
-                if session_filter || (requires_session && sub == SubQueue::Main) {
-                    self.refuse(
-                        channel,
-                        &a,
-                        error(
-                            errors::NOT_ALLOWED,
-                            "session receivers are not supported by this keybus version",
-                        ),
-                    );
-                    return Ok(());
-                }
                 let mode = if a.snd_settle_mode == SenderSettleMode::Settled {
                     ReceiveMode::ReceiveAndDelete
                 } else {
                     ReceiveMode::PeekLock
                 };
-                self.reply_attach(channel, &a, max_size);
+                let filter = session_filter(&a);
+                let needs_session = requires_session && sub == SubQueue::Main;
+                let refusal = match (&filter, needs_session) {
+                    (Some(_), false) if sub != SubQueue::Main => Some(
+                        "a dead-letter sub-queue is not session-enabled; receive from it without a session",
+                    ),
+                    (Some(_), false) => Some(
+                        "It is not possible for an entity that requires sessions to create a non-sessionful message receiver, and this entity does not require sessions: use a receiver without a session",
+                    ),
+                    (None, true) => Some(
+                        "It is not possible for an entity that requires sessions to create a non-sessionful message receiver: use a session receiver",
+                    ),
+                    _ => None,
+                };
+                if let Some(text) = refusal {
+                    self.refuse(channel, &a, error(errors::NOT_ALLOWED, text));
+                    return Ok(());
+                }
                 let kind = LinkKind::EntityOut {
-                    entity,
-                    subscription,
+                    entity: entity.clone(),
+                    subscription: subscription.clone(),
                     sub,
                     mode,
                     credit: 0,
                     delivery_count: 0,
                     waiting: false,
                     unsettled: 0,
+                    session: None,
+                };
+                let Some(requested) = filter else {
+                    self.reply_attach(channel, &a, max_size);
+                    self.add_link(channel, &a, kind, Some((path, Right::Listen)));
+                    return Ok(());
                 };
                 self.add_link(channel, &a, kind, Some((path, Right::Listen)));
+                self.attach_session(channel, a, requested);
             }
             NodeKind::Cbs => {}
         }
@@ -658,10 +755,16 @@ impl Conn {
             credit,
             waiting,
             unsettled,
+            session,
             ..
         } = &mut link.kind
         else {
             return;
+        };
+        let held = match session {
+            None => None,
+            Some(SessionBinding::Held(g)) => Some((g.id.clone(), g.holder)),
+            Some(SessionBinding::Waiting(_)) => return,
         };
         if *credit == 0 {
             return;
@@ -675,7 +778,11 @@ impl Conn {
             let mut st = entity.lock();
             if let Some(q) = st.receiver(subscription.as_deref()) {
                 while deliveries.len() < want {
-                    match q.acquire(sub, mode, now) {
+                    let next = match &held {
+                        None => q.acquire(sub, mode, now),
+                        Some((id, holder)) => q.acquire_in_session(id, *holder, mode, now),
+                    };
+                    match next {
                         Some(d) => deliveries.push(d),
                         None => break,
                     }
@@ -686,6 +793,7 @@ impl Conn {
                     tx,
                     subscription: subscription.clone(),
                     sub,
+                    wants: held.map_or(Wants::Message, |(id, _)| Wants::Session(id)),
                     channel,
                     handle,
                     generation,
@@ -753,8 +861,16 @@ impl Conn {
         if link.generation != generation {
             return;
         }
-        if let LinkKind::EntityOut { waiting, .. } = &mut link.kind {
+        if let LinkKind::EntityOut {
+            waiting, session, ..
+        } = &mut link.kind
+        {
             *waiting = false;
+            if let Some(SessionBinding::Waiting(a)) = session {
+                let a = (**a).clone();
+                self.attach_session(channel, a, None);
+                return;
+            }
         }
         self.pump(channel, handle);
     }

@@ -227,7 +227,16 @@ impl Conn {
         body: &[(Value, Value)],
     ) -> Result<Done, OpError> {
         let now = self.broker.now();
+        let holders = self.session_holders(entity);
+        let session = opt_string(body, "session-id");
         let mut st = entity.lock();
+        if let Some(id) = &session
+            && op != "com.microsoft:peek-message"
+        {
+            receiver(&mut st, subscription)?
+                .check_session(id, &holders, now)
+                .map_err(ManagementError::from)?;
+        }
         match op {
             "com.microsoft:renew-lock" => {
                 let mut out = Vec::new();
@@ -248,7 +257,13 @@ impl Conn {
                     .and_then(Value::as_i64)
                     .unwrap_or(1)
                     .clamp(0, 1000) as usize;
-                let msgs = receiver(&mut st, subscription)?.peek(sub, from, count, now);
+                let msgs = receiver(&mut st, subscription)?.peek(
+                    sub,
+                    from,
+                    count,
+                    session.as_deref(),
+                    now,
+                );
                 if msgs.is_empty() {
                     return Ok(Done {
                         status: 204,
@@ -311,8 +326,13 @@ impl Conn {
                     Some(0) => ReceiveMode::ReceiveAndDelete,
                     _ => ReceiveMode::PeekLock,
                 };
-                let ds =
-                    receiver(&mut st, subscription)?.receive_deferred(sub, &seqs, mode, now)?;
+                let ds = receiver(&mut st, subscription)?.receive_deferred(
+                    sub,
+                    &seqs,
+                    mode,
+                    session.as_deref(),
+                    now,
+                )?;
                 let commit = entity.submit(&mut st);
                 let list = ds
                     .into_iter()
@@ -447,6 +467,68 @@ impl Conn {
                     commit,
                     after_commit: None,
                 })
+            }
+            "com.microsoft:renew-session-lock" => {
+                let id = session.ok_or_else(|| bad("missing session-id"))?;
+                let until = receiver(&mut st, subscription)?
+                    .renew_session_lock(&id, &holders, now)
+                    .map_err(ManagementError::from)?;
+                Ok(Done::ok(map(vec![("expiration", Value::Timestamp(until))])))
+            }
+            "com.microsoft:get-session-state" => {
+                let id = session.ok_or_else(|| bad("missing session-id"))?;
+                let state = receiver(&mut st, subscription)?
+                    .session_state(&id, &holders, now)
+                    .map_err(ManagementError::from)?;
+                let v = state.map_or(Value::Null, Value::Binary);
+                Ok(Done::ok(map(vec![("session-state", v)])))
+            }
+            "com.microsoft:set-session-state" => {
+                let id = session.ok_or_else(|| bad("missing session-id"))?;
+                let state = match field(body, "session-state") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Binary(b)) => Some(b.clone()),
+                    Some(_) => return Err(bad("session-state must be binary or null")),
+                };
+                receiver(&mut st, subscription)?
+                    .set_session_state(&id, state, &holders, now)
+                    .map_err(ManagementError::from)?;
+                let commit = entity.submit(&mut st);
+                Ok(Done {
+                    status: 200,
+                    body: Some(map(vec![])),
+                    commit,
+                    after_commit: None,
+                })
+            }
+            "com.microsoft:get-message-sessions" => {
+                let after = match field(body, "last-updated-time") {
+                    Some(Value::Timestamp(t)) => *t,
+                    Some(v) => v.as_i64().unwrap_or(keybus_core::LIST_ALL_SESSIONS),
+                    None => keybus_core::LIST_ALL_SESSIONS,
+                };
+                let skip = field(body, "skip")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    .max(0) as usize;
+                let top = field(body, "top")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(100)
+                    .clamp(0, 1000) as usize;
+                let ids = receiver(&mut st, subscription)?.list_sessions(after, skip, top);
+                if ids.is_empty() {
+                    return Ok(Done {
+                        status: 204,
+                        body: None,
+                        commit: None,
+                        after_commit: None,
+                    });
+                }
+                let ids = ids.into_iter().map(Value::String).collect();
+                Ok(Done::ok(map(vec![
+                    ("sessions-ids", Value::Array(ids)),
+                    ("skip", Value::Int(skip as i32)),
+                ])))
             }
             other => Err(OpError(
                 501,

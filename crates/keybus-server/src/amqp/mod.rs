@@ -16,5 +16,6 @@ pub mod errors;
 pub mod link;
 pub mod management;
 pub mod rules;
+pub mod sessions;
 
 pub use connection::serve_connection;

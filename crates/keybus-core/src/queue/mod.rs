@@ -7,6 +7,8 @@
 //! messages invisible ("pending") until [`Queue::commit_pending`] is called after the commit,
 //! so no receiver ever sees a message that is not on disk.
 
+pub mod sessions;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -105,7 +107,11 @@ struct Entry {
 #[derive(Debug, Default)]
 struct MessageSet {
     entries: BTreeMap<i64, Entry>,
+    /// Available messages: all of them, or in a session-enabled set those without a session.
     available: BTreeSet<i64>,
+    /// Session-enabled sets index available messages by session id instead (FIFO per session).
+    sessionful: bool,
+    by_session: HashMap<String, BTreeSet<i64>>,
     scheduled: BTreeSet<(Timestamp, i64)>,
     expiry: BTreeSet<(Timestamp, i64)>,
     lock_expiry: BTreeSet<(Timestamp, i64)>,
@@ -125,9 +131,17 @@ impl MessageSet {
             return;
         }
         match e.rec.state {
-            MessageState::Active => {
-                self.available.insert(seq);
-            }
+            MessageState::Active => match group_id(&e.rec.message).filter(|_| self.sessionful) {
+                Some(id) => {
+                    self.by_session
+                        .entry(id.to_string())
+                        .or_default()
+                        .insert(seq);
+                }
+                None => {
+                    self.available.insert(seq);
+                }
+            },
             MessageState::Scheduled => {
                 if let Some(t) = e.rec.scheduled_time {
                     self.scheduled.insert((t, seq));
@@ -145,6 +159,15 @@ impl MessageSet {
             return;
         };
         self.available.remove(&seq);
+        if self.sessionful
+            && let Some(id) = group_id(&e.rec.message)
+            && let Some(set) = self.by_session.get_mut(id)
+        {
+            set.remove(&seq);
+            if set.is_empty() {
+                self.by_session.remove(id);
+            }
+        }
         if let Some(t) = e.rec.scheduled_time {
             self.scheduled.remove(&(t, seq));
         }
@@ -216,6 +239,7 @@ pub struct Queue {
     duplicates: DuplicateHistory,
     ops: Vec<StoreOp>,
     rng: u64,
+    sessions: sessions::Sessions,
 }
 
 impl Queue {
@@ -231,7 +255,14 @@ impl Queue {
             duplicates: DuplicateHistory::default(),
             ops: Vec::new(),
             rng: seed | 1,
+            sessions: sessions::Sessions::default(),
         }
+        .with_session_index()
+    }
+
+    fn with_session_index(mut self) -> Queue {
+        self.main.sessionful = self.props.requires_session;
+        self
     }
 
     /// Rebuild a queue from what the store holds. Every lock is gone after a restart.
@@ -267,6 +298,7 @@ impl Queue {
             });
         }
         q.next_seq = snapshot.next_sequence.max(max_seq + 1).max(1);
+        q.sessions.restore(snapshot.sessions);
         q
     }
 
@@ -311,10 +343,14 @@ impl Queue {
 
     /// The earliest time at which [`Queue::tick`] has work (lock expiry, schedule, TTL).
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        [self.main.first_deadline(), self.dlq.first_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.main.first_deadline(),
+            self.dlq.first_deadline(),
+            self.sessions.first_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn set(&self, sub: SubQueue) -> &MessageSet {
@@ -549,51 +585,66 @@ impl Queue {
         mode: ReceiveMode,
         now: Timestamp,
     ) -> Option<Delivery> {
+        let until = now.saturating_add(self.props.lock_duration_ms);
         loop {
             let seq = self.set_mut(sub).available.pop_first()?;
-            let expired = self
-                .set(sub)
-                .entries
-                .get(&seq)
-                .and_then(|e| e.rec.expires_at)
-                .is_some_and(|t| t <= now && sub == SubQueue::Main);
-            if expired {
-                self.expire(seq, now);
-                continue;
+            if let Some(d) = self.take(sub, seq, mode, until, now) {
+                return Some(d);
             }
-            let token = self.next_token();
-            match mode {
-                ReceiveMode::ReceiveAndDelete => {
-                    let entry = self.set_mut(sub).remove(seq)?;
-                    self.ops.push(StoreOp::DeleteMessage {
-                        entity: self.name.clone(),
-                        sub,
-                        sequence_number: seq,
-                    });
-                    let encoded = encode_delivery(&entry.rec, None);
-                    return Some(Delivery {
-                        sequence_number: seq,
-                        lock_token: token,
-                        locked_until: None,
-                        encoded,
-                    });
-                }
-                ReceiveMode::PeekLock => {
-                    let until = now.saturating_add(self.props.lock_duration_ms);
-                    let set = self.set_mut(sub);
-                    set.unindex(seq);
-                    let entry = set.entries.get_mut(&seq)?;
-                    entry.lock = Some(Lock { token, until });
-                    let encoded = encode_delivery(&entry.rec, Some(until));
-                    set.index(seq);
-                    self.locks.insert(token, (sub, seq));
-                    return Some(Delivery {
-                        sequence_number: seq,
-                        lock_token: token,
-                        locked_until: Some(until),
-                        encoded,
-                    });
-                }
+        }
+    }
+
+    /// Hand out message `seq` (just removed from an available index): delete it
+    /// (receive-and-delete) or lock it until `until`. `None` if it had expired instead.
+    fn take(
+        &mut self,
+        sub: SubQueue,
+        seq: i64,
+        mode: ReceiveMode,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Option<Delivery> {
+        let expired = self
+            .set(sub)
+            .entries
+            .get(&seq)
+            .and_then(|e| e.rec.expires_at)
+            .is_some_and(|t| t <= now && sub == SubQueue::Main);
+        if expired {
+            self.expire(seq, now);
+            return None;
+        }
+        let token = self.next_token();
+        match mode {
+            ReceiveMode::ReceiveAndDelete => {
+                let entry = self.set_mut(sub).remove(seq)?;
+                self.ops.push(StoreOp::DeleteMessage {
+                    entity: self.name.clone(),
+                    sub,
+                    sequence_number: seq,
+                });
+                let encoded = encode_delivery(&entry.rec, None);
+                Some(Delivery {
+                    sequence_number: seq,
+                    lock_token: token,
+                    locked_until: None,
+                    encoded,
+                })
+            }
+            ReceiveMode::PeekLock => {
+                let set = self.set_mut(sub);
+                set.unindex(seq);
+                let entry = set.entries.get_mut(&seq)?;
+                entry.lock = Some(Lock { token, until });
+                let encoded = encode_delivery(&entry.rec, Some(until));
+                set.index(seq);
+                self.locks.insert(token, (sub, seq));
+                Some(Delivery {
+                    sequence_number: seq,
+                    lock_token: token,
+                    locked_until: Some(until),
+                    encoded,
+                })
             }
         }
     }
@@ -801,7 +852,7 @@ impl Queue {
     /// Process everything due at `now`: lock expiries, scheduled messages, TTL, duplicate
     /// history. Returns true if messages became available.
     pub fn tick(&mut self, now: Timestamp) -> bool {
-        let mut woke = false;
+        let mut woke = self.expire_session_locks(now);
         for sub in [SubQueue::Main, SubQueue::DeadLetter] {
             while let Some(&(t, seq)) = self.set(sub).lock_expiry.first() {
                 if t > now {
@@ -855,28 +906,42 @@ impl Queue {
 
     /// `peek-message`: up to `count` messages with sequence number ≥ `from`, without locks,
     /// including deferred and scheduled ones.
-    pub fn peek(&self, sub: SubQueue, from: i64, count: usize, now: Timestamp) -> Vec<Bytes> {
+    /// With `session`, only that session's messages.
+    pub fn peek(
+        &self,
+        sub: SubQueue,
+        from: i64,
+        count: usize,
+        session: Option<&str>,
+        now: Timestamp,
+    ) -> Vec<Bytes> {
         self.set(sub)
             .entries
             .range(from..)
             .filter(|(_, e)| !e.pending)
+            .filter(|(_, e)| session.is_none_or(|s| group_id(&e.rec.message) == Some(s)))
             .filter(|(_, e)| sub != SubQueue::Main || e.rec.expires_at.is_none_or(|t| t > now))
             .take(count)
             .map(|(_, e)| encode_delivery(&e.rec, e.lock.map(|l| l.until)))
             .collect()
     }
 
-    /// `receive-by-sequence-number`: deferred messages only. All or nothing.
+    /// `receive-by-sequence-number`: deferred messages only (of `session`, if given). All or
+    /// nothing.
     pub fn receive_deferred(
         &mut self,
         sub: SubQueue,
         seqs: &[i64],
         mode: ReceiveMode,
+        session: Option<&str>,
         now: Timestamp,
     ) -> Result<Vec<Delivery>, ManagementError> {
         for &seq in seqs {
             let ok = self.set(sub).entries.get(&seq).is_some_and(|e| {
-                !e.pending && e.lock.is_none() && e.rec.state == MessageState::Deferred
+                !e.pending
+                    && e.lock.is_none()
+                    && e.rec.state == MessageState::Deferred
+                    && session.is_none_or(|s| group_id(&e.rec.message) == Some(s))
             });
             if !ok {
                 return Err(ManagementError::MessageNotFound(seq));
@@ -949,9 +1014,13 @@ impl Queue {
 
     /// Drop every message (entity deletion).
     pub fn purge(&mut self) {
-        self.main = MessageSet::default();
+        self.main = MessageSet {
+            sessionful: self.props.requires_session,
+            ..MessageSet::default()
+        };
         self.dlq = MessageSet::default();
         self.locks.clear();
+        self.sessions = sessions::Sessions::default();
     }
 }
 
