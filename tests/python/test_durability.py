@@ -118,11 +118,10 @@ def test_kill9_keeps_unsettled_and_forgets_completed(broker_factory, tmp_path: P
         _close_quietly(client)
 
 
-def test_kill9_during_concurrent_sends_keeps_every_acknowledged_message(broker_factory, tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    config = broker_factory.write_toml(DURABLE_QUEUES)
-    b = broker_factory.start(config, data_dir=data_dir, name="keybus-durable-concurrent")
-
+def _send_concurrently_then_kill(b: Any, entity: str, prefix: str, min_acked: int = 200) -> tuple[Set[str], Set[str]]:
+    """Send from 4 threads (one message per send, id = body) until ``min_acked`` sends were
+    acknowledged, then SIGKILL the broker while they are still sending. Returns the acknowledged
+    and the attempted message ids."""
     acked: Set[str] = set()
     attempted: Set[str] = set()
     lock = threading.Lock()
@@ -134,10 +133,10 @@ def test_kill9_during_concurrent_sends_keeps_every_acknowledged_message(broker_f
         with lock:
             clients.append(client)
         try:
-            sender = client.get_queue_sender(Q_CONCURRENT)
+            sender = client.get_queue_sender(entity)
             n = 0
             while not stop.is_set() and n < 2000:
-                mid = f"t{k}-{n:04d}"
+                mid = f"{prefix}{k}-{n:04d}"
                 with lock:
                     attempted.add(mid)
                 sender.send_messages(ServiceBusMessage(mid.encode(), message_id=mid), timeout=10)
@@ -153,7 +152,7 @@ def test_kill9_during_concurrent_sends_keeps_every_acknowledged_message(broker_f
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         with lock:
-            if len(acked) >= 200:
+            if len(acked) >= min_acked:
                 break
         time.sleep(0.05)
     with lock:
@@ -165,24 +164,75 @@ def test_kill9_during_concurrent_sends_keeps_every_acknowledged_message(broker_f
     for c in clients:
         _close_quietly(c)
     with lock:
-        acked_snapshot = set(acked)
-        attempted_snapshot = set(attempted)
+        return set(acked), set(attempted)
 
+
+def _assert_exactly_once(after: List[Any], acked: Set[str], attempted: Set[str], where: str) -> None:
+    after_ids = [m.message_id for m in after]
+    dupes = [k for k, v in collections.Counter(after_ids).items() if v > 1]
+    assert dupes == [], f"{where}: duplicates after restart: {dupes[:10]}"
+    missing = acked - set(after_ids)
+    assert not missing, f"{where}: {len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:10]}"
+    phantom = set(after_ids) - attempted
+    assert not phantom, f"{where}: messages nobody sent: {sorted(phantom)[:10]}"
+    for m in after:
+        assert str(m) == m.message_id
+
+
+def test_kill9_during_concurrent_sends_keeps_every_acknowledged_message(broker_factory, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    config = broker_factory.write_toml(DURABLE_QUEUES)
+    b = broker_factory.start(config, data_dir=data_dir, name="keybus-durable-concurrent")
+    acked, attempted = _send_concurrently_then_kill(b, Q_CONCURRENT, "t")
     broker_factory.restart(b)
     client = ServiceBusClient.from_connection_string(b.conn_str)
     try:
-        after = _drain_and_complete(client, Q_CONCURRENT, expected=len(acked_snapshot))
+        after = _drain_and_complete(client, Q_CONCURRENT, expected=len(acked))
     finally:
         _close_quietly(client)
-    after_ids = [m.message_id for m in after]
-    dupes = [k for k, v in collections.Counter(after_ids).items() if v > 1]
-    assert dupes == [], f"duplicates after restart: {dupes[:10]}"
-    missing = acked_snapshot - set(after_ids)
-    assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:10]}"
-    phantom = set(after_ids) - attempted_snapshot
-    assert not phantom, f"messages nobody sent: {sorted(phantom)[:10]}"
-    for m in after:
-        assert str(m) == m.message_id
+    _assert_exactly_once(after, acked, attempted, Q_CONCURRENT)
+
+
+FORWARDING_TOML = """
+[[queues]]
+name = "du-fwd-in"
+forward_to = "du-fwd-topic"
+
+[[topics]]
+name = "du-fwd-topic"
+[[topics.subscriptions]]
+name = "direct"
+[[topics.subscriptions]]
+name = "onward"
+forward_to = "du-fwd-out"
+
+[[queues]]
+name = "du-fwd-out"
+"""
+
+
+def test_kill9_during_forwarding_loses_and_duplicates_nothing(broker_factory, tmp_path: Path) -> None:
+    """Sends to a queue that forwards into a topic, one of whose subscriptions forwards on to
+    another queue: killed while messages are in flight on every hop, each acknowledged message
+    ends up exactly once in the subscription and exactly once in the last queue."""
+    import kbutil
+
+    config = tmp_path / "forwarding.toml"
+    config.write_text(kbutil.render_toml({}) + FORWARDING_TOML)
+    b = broker_factory.start(config, data_dir=tmp_path / "data-fwd", name="keybus-durable-forwarding")
+    acked, attempted = _send_concurrently_then_kill(b, "du-fwd-in", "f")
+    broker_factory.restart(b)
+    client = ServiceBusClient.from_connection_string(b.conn_str)
+    try:
+        direct = _drain_and_complete(client, "du-fwd-topic", expected=len(acked), subscription="direct")
+        out = _drain_and_complete(client, "du-fwd-out", expected=len(acked))
+        with client.get_queue_receiver("du-fwd-in") as receiver:
+            assert receiver.peek_messages(max_message_count=10) == [], "left at the forwarding source"
+    finally:
+        _close_quietly(client)
+    _assert_exactly_once(direct, acked, attempted, "du-fwd-topic/direct")
+    _assert_exactly_once(out, acked, attempted, "du-fwd-out")
+    assert {m.message_id for m in direct} == {m.message_id for m in out}
 
 
 def _drain_subscription(client: ServiceBusClient, topic: str, sub: str, expected: int) -> List[Any]:

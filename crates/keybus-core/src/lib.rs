@@ -28,7 +28,9 @@ pub use entity::{
 pub use error::{ErrorCondition, ManagementError, SendError, SessionError, SettleError};
 pub use queue::{
     Delivery, IncomingMessage, LockToken, Outcome, Queue, QueueCounts, ReceiveMode,
-    encode_delivery, sessions::LIST_ALL_SESSIONS,
+    encode_delivery,
+    forwarding::{HOP_LIMIT_REASON, MAX_TRANSFER_HOPS, Transfer},
+    sessions::LIST_ALL_SESSIONS,
 };
 pub use record::{MessageRecord, MessageState};
 pub use store::{CommitFuture, EntitySnapshot, SessionRecord, Store, StoreError, StoreOp};

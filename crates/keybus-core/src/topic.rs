@@ -285,6 +285,7 @@ impl Topic {
                 self.duplicates.remember(id, now);
             }
             strip_broker_annotations(&mut message);
+            crate::queue::forwarding::set_hops(&mut message, m.hops);
             apply_topic_ttl(&mut message, self.props.default_message_ttl_ms);
             let seq = self.next_seq;
             self.next_seq += 1;

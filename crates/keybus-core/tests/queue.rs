@@ -16,7 +16,7 @@ fn msg(id: &str) -> IncomingMessage {
         body_raw: Message::body_data(id.as_bytes()),
         ..Default::default()
     };
-    IncomingMessage { message, size: 100 }
+    IncomingMessage::new(message, 100)
 }
 
 fn with_ttl(id: &str, ttl: u32) -> IncomingMessage {

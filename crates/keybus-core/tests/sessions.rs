@@ -18,7 +18,7 @@ fn msg(id: &str, session: Option<&str>) -> IncomingMessage {
         body_raw: Message::body_data(id.as_bytes()),
         ..Default::default()
     };
-    IncomingMessage { message, size: 100 }
+    IncomingMessage::new(message, 100)
 }
 
 fn queue() -> (Queue, ManualClock) {

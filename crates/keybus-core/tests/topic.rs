@@ -23,7 +23,7 @@ fn msg(id: &str, props: Vec<(&str, Value)>) -> IncomingMessage {
         body_raw: Message::body_data(id.as_bytes()),
         ..Default::default()
     };
-    IncomingMessage { message, size: 100 }
+    IncomingMessage::new(message, 100)
 }
 
 fn sub(name: &str, rules: Vec<RuleDefinition>, dlq_on_filter: bool) -> Subscription {

@@ -10,7 +10,7 @@ use keybus_core::{
     Clock, CommitFuture, EntityDefinition, EntityKind, Fanout, IncomingMessage, Queue, SendError,
     Store, StoreError, StoreOp, SubQueue, Subscription, Topic,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::config::{Config, SasPolicy};
 
@@ -101,6 +101,8 @@ pub enum Pending {
 pub struct EntityState {
     pub machine: Machine,
     pub waiters: Vec<Waiter>,
+    /// Wakes the broker's forwarder when messages wait to be forwarded.
+    pub forwarder: Arc<Notify>,
     /// Session receivers by lock holder id, told when their session lock runs out.
     pub session_links: HashMap<u64, Waiter>,
 }
@@ -239,8 +241,29 @@ impl EntityState {
         }
     }
 
+    /// Every queue of the entity (the queue, or each subscription) with its subscription name.
+    pub fn queues_mut(&mut self) -> Vec<(Option<String>, &mut Queue)> {
+        match &mut self.machine {
+            Machine::Queue(q) => vec![(None, q)],
+            Machine::Topic(t) => t
+                .subscriptions_mut()
+                .map(|s| (Some(s.definition.name.to_ascii_lowercase()), &mut s.queue))
+                .collect(),
+        }
+    }
+
+    fn has_forwardable(&self) -> bool {
+        match &self.machine {
+            Machine::Queue(q) => q.has_forwardable(),
+            Machine::Topic(t) => t.subscriptions().any(|s| s.queue.has_forwardable()),
+        }
+    }
+
     /// Tell waiting links whose (sub-)queue has messages to pull them.
     pub fn wake(&mut self) {
+        if self.has_forwardable() {
+            self.forwarder.notify_one();
+        }
         let machine = &self.machine;
         self.waiters.retain(|w| {
             let queue = match (machine, w.subscription.as_deref()) {
@@ -297,6 +320,8 @@ pub struct Broker {
     pub connections: AtomicUsize,
     seed: AtomicU64,
     holders: AtomicU64,
+    /// Notified when an entity has messages to forward (see `forwarding.rs`).
+    pub forwarder: Arc<Notify>,
 }
 
 impl Broker {
@@ -324,6 +349,7 @@ impl Broker {
         }
         let now = clock.now();
         let seed = AtomicU64::new(rand::random::<u64>());
+        let forwarder = Arc::new(Notify::new());
         let mut entities = HashMap::new();
         let mut subscriptions = Vec::new();
         for (key, def) in defs {
@@ -352,6 +378,7 @@ impl Broker {
                 state: Mutex::new(EntityState {
                     machine,
                     waiters: Vec::new(),
+                    forwarder: forwarder.clone(),
                     session_links: HashMap::new(),
                 }),
                 store: store.clone(),
@@ -392,6 +419,7 @@ impl Broker {
             connections: AtomicUsize::new(0),
             seed,
             holders: AtomicU64::new(1),
+            forwarder,
         }))
     }
 

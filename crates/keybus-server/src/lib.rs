@@ -9,6 +9,7 @@
 pub mod amqp;
 pub mod broker;
 pub mod config;
+pub mod forwarding;
 pub mod http;
 pub mod sas;
 
@@ -185,6 +186,7 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
             }
         })
     };
+    let forwarder = tokio::spawn(forwarding::run(broker.clone()));
     let http_task = tokio::spawn(http::serve(http_listener, broker.clone()));
     let accept = {
         let broker = broker.clone();
@@ -209,6 +211,6 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
         http_addr,
         connection_string,
         broker,
-        tasks: vec![ticker, http_task, accept],
+        tasks: vec![ticker, forwarder, http_task, accept],
     })
 }

@@ -7,6 +7,7 @@
 //! messages invisible ("pending") until [`Queue::commit_pending`] is called after the commit,
 //! so no receiver ever sees a message that is not on disk.
 
+pub mod forwarding;
 pub mod sessions;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -59,6 +60,19 @@ pub struct IncomingMessage {
     pub message: Message,
     /// Encoded size in bytes, as it arrived.
     pub size: u32,
+    /// Auto-forwarding hops behind it (0 for a client's send).
+    pub hops: u8,
+}
+
+impl IncomingMessage {
+    /// A client's message of `size` encoded bytes.
+    pub fn new(message: Message, size: u32) -> IncomingMessage {
+        IncomingMessage {
+            message,
+            size,
+            hops: 0,
+        }
+    }
 }
 
 /// A message handed to a receiver, encoded with broker annotations.
@@ -101,6 +115,8 @@ struct Entry {
     rec: MessageRecord,
     lock: Option<Lock>,
     pending: bool,
+    /// Forwarding this message failed: it stays here for receivers.
+    stuck: bool,
 }
 
 /// One message set (the queue itself or its dead-letter sub-queue) with its indexes.
@@ -112,6 +128,9 @@ struct MessageSet {
     /// Session-enabled sets index available messages by session id instead (FIFO per session).
     sessionful: bool,
     by_session: HashMap<String, BTreeSet<i64>>,
+    /// Auto-forwarding sets index active messages for the forwarder instead of receivers.
+    forwarding: bool,
+    to_forward: BTreeSet<i64>,
     scheduled: BTreeSet<(Timestamp, i64)>,
     expiry: BTreeSet<(Timestamp, i64)>,
     lock_expiry: BTreeSet<(Timestamp, i64)>,
@@ -131,6 +150,9 @@ impl MessageSet {
             return;
         }
         match e.rec.state {
+            MessageState::Active if self.forwarding && !e.stuck => {
+                self.to_forward.insert(seq);
+            }
             MessageState::Active => match group_id(&e.rec.message).filter(|_| self.sessionful) {
                 Some(id) => {
                     self.by_session
@@ -159,6 +181,7 @@ impl MessageSet {
             return;
         };
         self.available.remove(&seq);
+        self.to_forward.remove(&seq);
         if self.sessionful
             && let Some(id) = group_id(&e.rec.message)
             && let Some(set) = self.by_session.get_mut(id)
@@ -207,6 +230,7 @@ impl MessageSet {
 
 /// Broker-owned message annotations, stripped from incoming messages (§5.1).
 const BROKER_ANNOTATIONS: &[&str] = &[
+    forwarding::HOPS_ANNOTATION,
     "x-opt-sequence-number",
     "x-opt-enqueued-time",
     "x-opt-locked-until",
@@ -262,6 +286,8 @@ impl Queue {
 
     fn with_session_index(mut self) -> Queue {
         self.main.sessionful = self.props.requires_session;
+        self.main.forwarding = self.props.forward_to.is_some();
+        self.dlq.forwarding = self.props.forward_dead_lettered_messages_to.is_some();
         self
     }
 
@@ -287,6 +313,7 @@ impl Queue {
                 rec,
                 lock: None,
                 pending: false,
+                stuck: false,
             });
         }
         for rec in snapshot.dead_letter {
@@ -295,6 +322,7 @@ impl Queue {
                 rec,
                 lock: None,
                 pending: false,
+                stuck: false,
             });
         }
         q.next_seq = snapshot.next_sequence.max(max_seq + 1).max(1);
@@ -313,6 +341,15 @@ impl Queue {
     /// Replace the properties (update entity). Existing messages keep their state.
     pub fn set_properties(&mut self, props: QueueProperties) {
         self.props = props;
+        self.main.forwarding = self.props.forward_to.is_some();
+        self.dlq.forwarding = self.props.forward_dead_lettered_messages_to.is_some();
+        for set in [&mut self.main, &mut self.dlq] {
+            let seqs: Vec<i64> = set.entries.keys().copied().collect();
+            for seq in seqs {
+                set.unindex(seq);
+                set.index(seq);
+            }
+        }
     }
 
     /// Writes queued since the last call, to be committed in order.
@@ -473,6 +510,7 @@ impl Queue {
                 self.remember_id(id, now);
             }
             strip_broker_annotations(&mut message);
+            forwarding::set_hops(&mut message, m.hops);
             let seq = self.next_seq;
             self.next_seq += 1;
             self.insert_pending(seq, Arc::new(message), m.size, now);
@@ -515,6 +553,7 @@ impl Queue {
             rec,
             lock: None,
             pending: true,
+            stuck: false,
         });
     }
 
@@ -922,7 +961,11 @@ impl Queue {
             .filter(|(_, e)| session.is_none_or(|s| group_id(&e.rec.message) == Some(s)))
             .filter(|(_, e)| sub != SubQueue::Main || e.rec.expires_at.is_none_or(|t| t > now))
             .take(count)
-            .map(|(_, e)| encode_delivery(&e.rec, e.lock.map(|l| l.until)))
+            .map(|(_, e)| {
+                // A transfer lock (forever) is not a client's lock: show none.
+                let until = e.lock.map(|l| l.until).filter(|t| *t != Timestamp::MAX);
+                encode_delivery(&e.rec, until)
+            })
             .collect()
     }
 
@@ -1018,7 +1061,11 @@ impl Queue {
             sessionful: self.props.requires_session,
             ..MessageSet::default()
         };
-        self.dlq = MessageSet::default();
+        self.dlq = MessageSet {
+            forwarding: self.props.forward_dead_lettered_messages_to.is_some(),
+            ..MessageSet::default()
+        };
+        self.main.forwarding = self.props.forward_to.is_some();
         self.locks.clear();
         self.sessions = sessions::Sessions::default();
     }

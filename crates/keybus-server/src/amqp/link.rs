@@ -1354,10 +1354,10 @@ fn decode_incoming(
     };
     let owned = |b: &[u8]| -> Result<IncomingMessage, (&'static str, String)> {
         let own = Bytes::copy_from_slice(b);
-        Ok(IncomingMessage {
-            message: Message::decode(&own).map_err(bad)?,
-            size: b.len() as u32,
-        })
+        Ok(IncomingMessage::new(
+            Message::decode(&own).map_err(bad)?,
+            b.len() as u32,
+        ))
     };
     if format == keybus_amqp::BATCH_MESSAGE_FORMAT {
         let envelope = Message::decode(body).map_err(bad)?;
