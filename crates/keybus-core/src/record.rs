@@ -40,4 +40,8 @@ pub struct MessageRecord {
     pub message: Arc<Message>,
     /// Encoded size as the client sent it, counted against the entity's size quota.
     pub size: u32,
+    /// Set on a subscription's unmodified copy of a topic message: the store keeps the message
+    /// once, as the named topic's body under the same sequence number, and this record refers
+    /// to it instead of holding its own copy.
+    pub body_owner: Option<Arc<str>>,
 }

@@ -8,6 +8,9 @@
 //! - After any failed commit the store is poisoned: every later commit fails and `healthy()` is
 //!   false, so the broker stops acknowledging work it cannot keep.
 //!
+//! A subscription's record may refer to its topic's body instead of holding the message
+//! ([`MessageRecord::body_owner`]): `load_entity` returns such records with the body filled in.
+//!
 //! Keys are (entity path, sub-queue, sequence number), so a PostgreSQL backend maps them to
 //! one `messages` table with a primary key on those columns, and several broker nodes can
 //! share it with an entity-ownership lease (see ARCHITECTURE.md).
@@ -43,6 +46,18 @@ pub enum StoreOp {
         sub: SubQueue,
         sequence_number: i64,
     },
+    /// Store a topic message once, for the subscription records that refer to it
+    /// ([`MessageRecord::body_owner`]).
+    PutBody {
+        entity: String,
+        sequence_number: i64,
+        message: std::sync::Arc<keybus_amqp::Message>,
+    },
+    /// Remove a topic message body no record refers to any more.
+    DeleteBody {
+        entity: String,
+        sequence_number: i64,
+    },
     /// Set a session's state; an empty state removes it.
     PutSessionState {
         entity: String,
@@ -68,6 +83,8 @@ pub struct EntitySnapshot {
     pub dead_letter: Vec<MessageRecord>,
     /// Session states, by session id.
     pub sessions: Vec<SessionRecord>,
+    /// Sequence numbers of the message bodies a topic stores for its subscriptions.
+    pub bodies: Vec<i64>,
 }
 
 /// Failures of the store.

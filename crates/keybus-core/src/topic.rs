@@ -8,11 +8,12 @@
 //! `dead_lettering_on_filter_evaluation_exceptions` — the message goes to the subscription's
 //! dead-letter sub-queue. Copies without actions share one in-memory message.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use keybus_amqp::Message;
 
+use crate::address::SubQueue;
 use crate::clock::Timestamp;
 use crate::duplicates::DuplicateHistory;
 use crate::entity::{FilterDefinition, RuleDefinition, SubscriptionDefinition, TopicProperties};
@@ -78,6 +79,9 @@ pub struct Subscription {
     pub queue: Queue,
     pub definition: SubscriptionDefinition,
     rules: Vec<Rule>,
+    /// Records of this subscription that refer to the topic's stored body, as the store has
+    /// them (derived from the ops that reach the store).
+    body_refs: HashSet<(SubQueue, i64)>,
 }
 
 /// Why a rule could not be added or removed.
@@ -155,10 +159,12 @@ impl Subscription {
                 compile_rule(r).map_err(|e| format!("rule '{}': {e}", r.name))?;
             rules.push(Rule { filter, action });
         }
+        let body_refs = queue.shared_body_refs().into_iter().collect();
         Ok(Subscription {
             queue,
             definition,
             rules,
+            body_refs,
         })
     }
 }
@@ -172,6 +178,10 @@ pub struct Topic {
     subs: BTreeMap<String, Subscription>,
     duplicates: DuplicateHistory,
     ops: Vec<StoreOp>,
+    /// The topic's name shared by the records that refer to its bodies.
+    owner: Arc<str>,
+    /// Stored bodies and how many stored subscription records refer to each.
+    bodies: HashMap<i64, u32>,
 }
 
 /// The sequence numbers a send produced, per subscription (to publish after the commit).
@@ -179,13 +189,29 @@ pub type Fanout = Vec<(String, Vec<i64>)>;
 
 impl Topic {
     pub fn new(name: impl Into<String>, props: TopicProperties, next_sequence: i64) -> Topic {
+        let name = name.into().to_ascii_lowercase();
         Topic {
-            name: name.into().to_ascii_lowercase(),
+            owner: Arc::from(name.as_str()),
+            name,
             props,
             next_seq: next_sequence.max(1),
             subs: BTreeMap::new(),
             duplicates: DuplicateHistory::default(),
             ops: Vec::new(),
+            bodies: HashMap::new(),
+        }
+    }
+
+    /// After every subscription was added at start-up: drop stored bodies no record refers to
+    /// (left by a crash between a subscription's last use and the body's removal).
+    pub fn collect_orphan_bodies(&mut self, stored: &[i64]) {
+        for &seq in stored {
+            if !self.bodies.contains_key(&seq) {
+                self.ops.push(StoreOp::DeleteBody {
+                    entity: self.name.clone(),
+                    sequence_number: seq,
+                });
+            }
         }
     }
 
@@ -200,6 +226,9 @@ impl Topic {
     /// Add a loaded subscription (its messages restored from `snapshot`).
     pub fn add_subscription(&mut self, sub: Subscription, snapshot_max_seq: i64) {
         self.next_seq = self.next_seq.max(snapshot_max_seq + 1);
+        for (_, seq) in &sub.body_refs {
+            *self.bodies.entry(*seq).or_default() += 1;
+        }
         self.subs
             .insert(sub.definition.name.to_ascii_lowercase(), sub);
     }
@@ -225,13 +254,71 @@ impl Topic {
         self.ops.push(op);
     }
 
-    /// Writes of the topic and all subscriptions, in order per entity.
+    /// Writes of the topic and all subscriptions, in order per entity. Follows which stored
+    /// records refer to the topic's bodies and removes a body in the batch that drops its last
+    /// reference (so a body is never deleted while a durable record needs it).
     pub fn take_ops(&mut self) -> Vec<StoreOp> {
         let mut ops = std::mem::take(&mut self.ops);
+        let mut released = Vec::new();
         for s in self.subs.values_mut() {
-            ops.extend(s.queue.take_ops());
+            for op in s.queue.take_ops() {
+                let (key, refers) = match &op {
+                    StoreOp::PutMessage { sub, record, .. } => {
+                        ((*sub, record.sequence_number), record.body_owner.is_some())
+                    }
+                    StoreOp::DeleteMessage {
+                        sub,
+                        sequence_number,
+                        ..
+                    } => ((*sub, *sequence_number), false),
+                    _ => {
+                        ops.push(op);
+                        continue;
+                    }
+                };
+                let key = (store_sub(key.0), key.1);
+                if refers && s.body_refs.insert(key) {
+                    *self.bodies.entry(key.1).or_default() += 1;
+                } else if !refers && s.body_refs.remove(&key) {
+                    if let Some(n) = self.bodies.get_mut(&key.1) {
+                        *n = n.saturating_sub(1);
+                    }
+                    released.push(key.1);
+                }
+                ops.push(op);
+            }
+        }
+        for seq in released {
+            if self.bodies.get(&seq) == Some(&0) {
+                self.bodies.remove(&seq);
+                ops.push(StoreOp::DeleteBody {
+                    entity: self.name.clone(),
+                    sequence_number: seq,
+                });
+            }
         }
         ops
+    }
+
+    /// A subscription's message was forwarded by a batch that deleted its record outside
+    /// [`Topic::take_ops`]: forget it and release its body reference.
+    pub fn forwarded(&mut self, subscription: &str, sub: SubQueue, seq: i64) {
+        let Some(s) = self.subs.get_mut(&subscription.to_ascii_lowercase()) else {
+            return;
+        };
+        s.queue.forwarded(sub, seq);
+        if s.body_refs.remove(&(store_sub(sub), seq))
+            && let Some(n) = self.bodies.get_mut(&seq)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.bodies.remove(&seq);
+                self.ops.push(StoreOp::DeleteBody {
+                    entity: self.name.clone(),
+                    sequence_number: seq,
+                });
+            }
+        }
     }
 
     fn check(&self, msgs: &[IncomingMessage]) -> Result<(), SendError> {
@@ -295,10 +382,20 @@ impl Topic {
                 sequence_number: seq,
                 enqueued_time: now,
             };
+            let mut shared_copies = 0;
             for (key, sub) in self.subs.iter_mut() {
-                if deliver_to(sub, &shared, m.size, seq, &sys, now) {
+                let copy = deliver_to(sub, &shared, &self.owner, m.size, seq, &sys, now);
+                if copy != Copy::None {
                     fanout.entry(key.clone()).or_default().push(seq);
                 }
+                shared_copies += usize::from(copy == Copy::Shared);
+            }
+            if shared_copies > 0 {
+                self.ops.push(StoreOp::PutBody {
+                    entity: self.name.clone(),
+                    sequence_number: seq,
+                    message: shared,
+                });
             }
         }
         self.ops.push(StoreOp::PutSequence {
@@ -365,15 +462,34 @@ fn apply_topic_ttl(message: &mut Message, default_ttl: Option<i64>) {
     header.ttl = Some(header.ttl.filter(|t| *t > 0).map_or(cap, |t| t.min(cap)));
 }
 
-/// Evaluate a subscription's rules and add its copies. Returns true if it got one.
+/// What a subscription got of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Copy {
+    None,
+    /// The topic's message itself, stored once as the topic's body.
+    Shared,
+    /// Its own copy (changed by a rule action, or dead-lettered).
+    Own,
+}
+
+/// The sub-queue as the store keys it (the transfer dead-letter queue is the dead-letter set).
+fn store_sub(sub: SubQueue) -> SubQueue {
+    match sub {
+        SubQueue::Main => SubQueue::Main,
+        SubQueue::DeadLetter | SubQueue::TransferDeadLetter => SubQueue::DeadLetter,
+    }
+}
+
+/// Evaluate a subscription's rules and add its copy.
 fn deliver_to(
     sub: &mut Subscription,
     shared: &Arc<Message>,
+    owner: &Arc<str>,
     size: u32,
     seq: i64,
     sys: &SystemProps,
     now: Timestamp,
-) -> bool {
+) -> Copy {
     let view = MessageView::new(shared, sys);
     let mut plain_match = false;
     let mut with_action: Option<Message> = None;
@@ -399,12 +515,13 @@ fn deliver_to(
         }
     }
     if let Some(copy) = with_action {
-        sub.queue.accept_copy(seq, Arc::new(copy), size, now);
-        return true;
+        sub.queue.accept_copy(seq, Arc::new(copy), size, now, None);
+        return Copy::Own;
     }
     if plain_match {
-        sub.queue.accept_copy(seq, shared.clone(), size, now);
-        return true;
+        sub.queue
+            .accept_copy(seq, shared.clone(), size, now, Some(owner.clone()));
+        return Copy::Shared;
     }
     if let Some(description) = failure
         && sub
@@ -413,8 +530,9 @@ fn deliver_to(
     {
         sub.queue
             .dead_letter_copy(seq, Message::clone(shared), size, now, description);
+        // Dead-lettered at once: in the subscription's dead-letter queue, not a live copy.
     }
-    false
+    Copy::None
 }
 
 /// Highest sequence number in a snapshot (for restoring the topic's counter).

@@ -254,3 +254,84 @@ fn rules_are_added_and_removed_and_persisted() {
         .collect();
     assert_eq!(all, vec![2]);
 }
+
+fn q<'a>(t: &'a mut Topic, name: &str) -> &'a mut Queue {
+    &mut t.subscription_mut(name).unwrap().queue
+}
+
+fn count_ops(ops: &[StoreOp]) -> (usize, usize, usize, usize) {
+    let mut c = (0, 0, 0, 0);
+    for op in ops {
+        match op {
+            StoreOp::PutBody { .. } => c.0 += 1,
+            StoreOp::PutMessage { record, .. } if record.body_owner.is_some() => c.1 += 1,
+            StoreOp::PutMessage { .. } => c.2 += 1,
+            StoreOp::DeleteBody { .. } => c.3 += 1,
+            _ => {}
+        }
+    }
+    c
+}
+
+#[test]
+fn the_topic_stores_a_message_once_and_drops_it_with_its_last_reference() {
+    let mut t = Topic::new("t", TopicProperties::default(), 1);
+    for name in ["a", "b", "c"] {
+        t.add_subscription(sub(name, vec![RuleDefinition::default_rule()], false), 0);
+    }
+    let (seqs, fanout) = t.enqueue(vec![msg("m", vec![])], 1_000, false).unwrap();
+    // One body, three references, no full copies.
+    assert_eq!(count_ops(&t.take_ops()), (1, 3, 0, 0));
+    t.commit_pending(&fanout);
+    let take = |t: &mut Topic, name: &str| {
+        t.subscription_mut(name)
+            .unwrap()
+            .queue
+            .acquire(SubQueue::Main, ReceiveMode::PeekLock, 1_000)
+            .unwrap()
+    };
+    let da = take(&mut t, "a");
+    let db = take(&mut t, "b");
+    let dc = take(&mut t, "c");
+    q(&mut t, "a")
+        .settle(da.lock_token, keybus_core::Outcome::Complete, 1_000)
+        .unwrap();
+    assert_eq!(count_ops(&t.take_ops()), (0, 0, 0, 0));
+    // Dead-lettering without a reason moves the reference; a modified copy is stored in full.
+    q(&mut t, "b")
+        .settle(
+            db.lock_token,
+            keybus_core::Outcome::DeadLetter {
+                reason: None,
+                description: None,
+                properties: None,
+            },
+            1_000,
+        )
+        .unwrap();
+    assert_eq!(count_ops(&t.take_ops()), (0, 1, 0, 0));
+    q(&mut t, "c")
+        .settle(
+            dc.lock_token,
+            keybus_core::Outcome::Abandon {
+                properties: Some(vec![(Value::String("k".into()), Value::Int(1))]),
+            },
+            1_000,
+        )
+        .unwrap();
+    assert_eq!(count_ops(&t.take_ops()), (0, 0, 1, 0));
+    // The last reference (b's dead-letter record) goes: so does the body.
+    let d = q(&mut t, "b")
+        .acquire(SubQueue::DeadLetter, ReceiveMode::ReceiveAndDelete, 1_000)
+        .unwrap();
+    assert_eq!(d.sequence_number, seqs[0]);
+    assert_eq!(count_ops(&t.take_ops()), (0, 0, 0, 1));
+}
+
+#[test]
+fn orphan_bodies_are_collected_at_start_up() {
+    let mut t = Topic::new("t", TopicProperties::default(), 1);
+    t.add_subscription(sub("a", vec![RuleDefinition::default_rule()], false), 0);
+    t.collect_orphan_bodies(&[4, 9]);
+    assert_eq!(count_ops(&t.take_ops()), (0, 0, 0, 2));
+}

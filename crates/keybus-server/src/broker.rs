@@ -252,6 +252,16 @@ impl EntityState {
         }
     }
 
+    /// A message of one of the entity's queues was forwarded (its record deleted by the
+    /// forwarder's batch).
+    pub fn forwarded(&mut self, subscription: Option<&str>, sub: SubQueue, seq: i64) {
+        match (&mut self.machine, subscription) {
+            (Machine::Queue(q), None) => q.forwarded(sub, seq),
+            (Machine::Topic(t), Some(s)) => t.forwarded(s, sub, seq),
+            _ => {}
+        }
+    }
+
     fn has_forwardable(&self) -> bool {
         match &self.machine {
             Machine::Queue(q) => q.has_forwardable(),
@@ -352,6 +362,7 @@ impl Broker {
         let forwarder = Arc::new(Notify::new());
         let mut entities = HashMap::new();
         let mut subscriptions = Vec::new();
+        let mut topic_bodies = Vec::new();
         for (key, def) in defs {
             let machine = match def.kind {
                 EntityKind::Queue(props) => {
@@ -366,6 +377,7 @@ impl Broker {
                 }
                 EntityKind::Topic(props) => {
                     let snapshot = store.load_entity(&key)?;
+                    topic_bodies.push((key.clone(), snapshot.bodies));
                     Machine::Topic(Topic::new(&key, props, snapshot.next_sequence))
                 }
                 EntityKind::Subscription(sub) => {
@@ -409,6 +421,18 @@ impl Broker {
             if let Machine::Topic(t) = &mut topic.lock().machine {
                 t.add_subscription(subscription, max_seq);
             }
+        }
+        let mut cleanup = Vec::new();
+        for (key, bodies) in topic_bodies {
+            if let Some(e) = entities.get(&key)
+                && let Machine::Topic(t) = &mut e.lock().machine
+            {
+                t.collect_orphan_bodies(&bodies);
+                cleanup.extend(t.take_ops());
+            }
+        }
+        if !cleanup.is_empty() {
+            store.commit(cleanup).await?;
         }
         Ok(Arc::new(Broker {
             config,

@@ -117,13 +117,15 @@ async fn forward_entity(
         {
             let mut st = source.lock();
             for (subscription, sub, seq) in moved {
-                if let Some(q) = st.receiver(subscription.as_deref()) {
-                    if ok {
-                        q.forwarded(sub, seq);
-                    } else {
-                        q.transfer_aborted(sub, seq);
-                    }
+                if ok {
+                    st.forwarded(subscription.as_deref(), sub, seq);
+                } else if let Some(q) = st.receiver(subscription.as_deref()) {
+                    q.transfer_aborted(sub, seq);
                 }
+            }
+            // Topic bodies no subscription needs any more.
+            if let Some(fut) = source.submit(&mut st) {
+                tokio::spawn(fut);
             }
         }
         for (dest, pending) in pendings {

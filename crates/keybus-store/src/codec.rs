@@ -8,6 +8,9 @@
 //!   (0 main, 1 dead-letter; the transfer dead-letter queue shares the dead-letter set, as in
 //!   the core), `seq` is the sequence number as big-endian `u64` with the sign bit flipped, so
 //!   keys of one entity and sub-queue sort in sequence order.
+//! - `bodies`: `topic 0x00 seq` → an AMQP-encoded message a topic stores once for the
+//!   subscription records that refer to it (flag 4 in the record, followed by the topic's name
+//!   in place of the message).
 //! - `sessions`: `entity 0x00 session-id` → last update time (`i64` big-endian) then the
 //!   session state bytes. An empty state is never stored (setting it removes the key). Entity paths never contain a NUL
 //!   (control characters are forbidden), so `entity 0x00` is an exact prefix of one entity.
@@ -31,6 +34,8 @@ const RECORD_VERSION: u8 = 1;
 const RECORD_HEADER_LEN: usize = 1 + 1 + 1 + 8 + 8 + 4 + 4 + 8 + 8;
 const FLAG_SCHEDULED: u8 = 1;
 const FLAG_EXPIRES: u8 = 2;
+/// The message is the body of a topic (named after the header), stored once in `bodies`.
+const FLAG_SHARED_BODY: u8 = 4;
 
 /// Sub-queue byte: 0 main, 1 dead-letter (transfer dead-letter included).
 pub(crate) fn sub_byte(sub: SubQueue) -> u8 {
@@ -110,6 +115,9 @@ pub(crate) fn encode_record(buf: &mut BytesMut, rec: &MessageRecord) {
     if rec.expires_at.is_some() {
         flags |= FLAG_EXPIRES;
     }
+    if rec.body_owner.is_some() {
+        flags |= FLAG_SHARED_BODY;
+    }
     buf.reserve(RECORD_HEADER_LEN + rec.size as usize);
     buf.put_u8(RECORD_VERSION);
     buf.put_u8(flags);
@@ -120,7 +128,31 @@ pub(crate) fn encode_record(buf: &mut BytesMut, rec: &MessageRecord) {
     buf.put_u32(rec.size);
     buf.put_i64(rec.scheduled_time.unwrap_or(0));
     buf.put_i64(rec.expires_at.unwrap_or(0));
-    rec.message.encode(buf);
+    match &rec.body_owner {
+        Some(owner) => buf.extend_from_slice(owner.as_bytes()),
+        None => rec.message.encode(buf),
+    }
+}
+
+/// The key of a topic's stored body (same layout as a message key, without the sub byte).
+pub(crate) fn body_key(buf: &mut Vec<u8>, topic: &str, seq: i64) {
+    entity_prefix(buf, topic);
+    buf.extend_from_slice(&seq_key(seq));
+}
+
+/// The sequence number of a body key's suffix (after `topic 0x00`).
+pub(crate) fn parse_body_key_suffix(suffix: &[u8]) -> Result<i64, String> {
+    let b: [u8; 8] = suffix
+        .try_into()
+        .map_err(|_| format!("body key suffix has {} bytes, expected 8", suffix.len()))?;
+    Ok(seq_from_key(b))
+}
+
+/// Decode a stored body.
+pub(crate) fn decode_body(bytes: &[u8]) -> Result<Arc<Message>, String> {
+    Message::decode(&Bytes::copy_from_slice(bytes))
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 fn take<const N: usize>(input: &mut &[u8]) -> [u8; N] {
@@ -153,8 +185,16 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<MessageRecord, String> {
     let size = u32::from_be_bytes(take(&mut input));
     let scheduled = i64::from_be_bytes(take(&mut input));
     let expires = i64::from_be_bytes(take(&mut input));
-    let message = Message::decode(&Bytes::copy_from_slice(input))
-        .map_err(|e| format!("message of sequence number {sequence_number}: {e}"))?;
+    let (message, body_owner) = if flags & FLAG_SHARED_BODY != 0 {
+        let owner = std::str::from_utf8(input)
+            .map_err(|_| format!("body owner of sequence number {sequence_number} is not UTF-8"))?;
+        // The caller fills in the message from the owner's body.
+        (Message::default(), Some(Arc::from(owner)))
+    } else {
+        let m = Message::decode(&Bytes::copy_from_slice(input))
+            .map_err(|e| format!("message of sequence number {sequence_number}: {e}"))?;
+        (m, None)
+    };
     Ok(MessageRecord {
         sequence_number,
         enqueued_time,
@@ -164,6 +204,7 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<MessageRecord, String> {
         expires_at: (flags & FLAG_EXPIRES != 0).then_some(expires),
         message: Arc::new(message),
         size,
+        body_owner,
     })
 }
 

@@ -56,6 +56,7 @@ pub const CASES: &[Case] = &[
         concurrent_commits_all_durable,
     ),
     ("session_states", session_states),
+    ("shared_bodies", shared_bodies),
 ];
 
 /// Run every case of [`CASES`] against a fresh store from `make`; all failures are reported.
@@ -88,7 +89,7 @@ macro_rules! conformance_tests {
             delete_entity_removes_only_its_data, delete_entity_within_a_batch,
             batch_applies_ops_in_order, transfer_dead_letter_is_dead_letter,
             empty_commit_resolves, commits_apply_in_submission_order,
-            concurrent_commits_all_durable, session_states);
+            concurrent_commits_all_durable, session_states, shared_bodies);
     };
     (@case $make:expr; $($name:ident),*) => {
         $(
@@ -154,6 +155,7 @@ pub fn record(seq: i64, tag: u32) -> Result<MessageRecord, String> {
         expires_at: None,
         message: Arc::new(test_message(seq ^ i64::from(tag), 1024)?),
         size: 1024 + 8,
+        body_owner: None,
     })
 }
 
@@ -597,6 +599,57 @@ pub fn concurrent_commits_all_durable(store: &dyn Store) -> CaseResult {
 // Durable backends
 
 /// Data written through one instance is all there after dropping it and opening another.
+/// Subscription records that refer to their topic's body load with the body's message; the
+/// topic lists its bodies; deleting the topic removes them.
+pub fn shared_bodies(store: &dyn Store) -> CaseResult {
+    let body = record(5, 0)?;
+    let mut shared = body.clone();
+    shared.body_owner = Some(Arc::from("t"));
+    let mut dlq = shared.clone();
+    dlq.delivery_count = 3;
+    commit(
+        store,
+        vec![
+            StoreOp::PutEntity(queue("t")),
+            StoreOp::PutBody {
+                entity: "t".into(),
+                sequence_number: 5,
+                message: body.message.clone(),
+            },
+            StoreOp::PutBody {
+                entity: "t".into(),
+                sequence_number: 6,
+                message: body.message.clone(),
+            },
+            put("t/subscriptions/a", SubQueue::Main, shared.clone()),
+            put("t/subscriptions/b", SubQueue::DeadLetter, dlq),
+        ],
+    )?;
+    let a = load(store, "t/subscriptions/a")?;
+    expect_eq("shared record", a.main, vec![shared])?;
+    let b = load(store, "t/subscriptions/b")?;
+    expect_eq(
+        "message of a dead-lettered reference",
+        b.dead_letter[0].message.clone(),
+        body.message.clone(),
+    )?;
+    expect_eq("bodies", load(store, "t")?.bodies, vec![5, 6])?;
+    commit(
+        store,
+        vec![StoreOp::DeleteBody {
+            entity: "t".into(),
+            sequence_number: 6,
+        }],
+    )?;
+    expect_eq("bodies after delete", load(store, "t")?.bodies, vec![5])?;
+    commit(store, vec![StoreOp::DeleteEntity { entity: "t".into() }])?;
+    expect_eq(
+        "bodies of a deleted topic",
+        load(store, "t")?.bodies,
+        Vec::<i64>::new(),
+    )
+}
+
 fn session(entity: &str, id: &str, state: &[u8], updated: i64) -> StoreOp {
     StoreOp::PutSessionState {
         entity: entity.into(),

@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 
 use bytes::BytesMut;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use keybus_amqp::Message;
 use keybus_core::{
     CommitFuture, EntityDefinition, EntitySnapshot, Store, StoreError, StoreOp, SubQueue,
 };
@@ -63,6 +64,7 @@ struct Tables {
     sequences: Keyspace,
     messages: Keyspace,
     sessions: Keyspace,
+    bodies: Keyspace,
 }
 
 impl Tables {
@@ -83,6 +85,7 @@ impl Tables {
             sequences: ks("sequences")?,
             messages: ks("messages")?,
             sessions: ks("sessions")?,
+            bodies: ks("bodies")?,
             db: db.clone(),
         };
         tables.check_format(dir)?;
@@ -267,19 +270,44 @@ impl Store for FjallStore {
         }
         let mut prefix = Vec::new();
         codec::entity_prefix(&mut prefix, entity);
+        let mut bodies: HashMap<(Arc<str>, i64), Arc<Message>> = HashMap::new();
+        let mut key_buf = Vec::new();
         for item in self.tables.messages.prefix(&prefix) {
             let (key, value) = item
                 .into_inner()
                 .map_err(|e| io(&format!("reading messages of '{entity}'"), e))?;
             let (sub, seq) = codec::parse_message_key_suffix(&key[prefix.len()..])
                 .map_err(|e| corrupt(format!("message key of '{entity}': {e}")))?;
-            let rec = codec::decode_record(&value)
+            let mut rec = codec::decode_record(&value)
                 .map_err(|e| corrupt(format!("message {seq} of '{entity}': {e}")))?;
             if rec.sequence_number != seq {
                 return Err(corrupt(format!(
                     "message stored under sequence number {seq} of '{entity}' carries {}",
                     rec.sequence_number
                 )));
+            }
+            if let Some(owner) = rec.body_owner.clone() {
+                let cache_key = (owner.clone(), seq);
+                rec.message = match bodies.get(&cache_key) {
+                    Some(m) => m.clone(),
+                    None => {
+                        codec::body_key(&mut key_buf, &owner, seq);
+                        let bytes = self
+                            .tables
+                            .bodies
+                            .get(&key_buf)
+                            .map_err(|e| io("reading a message body", e))?
+                            .ok_or_else(|| {
+                                corrupt(format!(
+                                    "message {seq} of '{entity}' refers to a missing body of '{owner}'"
+                                ))
+                            })?;
+                        let m = codec::decode_body(&bytes)
+                            .map_err(|e| corrupt(format!("body {seq} of '{owner}': {e}")))?;
+                        bodies.insert(cache_key, m.clone());
+                        m
+                    }
+                };
             }
             if sub == codec::sub_byte(SubQueue::Main) {
                 snap.main.push(rec);
@@ -290,6 +318,14 @@ impl Store for FjallStore {
                     "message {seq} of '{entity}' has sub-queue {sub}"
                 )));
             }
+        }
+        for item in self.tables.bodies.prefix(&prefix) {
+            let key = item
+                .key()
+                .map_err(|e| io(&format!("reading bodies of '{entity}'"), e))?;
+            let seq = codec::parse_body_key_suffix(&key[prefix.len()..])
+                .map_err(|e| corrupt(format!("body key of '{entity}': {e}")))?;
+            snap.bodies.push(seq);
         }
         for item in self.tables.sessions.prefix(&prefix) {
             let (key, value) = item
@@ -360,7 +396,10 @@ struct Writer {
 fn approx_bytes(ops: &[StoreOp]) -> usize {
     ops.iter()
         .map(|op| match op {
-            StoreOp::PutMessage { record, .. } => record.size as usize + 64,
+            StoreOp::PutMessage { record, .. } if record.body_owner.is_none() => {
+                record.size as usize + 64
+            }
+            StoreOp::PutBody { message, .. } => message.encoded_size() + 64,
             _ => 64,
         })
         .sum()
@@ -408,6 +447,7 @@ impl Writer {
             sequences,
             messages,
             sessions,
+            bodies,
             ..
         } = &self.tables;
         let total: usize = group.iter().map(|r| r.ops.len()).sum();
@@ -434,6 +474,10 @@ impl Writer {
                             let key = item.key().map_err(|e| io("scanning sessions", e))?;
                             batch.remove(sessions, key);
                         }
+                        for item in bodies.prefix(&self.key) {
+                            let key = item.key().map_err(|e| io("scanning bodies", e))?;
+                            batch.remove(bodies, key);
+                        }
                         // ...and those put earlier in this group, not yet applied. A later
                         // op on the same key in one batch wins.
                         let earlier = group[..ri]
@@ -450,6 +494,16 @@ impl Writer {
                             {
                                 codec::message_key(&mut self.key, e, *sub, record.sequence_number);
                                 batch.remove(messages, self.key.as_slice());
+                            }
+                            if let StoreOp::PutBody {
+                                entity: e,
+                                sequence_number,
+                                ..
+                            } = op
+                                && e == entity
+                            {
+                                codec::body_key(&mut self.key, e, *sequence_number);
+                                batch.remove(bodies, self.key.as_slice());
                             }
                             if let StoreOp::PutSessionState { entity: e, record } = op
                                 && e == entity
@@ -491,6 +545,23 @@ impl Writer {
                     } => {
                         codec::message_key(&mut self.key, entity, *sub, *sequence_number);
                         batch.remove(messages, self.key.as_slice());
+                    }
+                    StoreOp::PutBody {
+                        entity,
+                        sequence_number,
+                        message,
+                    } => {
+                        codec::body_key(&mut self.key, entity, *sequence_number);
+                        self.value.clear();
+                        message.encode(&mut self.value);
+                        batch.insert(bodies, self.key.as_slice(), &self.value[..]);
+                    }
+                    StoreOp::DeleteBody {
+                        entity,
+                        sequence_number,
+                    } => {
+                        codec::body_key(&mut self.key, entity, *sequence_number);
+                        batch.remove(bodies, self.key.as_slice());
                     }
                     StoreOp::PutSessionState { entity, record } => {
                         codec::session_key(&mut self.key, entity, &record.session_id);

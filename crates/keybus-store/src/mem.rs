@@ -1,6 +1,9 @@
 //! The in-memory store: for `--in-memory` brokers and tests. Nothing survives the process.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use keybus_amqp::Message;
 use std::sync::{Mutex, MutexGuard};
 
 use keybus_core::{
@@ -14,6 +17,7 @@ struct EntityData {
     main: BTreeMap<i64, MessageRecord>,
     dead_letter: BTreeMap<i64, MessageRecord>,
     sessions: BTreeMap<String, SessionRecord>,
+    bodies: BTreeMap<i64, Arc<Message>>,
 }
 
 impl EntityData {
@@ -65,6 +69,21 @@ impl Inner {
             } => {
                 if let Some(d) = self.data.get_mut(&entity) {
                     d.set(sub).remove(&sequence_number);
+                }
+            }
+            StoreOp::PutBody {
+                entity,
+                sequence_number,
+                message,
+            } => {
+                self.data(entity).bodies.insert(sequence_number, message);
+            }
+            StoreOp::DeleteBody {
+                entity,
+                sequence_number,
+            } => {
+                if let Some(d) = self.data.get_mut(&entity) {
+                    d.bodies.remove(&sequence_number);
                 }
             }
             StoreOp::PutSessionState { entity, record } => {
@@ -121,14 +140,36 @@ impl Store for MemStore {
 
     fn load_entity(&self, entity: &str) -> Result<EntitySnapshot, StoreError> {
         let inner = self.lock();
-        Ok(match inner.data.get(entity) {
-            Some(d) => EntitySnapshot {
-                next_sequence: d.next_sequence,
-                main: d.main.values().cloned().collect(),
-                dead_letter: d.dead_letter.values().cloned().collect(),
-                sessions: d.sessions.values().cloned().collect(),
-            },
-            None => EntitySnapshot::default(),
+        let Some(d) = inner.data.get(entity) else {
+            return Ok(EntitySnapshot::default());
+        };
+        let resolve = |r: &MessageRecord| -> Result<MessageRecord, StoreError> {
+            let mut r = r.clone();
+            if let Some(owner) = &r.body_owner {
+                r.message = inner
+                    .data
+                    .get(&**owner)
+                    .and_then(|o| o.bodies.get(&r.sequence_number))
+                    .cloned()
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "message {} of '{entity}' refers to a missing body of '{owner}'",
+                            r.sequence_number
+                        ))
+                    })?;
+            }
+            Ok(r)
+        };
+        Ok(EntitySnapshot {
+            next_sequence: d.next_sequence,
+            main: d.main.values().map(resolve).collect::<Result<_, _>>()?,
+            dead_letter: d
+                .dead_letter
+                .values()
+                .map(resolve)
+                .collect::<Result<_, _>>()?,
+            sessions: d.sessions.values().cloned().collect(),
+            bodies: d.bodies.keys().copied().collect(),
         })
     }
 

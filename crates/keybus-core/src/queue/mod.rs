@@ -513,7 +513,7 @@ impl Queue {
             forwarding::set_hops(&mut message, m.hops);
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.insert_pending(seq, Arc::new(message), m.size, now);
+            self.insert_pending(seq, Arc::new(message), m.size, now, None);
             seqs.push(seq);
         }
         self.ops.push(StoreOp::PutSequence {
@@ -524,7 +524,14 @@ impl Queue {
     }
 
     /// Insert a new pending message with an already assigned sequence number.
-    fn insert_pending(&mut self, seq: i64, message: Arc<Message>, size: u32, now: Timestamp) {
+    fn insert_pending(
+        &mut self,
+        seq: i64,
+        message: Arc<Message>,
+        size: u32,
+        now: Timestamp,
+        body_owner: Option<Arc<str>>,
+    ) {
         let sched = scheduled_time(&message).filter(|t| *t > now);
         let (state, enqueued_time, expires_at) = match sched {
             Some(t) => (MessageState::Scheduled, t, None),
@@ -543,6 +550,7 @@ impl Queue {
             expires_at,
             message,
             size,
+            body_owner,
         };
         self.ops.push(StoreOp::PutMessage {
             entity: self.name.clone(),
@@ -559,10 +567,34 @@ impl Queue {
 
     /// A topic's copy of a message for this subscription: the sequence number was assigned
     /// at the topic and broker annotations are already stripped. Pending until
-    /// [`Queue::commit_pending`].
-    pub fn accept_copy(&mut self, seq: i64, message: Arc<Message>, size: u32, now: Timestamp) {
+    /// [`Queue::commit_pending`]. `body_owner` names the topic when the copy is the topic's
+    /// unmodified message, stored once as the topic's body.
+    pub fn accept_copy(
+        &mut self,
+        seq: i64,
+        message: Arc<Message>,
+        size: u32,
+        now: Timestamp,
+        body_owner: Option<Arc<str>>,
+    ) {
         self.next_seq = self.next_seq.max(seq + 1);
-        self.insert_pending(seq, message, size, now);
+        self.insert_pending(seq, message, size, now, body_owner);
+    }
+
+    /// `(sub-queue, sequence number)` of every record that refers to a topic's stored body.
+    pub fn shared_body_refs(&self) -> Vec<(SubQueue, i64)> {
+        [
+            (SubQueue::Main, &self.main),
+            (SubQueue::DeadLetter, &self.dlq),
+        ]
+        .into_iter()
+        .flat_map(|(sub, set)| {
+            set.entries
+                .values()
+                .filter(|e| e.rec.body_owner.is_some())
+                .map(move |e| (sub, e.rec.sequence_number))
+        })
+        .collect()
     }
 
     /// A topic's copy that failed rule evaluation on a subscription that dead-letters filter
@@ -575,7 +607,7 @@ impl Queue {
         now: Timestamp,
         description: String,
     ) {
-        self.accept_copy(seq, Arc::new(message), size, now);
+        self.accept_copy(seq, Arc::new(message), size, now, None);
         self.main
             .entries
             .entry(seq)
@@ -795,6 +827,7 @@ impl Queue {
             return;
         };
         if let Some(props) = properties.filter(|p| !p.is_empty()) {
+            e.rec.body_owner = None;
             let msg = Arc::make_mut(&mut e.rec.message);
             for (k, v) in props {
                 if let Some(name) = k.as_str() {
@@ -845,12 +878,15 @@ impl Queue {
         let Some(mut entry) = self.main.remove(seq) else {
             return;
         };
-        {
+        let reason = reason.filter(|r| !r.is_empty());
+        let description = description.filter(|d| !d.is_empty());
+        if reason.is_some() || description.is_some() {
+            entry.rec.body_owner = None;
             let msg = Arc::make_mut(&mut entry.rec.message);
-            if let Some(r) = reason.filter(|r| !r.is_empty()) {
+            if let Some(r) = reason {
                 set_app_property(msg, "DeadLetterReason", Value::String(r));
             }
-            if let Some(d) = description.filter(|d| !d.is_empty()) {
+            if let Some(d) = description {
                 set_app_property(msg, "DeadLetterErrorDescription", Value::String(d));
             }
         }
