@@ -196,7 +196,7 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
                     Ok((sock, peer)) => {
                         let _ = sock.set_nodelay(true);
                         let broker = broker.clone();
-                        tokio::spawn(amqp::serve_connection(broker, sock, peer.to_string()));
+                        tokio::spawn(amqp::serve_socket(broker, sock, peer.to_string()));
                     }
                     Err(e) => {
                         tracing::warn!(%e, "accept failed");
