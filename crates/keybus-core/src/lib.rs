@@ -27,7 +27,7 @@ pub use entity::{
 };
 pub use error::{ErrorCondition, ManagementError, SendError, SessionError, SettleError};
 pub use queue::{
-    Delivery, IncomingMessage, LockToken, Outcome, Queue, QueueCounts, ReceiveMode,
+    Delivery, IncomingMessage, LockToken, Outcome, Queue, QueueCounts, QueueStats, ReceiveMode,
     encode_delivery,
     forwarding::{HOP_LIMIT_REASON, MAX_TRANSFER_HOPS, Transfer},
     sessions::LIST_ALL_SESSIONS,

@@ -178,6 +178,8 @@ pub struct Topic {
     subs: BTreeMap<String, Subscription>,
     duplicates: DuplicateHistory,
     ops: Vec<StoreOp>,
+    /// Messages accepted by the topic since start-up (for metrics).
+    incoming: u64,
     /// The topic's name shared by the records that refer to its bodies.
     owner: Arc<str>,
     /// Stored bodies and how many stored subscription records refer to each.
@@ -199,6 +201,7 @@ impl Topic {
             duplicates: DuplicateHistory::default(),
             ops: Vec::new(),
             bodies: HashMap::new(),
+            incoming: 0,
         }
     }
 
@@ -217,6 +220,11 @@ impl Topic {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Messages accepted since start-up.
+    pub fn incoming(&self) -> u64 {
+        self.incoming
     }
 
     pub fn properties(&self) -> &TopicProperties {
@@ -376,6 +384,7 @@ impl Topic {
             apply_topic_ttl(&mut message, self.props.default_message_ttl_ms);
             let seq = self.next_seq;
             self.next_seq += 1;
+            self.incoming += 1;
             seqs.push(seq);
             let shared = Arc::new(message);
             let sys = SystemProps {

@@ -332,6 +332,7 @@ pub struct Broker {
     holders: AtomicU64,
     /// Notified when an entity has messages to forward (see `forwarding.rs`).
     pub forwarder: Arc<Notify>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Broker {
@@ -342,6 +343,9 @@ impl Broker {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Broker>, StoreError> {
+        let metrics = crate::metrics::Metrics::default();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::metrics::MeteredStore::new(store, metrics.clone()));
         let mut defs: HashMap<String, EntityDefinition> = store
             .list_entities()?
             .into_iter()
@@ -444,6 +448,7 @@ impl Broker {
             seed,
             holders: AtomicU64::new(1),
             forwarder,
+            metrics,
         }))
     }
 

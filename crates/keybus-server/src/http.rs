@@ -1,11 +1,12 @@
-//! The HTTP listener: `GET /health` (200 when the broker accepts work, 503 when the store
-//! cannot write). The management and REST APIs arrive here later.
+//! The HTTP listener: `GET /health` and `GET /ready` (200 when the broker accepts work, 503
+//! when the store cannot write), `GET /metrics` (Prometheus).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
@@ -19,9 +20,27 @@ async fn health(State(broker): State<Arc<Broker>>) -> (StatusCode, &'static str)
     }
 }
 
+/// Prometheus scrape: per-entity gauges and counters, requests, connections, links, store
+/// commit latency (see `metrics.rs`).
+async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
+    match crate::metrics::render(&broker) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
 pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(health))
+        .route("/metrics", get(metrics))
         .with_state(broker)
 }
 

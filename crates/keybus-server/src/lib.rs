@@ -11,6 +11,7 @@ pub mod broker;
 pub mod config;
 pub mod forwarding;
 pub mod http;
+pub mod metrics;
 pub mod sas;
 
 use std::future::Future;

@@ -251,6 +251,21 @@ pub struct QueueCounts {
     pub size_bytes: u64,
 }
 
+/// Monotonic activity counters since start-up (for metrics; not persisted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages accepted (sends, scheduled messages, topic copies, forwarded in).
+    pub incoming: u64,
+    /// Deliveries handed to receivers (peek-lock and receive-and-delete, deferred included).
+    pub outgoing: u64,
+    pub completed: u64,
+    pub abandoned: u64,
+    pub deferred: u64,
+    /// Messages moved to the dead-letter sub-queue, for any reason.
+    pub dead_lettered: u64,
+    pub expired: u64,
+}
+
 /// One queue with its dead-letter sub-queue.
 #[derive(Debug)]
 pub struct Queue {
@@ -264,6 +279,7 @@ pub struct Queue {
     ops: Vec<StoreOp>,
     rng: u64,
     sessions: sessions::Sessions,
+    stats: QueueStats,
 }
 
 impl Queue {
@@ -280,6 +296,7 @@ impl Queue {
             ops: Vec::new(),
             rng: seed | 1,
             sessions: sessions::Sessions::default(),
+            stats: QueueStats::default(),
         }
         .with_session_index()
     }
@@ -371,6 +388,11 @@ impl Queue {
             }
         }
         c
+    }
+
+    /// Activity counters since start-up.
+    pub fn stats(&self) -> QueueStats {
+        self.stats
     }
 
     /// True if a receiver on `sub` could take a message now.
@@ -563,6 +585,7 @@ impl Queue {
             pending: true,
             stuck: false,
         });
+        self.stats.incoming += 1;
     }
 
     /// A topic's copy of a message for this subscription: the sequence number was assigned
@@ -686,6 +709,7 @@ impl Queue {
             return None;
         }
         let token = self.next_token();
+        self.stats.outgoing += 1;
         match mode {
             ReceiveMode::ReceiveAndDelete => {
                 let entry = self.set_mut(sub).remove(seq)?;
@@ -757,6 +781,7 @@ impl Queue {
         }
         match outcome {
             Outcome::Complete => {
+                self.stats.completed += 1;
                 self.set_mut(sub).remove(seq);
                 self.ops.push(StoreOp::DeleteMessage {
                     entity: self.name.clone(),
@@ -766,10 +791,12 @@ impl Queue {
             }
             Outcome::Release => self.set_mut(sub).index(seq),
             Outcome::Abandon { properties } => {
+                self.stats.abandoned += 1;
                 self.modify(sub, seq, properties.as_deref(), None);
                 self.count_attempt(sub, seq, now);
             }
             Outcome::Defer { properties } => {
+                self.stats.deferred += 1;
                 self.modify(
                     sub,
                     seq,
@@ -894,6 +921,7 @@ impl Queue {
         entry.rec.expires_at = None;
         entry.rec.scheduled_time = None;
         entry.lock = None;
+        self.stats.dead_lettered += 1;
         self.ops.push(StoreOp::DeleteMessage {
             entity: self.name.clone(),
             sub: SubQueue::Main,
@@ -909,6 +937,7 @@ impl Queue {
 
     /// A message of the main set outlived its TTL.
     fn expire(&mut self, seq: i64, _now: Timestamp) {
+        self.stats.expired += 1;
         if self.props.dead_lettering_on_message_expiration {
             self.dead_letter(
                 seq,
@@ -1029,6 +1058,7 @@ impl Queue {
         let mut out = Vec::with_capacity(seqs.len());
         for &seq in seqs {
             let token = self.next_token();
+            self.stats.outgoing += 1;
             match mode {
                 ReceiveMode::ReceiveAndDelete => {
                     if let Some(e) = self.set_mut(sub).remove(seq) {

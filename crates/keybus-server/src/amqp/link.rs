@@ -140,6 +140,8 @@ pub struct Partial {
 
 /// One attached link.
 pub struct Link {
+    /// Counts the link in `keybus_active_links` while it lives.
+    _gauge: crate::metrics::LinkGauge,
     pub name: String,
     pub kind: LinkKind,
     pub generation: u64,
@@ -348,6 +350,7 @@ impl Conn {
             s.links.insert(
                 a.handle,
                 Link {
+                    _gauge: crate::metrics::LinkGauge::new(&self.broker.metrics),
                     name: a.name.clone(),
                     kind,
                     generation,
@@ -1110,10 +1113,21 @@ impl Conn {
         let mut states = Vec::with_capacity(results.len());
         for (id, r) in results {
             let state = match r {
-                Ok(()) => DeliveryState::Accepted,
-                Err((cond, desc)) => DeliveryState::Rejected {
-                    error: Some(error(cond, desc)),
-                },
+                Ok(()) => {
+                    self.broker.metrics.request("send", 200);
+                    DeliveryState::Accepted
+                }
+                Err((cond, desc)) => {
+                    let status = match cond {
+                        errors::INTERNAL => 500,
+                        "com.microsoft:server-busy" => 503,
+                        _ => 400,
+                    };
+                    self.broker.metrics.request("send", status);
+                    DeliveryState::Rejected {
+                        error: Some(error(cond, desc)),
+                    }
+                }
             };
             states.push((id, state));
         }

@@ -169,8 +169,10 @@ impl Conn {
                 ),
             ))
         };
+        let op_name = op.strip_prefix("com.microsoft:").unwrap_or(&op).to_string();
         match result {
             Err(OpError(status, cond, desc)) => {
+                self.broker.metrics.request(&op_name, status);
                 let bytes = mgmt_response(&msg, status, &desc, Some(cond), None);
                 self.send_reply(ch, h, &bytes);
             }
@@ -183,6 +185,7 @@ impl Conn {
                 if let Some(f) = after_commit {
                     f(true);
                 }
+                self.broker.metrics.request(&op_name, status);
                 let bytes = mgmt_response(&msg, status, "OK", None, body);
                 self.send_reply(ch, h, &bytes);
             }
@@ -193,8 +196,10 @@ impl Conn {
                 after_commit,
             }) => {
                 let tx = self.tx.clone();
+                let metrics = self.broker.metrics.clone();
                 tokio::spawn(async move {
                     let r = fut.await;
+                    metrics.request(&op_name, if r.is_ok() { status } else { 500 });
                     if let Some(f) = after_commit {
                         f(r.is_ok());
                     }

@@ -1,0 +1,338 @@
+//! Prometheus metrics (`GET /metrics`), named after Azure Monitor's Service Bus metrics where
+//! one exists (`ActiveMessages` → `keybus_active_messages`, `IncomingMessages` →
+//! `keybus_incoming_messages_total`, ...).
+//!
+//! Per-entity values are read from the entities' state machines at scrape time (counts, size,
+//! activity counters); broker-wide counters live here and are updated where the work happens.
+//! Rendering uses `prometheus-client` (OpenMetrics text).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use keybus_core::{CommitFuture, EntityDefinition, EntitySnapshot, Store, StoreError, StoreOp};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::broker::{Broker, Machine};
+
+/// Labels of `keybus_incoming_requests_total`.
+pub type RequestLabels = [(&'static str, String); 2];
+
+/// Broker-wide metrics (cheap to clone: every metric is shared).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Requests by operation (`send`, `put-token`, `$management` operations) and result
+    /// (`success`, `client_error`, `server_error`).
+    pub requests: Family<RequestLabels, Counter>,
+    pub server_errors: Counter,
+    pub throttled: Counter,
+    pub commit_seconds: Histogram,
+    pub links: Gauge,
+    /// `requests{operation="send",result="success"}`, kept at hand for the hot path.
+    sends_ok: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests: Family<RequestLabels, Counter> = Family::default();
+        let sends_ok = requests
+            .get_or_create(&[
+                ("operation", "send".to_string()),
+                ("result", "success".to_string()),
+            ])
+            .clone();
+        Metrics {
+            requests,
+            sends_ok,
+            server_errors: Counter::default(),
+            throttled: Counter::default(),
+            // 50 µs .. ~1.6 s
+            commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            links: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Count one request. `status` is an HTTP-style status code.
+    pub fn request(&self, operation: &str, status: i32) {
+        if status == 200 && operation == "send" {
+            self.sends_ok.inc();
+            return;
+        }
+        let result = match status {
+            200..=299 => "success",
+            500..=599 => "server_error",
+            _ => "client_error",
+        };
+        if status >= 500 {
+            self.server_errors.inc();
+        }
+        if status == 503 {
+            self.throttled.inc();
+        }
+        self.requests
+            .get_or_create(&[
+                ("operation", operation.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
+}
+
+/// Counts a link while it lives.
+#[derive(Debug)]
+pub struct LinkGauge(Gauge);
+
+impl LinkGauge {
+    pub fn new(metrics: &Metrics) -> LinkGauge {
+        metrics.links.inc();
+        LinkGauge(metrics.links.clone())
+    }
+}
+
+impl Drop for LinkGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A [`Store`] that times commits and counts failed ones as server errors.
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    metrics: Metrics,
+}
+
+impl MeteredStore {
+    pub fn new(inner: Arc<dyn Store>, metrics: Metrics) -> MeteredStore {
+        MeteredStore { inner, metrics }
+    }
+}
+
+impl Store for MeteredStore {
+    fn commit(&self, ops: Vec<StoreOp>) -> CommitFuture {
+        let start = Instant::now();
+        let fut = self.inner.commit(ops);
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let r = fut.await;
+            metrics
+                .commit_seconds
+                .observe(start.elapsed().as_secs_f64());
+            if r.is_err() {
+                metrics.server_errors.inc();
+            }
+            r
+        })
+    }
+
+    fn list_entities(&self) -> Result<Vec<EntityDefinition>, StoreError> {
+        self.inner.list_entities()
+    }
+
+    fn load_entity(&self, entity: &str) -> Result<EntitySnapshot, StoreError> {
+        self.inner.load_entity(entity)
+    }
+
+    fn healthy(&self) -> bool {
+        self.inner.healthy()
+    }
+}
+
+/// One row of per-entity values, read at scrape time.
+#[derive(Debug, Default)]
+struct EntityRow {
+    entity: String,
+    active: u64,
+    dead_letter: u64,
+    scheduled: u64,
+    size: u64,
+    incoming: u64,
+    outgoing: u64,
+    completed: u64,
+    abandoned: u64,
+    dead_lettered: u64,
+}
+
+#[derive(Debug)]
+struct EntityCollector {
+    rows: Vec<EntityRow>,
+    connections: i64,
+}
+
+type Gauges = [(&'static str, &'static str, fn(&EntityRow) -> u64)];
+
+const ENTITY_GAUGES: &Gauges = &[
+    (
+        "keybus_active_messages",
+        "Messages ready for delivery (Azure ActiveMessages)",
+        |r| r.active,
+    ),
+    (
+        "keybus_deadlettered_messages",
+        "Messages in the dead-letter sub-queue (Azure DeadletteredMessages)",
+        |r| r.dead_letter,
+    ),
+    (
+        "keybus_scheduled_messages",
+        "Scheduled messages (Azure ScheduledMessages)",
+        |r| r.scheduled,
+    ),
+    (
+        "keybus_size_bytes",
+        "Bytes held by the entity (Azure Size)",
+        |r| r.size,
+    ),
+];
+
+const ENTITY_COUNTERS: &Gauges = &[
+    (
+        "keybus_incoming_messages",
+        "Messages accepted (Azure IncomingMessages)",
+        |r| r.incoming,
+    ),
+    (
+        "keybus_outgoing_messages",
+        "Messages delivered to receivers (Azure OutgoingMessages)",
+        |r| r.outgoing,
+    ),
+    (
+        "keybus_complete_message",
+        "Messages completed (Azure CompleteMessage)",
+        |r| r.completed,
+    ),
+    (
+        "keybus_abandon_message",
+        "Messages abandoned (Azure AbandonMessage)",
+        |r| r.abandoned,
+    ),
+    (
+        "keybus_dead_lettered_messages",
+        "Messages moved to the dead-letter sub-queue, for any reason",
+        |r| r.dead_lettered,
+    ),
+];
+
+impl Collector for EntityCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        for (name, help, value) in ENTITY_GAUGES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for r in &self.rows {
+                let labels = [("entity", r.entity.as_str())];
+                let v = i64::try_from(value(r)).unwrap_or(i64::MAX);
+                ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, value) in ENTITY_COUNTERS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for r in &self.rows {
+                let labels = [("entity", r.entity.as_str())];
+                ConstCounter::new(value(r)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let family = encoder.encode_descriptor(
+            "keybus_active_connections",
+            "Open AMQP connections (Azure ActiveConnections)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.connections).encode(family)
+    }
+}
+
+fn rows(broker: &Broker) -> Vec<EntityRow> {
+    let mut out = Vec::new();
+    for e in broker.entity_list() {
+        let st = e.lock();
+        let queue_row = |entity: String, q: &keybus_core::Queue| {
+            let c = q.counts();
+            let s = q.stats();
+            EntityRow {
+                entity,
+                active: c.active,
+                dead_letter: c.dead_letter,
+                scheduled: c.scheduled,
+                size: c.size_bytes,
+                incoming: s.incoming,
+                outgoing: s.outgoing,
+                completed: s.completed,
+                abandoned: s.abandoned,
+                dead_lettered: s.dead_lettered,
+            }
+        };
+        match &st.machine {
+            Machine::Queue(q) => out.push(queue_row(e.name.clone(), q)),
+            Machine::Topic(t) => {
+                let mut topic = EntityRow {
+                    entity: e.name.clone(),
+                    incoming: t.incoming(),
+                    ..EntityRow::default()
+                };
+                for s in t.subscriptions() {
+                    let row = queue_row(
+                        format!("{}/subscriptions/{}", e.name, s.definition.name),
+                        &s.queue,
+                    );
+                    topic.active += row.active;
+                    topic.dead_letter += row.dead_letter;
+                    topic.scheduled += row.scheduled;
+                    topic.size += row.size;
+                    topic.outgoing += row.outgoing;
+                    topic.completed += row.completed;
+                    topic.abandoned += row.abandoned;
+                    topic.dead_lettered += row.dead_lettered;
+                    out.push(row);
+                }
+                out.push(topic);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.entity.cmp(&b.entity));
+    out
+}
+
+/// The OpenMetrics text of every metric.
+pub fn render(broker: &Broker) -> Result<String, fmt::Error> {
+    let m = &broker.metrics;
+    let mut registry = Registry::default();
+    registry.register(
+        "keybus_incoming_requests",
+        "Requests by operation and result (Azure IncomingRequests, SuccessfulRequests, UserErrors, ServerErrors)",
+        m.requests.clone(),
+    );
+    registry.register(
+        "keybus_server_errors",
+        "Requests that failed on the broker's side (Azure ServerErrors)",
+        m.server_errors.clone(),
+    );
+    registry.register(
+        "keybus_throttled_requests",
+        "Requests refused as server-busy (Azure ThrottledRequests)",
+        m.throttled.clone(),
+    );
+    registry.register(
+        "keybus_active_links",
+        "Attached AMQP links",
+        m.links.clone(),
+    );
+    registry.register(
+        "keybus_store_commit_seconds",
+        "Time from store submit to durable commit",
+        m.commit_seconds.clone(),
+    );
+    registry.register_collector(Box::new(EntityCollector {
+        rows: rows(broker),
+        connections: broker.connections.load(Ordering::Relaxed) as i64,
+    }));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
