@@ -10,3 +10,5 @@ import "./cases/modes.mjs";
 import "./cases/errors.mjs";
 import "./cases/expiry.mjs";
 import "./cases/topics.mjs";
+import "./cases/sessions.mjs";
+import "./cases/topics-extras.mjs";
