@@ -83,9 +83,16 @@ class BrokerFactory:
         *,
         data_dir: Optional[Path] = None,
         name: Optional[str] = None,
+        extra_args: Optional[List[str]] = None,
     ) -> kbutil.Broker:
         self._n += 1
-        b = kbutil.Broker(self.base / f"broker{self._n}", config_path, data_dir=data_dir, name=name or f"keybus-{self._n}")
+        b = kbutil.Broker(
+            self.base / f"broker{self._n}",
+            config_path,
+            data_dir=data_dir,
+            name=name or f"keybus-{self._n}",
+            extra_args=extra_args,
+        )
         self.brokers.append(b)
         try:
             b.start()

@@ -34,6 +34,9 @@ STARTUP_TIMEOUT = 30.0  # seconds to wait for the "listening" lines and for /hea
 _AMQP_RE = re.compile(r"keybus: amqp listening on ([0-9A-Za-z.\-\[\]:]+):(\d+)\s*$")
 _HTTP_RE = re.compile(r"keybus: http listening on ([0-9A-Za-z.\-\[\]:]+):(\d+)\s*$")
 _CONN_RE = re.compile(r"keybus: connection string: (\S.*?)\s*$")
+_AMQPS_RE = re.compile(r"keybus: amqps listening on ([0-9A-Za-z.\-\[\]:]+):(\d+)\s*$")
+_HTTPS_RE = re.compile(r"keybus: https listening on ([0-9A-Za-z.\-\[\]:]+):(\d+)\s*$")
+_CA_RE = re.compile(r"keybus: development CA at (\S+?):")
 
 # Every broker started by the suite, so that conftest can print stderr tails on failure.
 ALL_BROKERS: List["Broker"] = []
@@ -156,8 +159,13 @@ class Broker:
         *,
         data_dir: Optional[Path] = None,
         name: str = "keybus",
+        extra_args: Optional[List[str]] = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.extra_args = list(extra_args or [])
+        self.amqps_port: Optional[int] = None
+        self.https_port: Optional[int] = None
+        self.ca_path: Optional[str] = None
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = Path(config_path)
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -191,7 +199,7 @@ class Broker:
             "--config",
             str(self.config_path),
         ]
-        return cmd
+        return cmd + self.extra_args
 
     def start(self) -> "Broker":
         binary = keybus_bin()
@@ -263,6 +271,15 @@ class Broker:
                 m = _CONN_RE.search(line)
                 if m:
                     self.printed_connection_string = m.group(1)
+                m = _AMQPS_RE.search(line)
+                if m:
+                    self.amqps_port = int(m.group(2))
+                m = _HTTPS_RE.search(line)
+                if m:
+                    self.https_port = int(m.group(2))
+                m = _CA_RE.search(line)
+                if m:
+                    self.ca_path = m.group(1)
                 if self.amqp_port and self.http_port:
                     self._ports_ready.set()
         proc.stdout.close()

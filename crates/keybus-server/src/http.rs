@@ -49,3 +49,46 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
         tracing::error!(%e, "HTTP server stopped");
     }
 }
+
+/// Serve the same routes over HTTPS until the task is stopped.
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    broker: Arc<Broker>,
+) {
+    let app = router(broker);
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(%e, "HTTPS accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                acceptor.accept(sock),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                _ => {
+                    tracing::debug!(%peer, "HTTPS TLS handshake failed");
+                    return;
+                }
+            };
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
+            }
+        });
+    }
+}

@@ -13,6 +13,7 @@ pub mod forwarding;
 pub mod http;
 pub mod metrics;
 pub mod sas;
+pub mod tls;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +31,15 @@ use crate::config::{Config, Right, SasPolicy};
 /// How often lock expiry, schedules and TTL are checked.
 const TICK: Duration = Duration::from_millis(50);
 
+/// Where TLS certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// PEM certificate chain and private key.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A development CA and server certificate created (once) in the data directory.
+    Dev,
+}
+
 /// Options of `keybus serve`.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -39,6 +49,26 @@ pub struct ServeOptions {
     pub amqp_port: u16,
     pub http_port: u16,
     pub bind: IpAddr,
+    /// With TLS, AMQPS and HTTPS listeners are added beside the plain ones.
+    pub tls: Option<TlsSource>,
+    pub amqps_port: u16,
+    pub https_port: u16,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            config: None,
+            data_dir: PathBuf::from("./keybus-data"),
+            in_memory: false,
+            amqp_port: 5672,
+            http_port: 5300,
+            bind: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            tls: None,
+            amqps_port: 5671,
+            https_port: 5443,
+        }
+    }
 }
 
 /// Why the server could not start.
@@ -48,6 +78,8 @@ pub enum ServeError {
     Config(#[from] config::ConfigError),
     #[error("store: {0}")]
     Store(#[from] keybus_core::StoreError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -91,6 +123,10 @@ fn default_policies(opts: &ServeOptions) -> Result<Vec<SasPolicy>, ServeError> {
 pub struct Running {
     pub amqp_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// With TLS: the AMQPS and HTTPS addresses and the certificate files in use.
+    pub amqps_addr: Option<SocketAddr>,
+    pub https_addr: Option<SocketAddr>,
+    pub tls_files: Option<tls::TlsFiles>,
     pub connection_string: String,
     pub broker: Arc<Broker>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -111,6 +147,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let running = start(opts).await?;
+    if let (Some(a), Some(h)) = (running.amqps_addr, running.https_addr) {
+        println!("keybus: amqps listening on {a}");
+        println!("keybus: https listening on {h}");
+    }
+    if let Some(ca) = running.tls_files.as_ref().and_then(|f| f.ca.as_ref()) {
+        println!(
+            "keybus: development CA at {0}: trust it in clients (Python: connection_verify=\"{0}\"; Node: NODE_EXTRA_CA_CERTS={0}; curl: --cacert {0})",
+            ca.display()
+        );
+    }
     println!("keybus: amqp listening on {}", running.amqp_addr);
     println!("keybus: http listening on {}", running.http_addr);
     println!("keybus: connection string: {}", running.connection_string);
@@ -187,6 +233,38 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
             }
         })
     };
+    let mut tasks = Vec::new();
+    let (mut amqps_addr, mut https_addr, mut tls_files) = (None, None, None);
+    if let Some(source) = &opts.tls {
+        let files = match source {
+            TlsSource::Files { cert, key } => tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: None,
+            },
+            TlsSource::Dev => tls::dev_files(&opts.data_dir, &[])?,
+        };
+        let t = tls::Tls::load(files.clone())?;
+        let amqps = TcpListener::bind(SocketAddr::new(opts.bind, opts.amqps_port))
+            .await
+            .map_err(io_err(format!("binding AMQPS port {}", opts.amqps_port)))?;
+        let https = TcpListener::bind(SocketAddr::new(opts.bind, opts.https_port))
+            .await
+            .map_err(io_err(format!("binding HTTPS port {}", opts.https_port)))?;
+        amqps_addr = Some(amqps.local_addr().map_err(io_err("AMQPS listener"))?);
+        https_addr = Some(https.local_addr().map_err(io_err("HTTPS listener"))?);
+        tls_files = Some(files);
+        tasks.push(tokio::spawn(amqp::serve_tls(
+            amqps,
+            tokio_rustls::TlsAcceptor::from(t.amqp.clone()),
+            broker.clone(),
+        )));
+        tasks.push(tokio::spawn(http::serve_tls(
+            https,
+            tokio_rustls::TlsAcceptor::from(t.http.clone()),
+            broker.clone(),
+        )));
+    }
     let forwarder = tokio::spawn(forwarding::run(broker.clone()));
     let http_task = tokio::spawn(http::serve(http_listener, broker.clone()));
     let accept = {
@@ -207,11 +285,15 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
             }
         })
     };
+    tasks.extend([ticker, forwarder, http_task, accept]);
     Ok(Running {
         amqp_addr,
         http_addr,
+        amqps_addr,
+        https_addr,
+        tls_files,
         connection_string,
         broker,
-        tasks: vec![ticker, forwarder, http_task, accept],
+        tasks,
     })
 }

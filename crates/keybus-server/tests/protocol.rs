@@ -23,6 +23,7 @@ async fn broker(limits: Limits) -> Running {
         amqp_port: 0,
         http_port: 0,
         bind: "127.0.0.1".parse().unwrap(),
+        ..ServeOptions::default()
     };
     let config = Config::parse(&format!(
         "[[queues]]\nname = \"q\"\n[limits]\nmax_connections = {}\nmax_sessions_per_connection = {}\nmax_links_per_session = {}\nmax_frame_size = {}\n",
@@ -190,7 +191,8 @@ async fn still_serving(b: &Running) {
 async fn wrong_protocol_header_gets_our_header_and_hang_up() {
     let b = broker(Limits::default()).await;
     let mut c = Client::connect(&b).await;
-    c.send(b"GET / HTTP/1.1\r\n\r\n").await;
+    // (A connection opening with `G` is an HTTP request: the AMQP-over-WebSockets upgrade.)
+    c.send(b"HELO keybus\r\n\r\n").await;
     assert_eq!(c.read_exact(8).await.unwrap(), SASL_HEADER);
     assert!(c.read_exact(1).await.is_none());
     still_serving(&b).await;

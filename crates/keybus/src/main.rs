@@ -45,6 +45,26 @@ struct ServeArgs {
     /// Address both listeners bind to.
     #[arg(long, env = "KEYBUS_BIND", default_value = "127.0.0.1")]
     bind: IpAddr,
+    /// TLS certificate chain (PEM); with --tls-key, adds AMQPS and HTTPS listeners.
+    #[arg(
+        long,
+        env = "KEYBUS_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "dev_tls"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "KEYBUS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Create (once) a local CA and a server certificate in the data dir, and serve TLS with them.
+    #[arg(long, env = "KEYBUS_DEV_TLS")]
+    dev_tls: bool,
+    /// AMQPS port when TLS is on (0 picks a free one).
+    #[arg(long, env = "KEYBUS_AMQPS_PORT", default_value_t = 5671)]
+    amqps_port: u16,
+    /// HTTPS port when TLS is on (0 picks a free one).
+    #[arg(long, env = "KEYBUS_HTTPS_PORT", default_value_t = 5443)]
+    https_port: u16,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +96,15 @@ fn main() -> ExitCode {
                     amqp_port: a.amqp_port,
                     http_port: a.http_port,
                     bind: a.bind,
+                    tls: match (a.tls_cert, a.tls_key, a.dev_tls) {
+                        (Some(cert), Some(key), _) => {
+                            Some(keybus_server::TlsSource::Files { cert, key })
+                        }
+                        (_, _, true) => Some(keybus_server::TlsSource::Dev),
+                        _ => None,
+                    },
+                    amqps_port: a.amqps_port,
+                    https_port: a.https_port,
                 };
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;

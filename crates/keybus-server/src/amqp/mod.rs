@@ -22,12 +22,119 @@ pub mod rules;
 pub mod sessions;
 pub mod websocket;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 pub use connection::serve_connection;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
+
+/// How long a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accept AMQPS connections (and AMQP over secure WebSockets) until the task is stopped.
+pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, broker: Arc<Broker>) {
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(%e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let peer = peer.to_string();
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(sock)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            serve_stream(broker, tls, peer).await;
+        });
+    }
+}
+
+/// Serve a (decrypted) stream: AMQP, or AMQP over WebSockets when it opens with an HTTP
+/// request. The first byte tells them apart (`A` of `AMQP` against `G` of `GET`).
+async fn serve_stream<S>(broker: Arc<Broker>, mut io: S, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        io.read_exact(&mut first),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        _ => return,
+    }
+    let io = Prefixed {
+        first: Some(first[0]),
+        inner: io,
+    };
+    if first[0] == b'G' {
+        websocket::serve_upgrade(broker, io, peer).await;
+    } else {
+        serve_connection(broker, io, peer).await;
+    }
+}
+
+/// A stream with one byte read ahead put back in front.
+struct Prefixed<S> {
+    first: Option<u8>,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(b) = self.first.take() {
+            if buf.remaining() > 0 {
+                buf.put_slice(&[b]);
+                return Poll::Ready(Ok(()));
+            }
+            self.first = Some(b);
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// Serve an accepted socket of the AMQP listener: AMQP, or AMQP over WebSockets when the
 /// client opens with an HTTP request.
