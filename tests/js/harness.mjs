@@ -8,6 +8,8 @@
 //   `GET /health`. stderr goes to a file whose tail is appended to every failing test's error.
 // * `kbtest(name, fn)` wraps node:test's `test`: it hands the test a small context (clients that are
 //   closed afterwards, the connection string, helpers) and decorates failures with broker diagnostics.
+// * `new Broker({ toml, onDisk, extraArgs })` is an additional keybus process (e.g. with `--dev-tls`),
+//   started by the first `kbtest(name, { broker }, fn)` that names it; its module stops it by PID.
 
 import { spawn } from "node:child_process";
 import fs from "node:fs";
@@ -131,16 +133,31 @@ export function connectionString(port, { key = SAS_KEY, policy = SAS_POLICY, hos
 
 const AMQP_RE = /keybus: amqp listening on ([0-9A-Za-z.\-[\]:]+):(\d+)\s*$/;
 const HTTP_RE = /keybus: http listening on ([0-9A-Za-z.\-[\]:]+):(\d+)\s*$/;
+// Printed (with --dev-tls / --tls-cert) before the amqp/http lines.
+const AMQPS_RE = /keybus: amqps listening on ([0-9A-Za-z.\-[\]:]+):(\d+)\s*$/;
+const HTTPS_RE = /keybus: https listening on ([0-9A-Za-z.\-[\]:]+):(\d+)\s*$/;
+const CA_RE = /keybus: development CA at (.+?): trust it in clients/;
 
-class Broker {
-  constructor() {
+export class Broker {
+  /**
+   * toml: the config text (default: the suite's queue registry, rendered at start);
+   * onDisk: store in `<workdir>/data` (`--data-dir`) instead of `--in-memory`;
+   * extraArgs: appended to `keybus serve`, e.g. `["--dev-tls", "--amqps-port", "0", "--https-port", "0"]`
+   * (then amqpsPort, httpsPort and caPath are set once started).
+   */
+  constructor({ toml = null, onDisk = false, extraArgs = [] } = {}) {
+    this.options = { toml, onDisk, extraArgs: [...extraArgs] };
     this.proc = null;
     this.pid = null;
     this.amqpPort = null;
     this.httpPort = null;
+    this.amqpsPort = null; // TLS only
+    this.httpsPort = null; // TLS only
+    this.caPath = null; // --dev-tls only
     this.stdoutLines = [];
     this.workdir = null;
     this.stderrPath = null;
+    this.dataDir = null;
     this.exit = null; // { code, signal } once exited
     this._starting = null;
   }
@@ -160,13 +177,15 @@ class Broker {
     }
     this.workdir = fs.mkdtempSync(path.join(os.tmpdir(), "keybus-js-"));
     const config = path.join(this.workdir, "keybus.toml");
-    fs.writeFileSync(config, renderToml(QUEUES));
+    fs.writeFileSync(config, this.options.toml ?? renderToml(QUEUES));
     this.stderrPath = path.join(this.workdir, "keybus.stderr.log");
+    if (this.options.onDisk) this.dataDir = path.join(this.workdir, "data");
     const args = [
-      "serve", "--in-memory",
+      "serve", ...(this.dataDir ? ["--data-dir", this.dataDir] : ["--in-memory"]),
       "--amqp-port", "0", "--http-port", "0",
       "--bind", "127.0.0.1",
       "--config", config,
+      ...this.options.extraArgs,
     ];
     // KEYBUS_* variables would override the config (ports, data dir...); only the log filter passes.
     const env = Object.fromEntries(
@@ -204,6 +223,12 @@ class Broker {
         if (m) this.amqpPort = Number(m[2]);
         m = HTTP_RE.exec(line);
         if (m) this.httpPort = Number(m[2]);
+        m = AMQPS_RE.exec(line);
+        if (m) this.amqpsPort = Number(m[2]);
+        m = HTTPS_RE.exec(line);
+        if (m) this.httpsPort = Number(m[2]);
+        m = CA_RE.exec(line);
+        if (m) this.caPath = m[1];
         if (this.amqpPort && this.httpPort) resolve(true);
       });
     });
@@ -326,6 +351,7 @@ export function makeClient(connStr, options = {}) {
 /**
  * Like node:test's `test(name, [options], fn)`, but `fn` receives a context:
  *   { t, connStr, client, newClient(connStr?, opts?), broker }
+ * where `broker` is `options.broker` (another `Broker`, started here on first use) or the suite's.
  * Every client created through it is closed afterwards. On failure the error message gets the
  * broker's stdout/stderr tail appended.
  */
@@ -334,20 +360,22 @@ export function kbtest(name, options, fn) {
     fn = options;
     options = {};
   }
-  const opts = { timeout: 60_000, ...options };
+  // options.broker: run against another Broker (started on first use) instead of the suite's.
+  const { broker: target = broker, ...testOptions } = options;
+  const opts = { timeout: 60_000, ...testOptions };
   return test(name, opts, async (t) => {
-    await broker.ensureStarted();
-    if (!broker.alive()) throw new Error(`the suite's keybus process is no longer running\n${broker.diagnostics()}`);
+    await target.ensureStarted();
+    if (!target.alive()) throw new Error(`the test's keybus process is no longer running\n${target.diagnostics()}`);
     const clients = [];
-    const newClient = (cs = broker.connStr(), o = {}) => {
+    const newClient = (cs = target.connStr(), o = {}) => {
       const c = makeClient(cs, o);
       clients.push(c);
       return c;
     };
     const ctx = {
       t,
-      broker,
-      connStr: broker.connStr(),
+      broker: target,
+      connStr: target.connStr(),
       get client() {
         if (!this._client) this._client = newClient();
         return this._client;
@@ -359,7 +387,7 @@ export function kbtest(name, options, fn) {
       await fn(ctx);
     } catch (err) {
       failed = true;
-      const diag = `\n\n${broker.diagnostics()}`;
+      const diag = `\n\n${target.diagnostics()}`;
       if (err && typeof err === "object") {
         try {
           err.message = `${err.message}${diag}`;
@@ -375,7 +403,7 @@ export function kbtest(name, options, fn) {
       const closed = await Promise.race([closing.then(() => true), raceTimer(CLOSE_TIMEOUT_MS).then(() => false)]);
       if (!closed && !failed) {
         // eslint-disable-next-line no-unsafe-finally
-        throw new Error(`ServiceBusClient.close() did not finish within ${CLOSE_TIMEOUT_MS} ms\n\n${broker.diagnostics()}`);
+        throw new Error(`ServiceBusClient.close() did not finish within ${CLOSE_TIMEOUT_MS} ms\n\n${target.diagnostics()}`);
       }
     }
   });

@@ -12,3 +12,4 @@ import "./cases/expiry.mjs";
 import "./cases/topics.mjs";
 import "./cases/sessions.mjs";
 import "./cases/topics-extras.mjs";
+import "./cases/websocket.mjs";
