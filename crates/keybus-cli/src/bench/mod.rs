@@ -63,9 +63,14 @@ pub struct BenchArgs {
         default_value = "bench-1,bench-2,bench-3,bench-4,bench-5,bench-6,bench-7,bench-8"
     )]
     pub queues: Vec<String>,
-    /// Run every phase with the first N queues, for each N listed.
+    /// Run every phase with the first N queues, for each N listed (`0` alone: no queue runs).
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub queue_counts: Vec<usize>,
+    /// Topic scenarios, after the queue ones: `NAME:N` sends to topic NAME and receives and
+    /// completes from its N subscriptions `s1`..`sN`, whose rules must let every bench
+    /// message through (see crates/keybus-cli/bench.toml). Send and receive phases only.
+    #[arg(long, value_delimiter = ',')]
+    pub topics: Vec<String>,
     /// Phases to run, in order (`receive` drains what `send` filled, so it needs `send`).
     #[arg(long, value_delimiter = ',', default_value = "send,receive,latency")]
     pub phases: Vec<Phase>,
@@ -234,6 +239,8 @@ struct Bench {
     setup_timeout: Duration,
     /// Messages each queue holds because of our send phases.
     filled: BTreeMap<String, u64>,
+    /// What the current runs drive, for the report.
+    target: String,
 }
 
 /// One link of a phase: which connection, which queue, its id once opened.
@@ -377,6 +384,7 @@ impl Bench {
         };
         PhaseRun {
             phase: phase.name(),
+            target: self.target.clone(),
             queues: nq,
             rep,
             messages,
@@ -680,6 +688,44 @@ impl Bench {
 }
 
 /// Entry point of `keybus bench`.
+/// A topic scenario: the topic and how many subscriptions (`s1`..`sN`) it has.
+struct TopicScenario {
+    name: String,
+    subs: usize,
+}
+
+impl TopicScenario {
+    fn subscriptions(&self) -> Vec<String> {
+        (1..=self.subs)
+            .map(|i| format!("{}/Subscriptions/s{i}", self.name))
+            .collect()
+    }
+}
+
+fn parse_topics(specs: &[String]) -> Result<Vec<TopicScenario>, BenchError> {
+    specs
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let bad = || {
+                BenchError::Usage(format!(
+                    "--topics entry '{s}' must be NAME:N with N subscriptions s1..sN (N ≥ 1)"
+                ))
+            };
+            let (name, n) = s.rsplit_once(':').ok_or_else(bad)?;
+            let subs: usize = n.parse().map_err(|_| bad())?;
+            if name.is_empty() || subs == 0 {
+                return Err(bad());
+            }
+            Ok(TopicScenario {
+                name: name.to_string(),
+                subs,
+            })
+        })
+        .collect()
+}
+
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let endpoint = Endpoint::parse(&args.connection_string).map_err(BenchError::Usage)?;
     let queues: Vec<String> = args
@@ -704,8 +750,11 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             queues.len()
         )));
     }
-    if counts.is_empty() {
-        return Err(BenchError::Usage("--queue-counts is empty".into()));
+    let topics = parse_topics(&args.topics)?;
+    if counts.is_empty() && topics.is_empty() {
+        return Err(BenchError::Usage(
+            "nothing to run: --queue-counts and --topics are empty".into(),
+        ));
     }
     if args.phases.contains(&Phase::Receive) && !args.phases.contains(&Phase::Send) {
         return Err(BenchError::Usage(
@@ -754,9 +803,13 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         meters,
         setup_timeout: Duration::from_secs(10),
         filled: BTreeMap::new(),
+        target: String::new(),
     };
-    let max_q = counts.iter().copied().max().unwrap_or(1);
-    let all = queues.get(..max_q).unwrap_or(&queues).to_vec();
+    let max_q = counts.iter().copied().max().unwrap_or(0);
+    let mut all = queues.get(..max_q).unwrap_or(&queues).to_vec();
+    for t in &topics {
+        all.extend(t.subscriptions());
+    }
     eprintln!(
         "keybus bench: {pid_note}; draining leftovers from {} queue(s)",
         all.len()
@@ -769,6 +822,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let mut runs: Vec<PhaseRun> = Vec::new();
     for &n in &counts {
         let qs = queues.get(..n).unwrap_or(&queues).to_vec();
+        bench.target = format!("{n} queue{}", if n == 1 { "" } else { "s" });
         for rep in 0..repeat {
             for &phase in &phases {
                 let r = match phase {
@@ -785,6 +839,37 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
                 return Err(BenchError::Failed(format!(
                     "{left} message(s) sent but not received"
                 )));
+            }
+        }
+    }
+    for t in &topics {
+        bench.target = format!(
+            "topic {} ({} sub{})",
+            t.name,
+            t.subs,
+            if t.subs == 1 { "" } else { "s" }
+        );
+        for rep in 0..repeat {
+            if phases.contains(&Phase::Send) {
+                let r = bench.send_phase(std::slice::from_ref(&t.name), rep).await?;
+                eprintln!("keybus bench: {}", r.one_line());
+                runs.push(r);
+                // Every subscription got a copy of every accepted message.
+                let sent = bench.filled.remove(&t.name).unwrap_or(0);
+                for sub in t.subscriptions() {
+                    *bench.filled.entry(sub).or_default() += sent;
+                }
+            }
+            if phases.contains(&Phase::Receive) {
+                let r = bench.receive_phase(&t.subscriptions(), rep).await?;
+                eprintln!("keybus bench: {}", r.one_line());
+                runs.push(r);
+                if bench.filled.values().any(|&v| v > 0) {
+                    let left: u64 = bench.filled.values().sum();
+                    return Err(BenchError::Failed(format!(
+                        "{left} message(s) sent but not received"
+                    )));
+                }
             }
         }
     }

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 #[derive(Debug, Clone)]
 pub struct PhaseRun {
     pub phase: &'static str,
+    /// What the phase drove: `1 queue`, `8 queues`, `topic t (10 subs)`.
+    pub target: String,
     pub queues: usize,
     pub rep: usize,
     /// Messages accepted (send) or completed (receive, latency).
@@ -26,9 +28,9 @@ pub struct PhaseRun {
 impl PhaseRun {
     pub fn one_line(&self) -> String {
         let mut s = format!(
-            "{} x{} run {}: {} msgs in {:.2}s = {:.0} msg/s",
+            "{} {} run {}: {} msgs in {:.2}s = {:.0} msg/s",
             self.phase,
-            self.queues,
+            self.target,
             self.rep + 1,
             self.messages,
             self.secs,
@@ -94,6 +96,7 @@ impl Spread {
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub phase: &'static str,
+    pub target: String,
     pub queues: usize,
     pub runs: usize,
     pub messages: u64,
@@ -108,21 +111,22 @@ pub struct Summary {
 
 impl Summary {
     pub fn of(runs: &[PhaseRun]) -> Vec<Summary> {
-        let mut keys: Vec<(usize, &'static str)> = Vec::new();
+        let mut keys: Vec<(&str, &'static str)> = Vec::new();
         for r in runs {
-            if !keys.contains(&(r.queues, r.phase)) {
-                keys.push((r.queues, r.phase));
+            if !keys.contains(&(r.target.as_str(), r.phase)) {
+                keys.push((r.target.as_str(), r.phase));
             }
         }
         keys.into_iter()
-            .map(|(queues, phase)| {
+            .map(|(target, phase)| {
                 let rs: Vec<&PhaseRun> = runs
                     .iter()
-                    .filter(|r| r.queues == queues && r.phase == phase)
+                    .filter(|r| r.target == target && r.phase == phase)
                     .collect();
                 Summary {
                     phase,
-                    queues,
+                    target: target.to_string(),
+                    queues: rs.first().map_or(0, |r| r.queues),
                     runs: rs.len(),
                     messages: rs.iter().map(|r| r.messages).sum::<u64>() / rs.len().max(1) as u64,
                     rate: Spread::of(rs.iter().map(|r| r.rate)),
@@ -208,7 +212,7 @@ pub fn table(cfg: &Config, sums: &[Summary]) -> String {
     let _ = writeln!(out);
     let headers = [
         "phase",
-        "queues",
+        "target",
         "msg/s",
         "broker µs/msg",
         "client µs/msg",
@@ -222,7 +226,7 @@ pub fn table(cfg: &Config, sums: &[Summary]) -> String {
         .map(|s| {
             vec![
                 phase_label(s.phase, cfg.rate),
-                s.queues.to_string(),
+                s.target.clone(),
                 fmt_spread(s.rate, 0, multi),
                 fmt_spread(s.broker_cpu_us, 1, multi),
                 fmt_spread(s.client_cpu_us, 1, multi),
@@ -324,8 +328,9 @@ pub fn json(cfg: &Config, runs: &[PhaseRun], sums: &[Summary]) -> String {
         .iter()
         .map(|r| {
             format!(
-                "{{\"phase\":{},\"queues\":{},\"run\":{},\"messages\":{},\"secs\":{},\"msg_per_s\":{},\"broker_cpu_us_per_msg\":{},\"client_cpu_us_per_msg\":{},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{},\"errors\":{}}}",
+                "{{\"phase\":{},\"target\":{},\"queues\":{},\"run\":{},\"messages\":{},\"secs\":{},\"msg_per_s\":{},\"broker_cpu_us_per_msg\":{},\"client_cpu_us_per_msg\":{},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{},\"errors\":{}}}",
                 jstr(r.phase),
+                jstr(&r.target),
                 r.queues,
                 r.rep + 1,
                 r.messages,
@@ -345,8 +350,9 @@ pub fn json(cfg: &Config, runs: &[PhaseRun], sums: &[Summary]) -> String {
         .iter()
         .map(|s| {
             format!(
-                "{{\"phase\":{},\"queues\":{},\"runs\":{},\"messages\":{},\"msg_per_s\":{},\"broker_cpu_us_per_msg\":{},\"client_cpu_us_per_msg\":{},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{},\"errors\":{}}}",
+                "{{\"phase\":{},\"target\":{},\"queues\":{},\"runs\":{},\"messages\":{},\"msg_per_s\":{},\"broker_cpu_us_per_msg\":{},\"client_cpu_us_per_msg\":{},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{},\"errors\":{}}}",
                 jstr(s.phase),
+                jstr(&s.target),
                 s.queues,
                 s.runs,
                 s.messages,
