@@ -13,3 +13,4 @@ import "./cases/topics.mjs";
 import "./cases/sessions.mjs";
 import "./cases/topics-extras.mjs";
 import "./cases/websocket.mjs";
+import "./cases/admin.mjs";

@@ -1,9 +1,10 @@
 """Fixtures for the keybus real-client suite.
 
 The session-scoped ``broker`` runs ``keybus serve --in-memory --amqp-port 0 --http-port 0
---bind 127.0.0.1 --config <tmp toml>``; the TOML declares the SAS policy
-RootManageSharedAccessKey / SAS_KEY_VALUE and every queue registered with
-``kbutil.declare_queue`` by the collected test modules.
+--bind 127.0.0.1 --config <tmp toml> --dev-tls --amqps-port 0 --https-port 0`` (TLS for the
+management API, which the SDK reaches over https only); the TOML declares the SAS policies
+RootManageSharedAccessKey / SAS_KEY_VALUE and listen-only / LISTEN_KEY_VALUE and every queue
+registered with ``kbutil.declare_queue`` by the collected test modules.
 
 ``broker_factory`` starts extra brokers (data-dir variants for durability tests,
 emulator Config.json variants); they are stopped by PID at the end of the test.
@@ -36,7 +37,22 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kbutil.Broker]:
     workdir = tmp_path_factory.mktemp("keybus-session")
     config = workdir / "keybus.toml"
     config.write_text(kbutil.render_toml(kbutil.QUEUES))
-    b = kbutil.Broker(workdir, config, name="keybus-session")
+    # --dev-tls adds the HTTPS listener the management (ATOM) API is used over: the SDK's
+    # ServiceBusAdministrationClient always speaks https (see kbutil.Broker.admin_conn_str).
+    b = kbutil.Broker(
+        workdir,
+        config,
+        name="keybus-session",
+        extra_args=[
+            "--data-dir",
+            str(workdir / "data"),
+            "--dev-tls",
+            "--amqps-port",
+            "0",
+            "--https-port",
+            "0",
+        ],
+    )
     try:
         b.start()
     except kbutil.BrokerStartError as exc:

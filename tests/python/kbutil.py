@@ -28,6 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SAS_POLICY = "RootManageSharedAccessKey"
 SAS_KEY = "SAS_KEY_VALUE"
+# A second policy of the session broker that grants Listen only.
+LISTEN_POLICY = "listen-only"
+LISTEN_KEY = "LISTEN_KEY_VALUE"
 
 STARTUP_TIMEOUT = 30.0  # seconds to wait for the "listening" lines and for /health
 
@@ -114,6 +117,14 @@ def render_toml(queues: Dict[str, Dict[str, Any]], namespace: str = "keybus-test
         'rights = ["Manage", "Send", "Listen"]',
         "",
     ]
+    if queues is QUEUES:
+        lines += [
+            "[[sas_policies]]",
+            f"name = {_toml_value(LISTEN_POLICY)}",
+            f"key = {_toml_value(LISTEN_KEY)}",
+            'rights = ["Listen"]',
+            "",
+        ]
     for name in sorted(queues):
         lines.append("[[queues]]")
         lines.append(f"name = {_toml_value(name)}")
@@ -352,6 +363,21 @@ class Broker:
     def conn_str_with_key(self, key: str) -> str:
         assert self.amqp_port, "broker not started"
         return connection_string(self.amqp_port, key=key)
+
+    def admin_conn_str(self, policy: str = SAS_POLICY, key: str = SAS_KEY) -> str:
+        """Connection string for ``ServiceBusAdministrationClient``: it always speaks https
+        to the Endpoint's host and port (``UseDevelopmentEmulator`` does not change that), so
+        it needs the HTTPS port of a ``--dev-tls`` broker, a host name the certificate covers,
+        and ``connection_verify=<ca_path>``."""
+        assert self.https_port, "broker started without --dev-tls --https-port"
+        return f"Endpoint=sb://localhost:{self.https_port};SharedAccessKeyName={policy};SharedAccessKey={key}"
+
+    @property
+    def ca_file(self) -> str:
+        """The development CA as an absolute path (the broker prints it relative to its cwd)."""
+        assert self.ca_path, "broker started without --dev-tls"
+        path = Path(self.ca_path)
+        return str(path if path.is_absolute() else self.workdir / path)
 
     # -- diagnostics -------------------------------------------------------------
 

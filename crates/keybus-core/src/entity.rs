@@ -23,6 +23,8 @@ pub struct QueueProperties {
     pub max_size_bytes: u64,
     pub forward_to: Option<String>,
     pub forward_dead_lettered_messages_to: Option<String>,
+    /// Management metadata (status, auto-delete-on-idle, user metadata, times).
+    pub meta: EntityMeta,
 }
 
 impl Default for QueueProperties {
@@ -39,6 +41,7 @@ impl Default for QueueProperties {
             max_size_bytes: 1024 * 1024 * 1024,
             forward_to: None,
             forward_dead_lettered_messages_to: None,
+            meta: EntityMeta::default(),
         }
     }
 }
@@ -99,6 +102,10 @@ pub struct TopicProperties {
     pub duplicate_detection_window_ms: i64,
     pub max_message_size: u64,
     pub max_size_bytes: u64,
+    /// Reported and stored (`SupportOrdering`); a topic's subscriptions are always ordered.
+    pub support_ordering: bool,
+    /// Management metadata (status, auto-delete-on-idle, user metadata, times).
+    pub meta: EntityMeta,
 }
 
 impl Default for TopicProperties {
@@ -110,7 +117,101 @@ impl Default for TopicProperties {
             duplicate_detection_window_ms: q.duplicate_detection_window_ms,
             max_message_size: q.max_message_size,
             max_size_bytes: q.max_size_bytes,
+            support_ordering: true,
+            meta: EntityMeta::default(),
         }
+    }
+}
+
+/// An entity's status as the management API sets and reports it. Stored; keybus does not
+/// refuse sends or receives because of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum EntityStatus {
+    #[default]
+    Active,
+    Disabled,
+    SendDisabled,
+    ReceiveDisabled,
+}
+
+impl EntityStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "Active",
+            Self::Disabled => "Disabled",
+            Self::SendDisabled => "SendDisabled",
+            Self::ReceiveDisabled => "ReceiveDisabled",
+        }
+    }
+
+    /// Parse the management API's spelling (case-insensitive).
+    pub fn parse(s: &str) -> Option<EntityStatus> {
+        [
+            Self::Active,
+            Self::Disabled,
+            Self::SendDisabled,
+            Self::ReceiveDisabled,
+        ]
+        .into_iter()
+        .find(|v| v.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+/// Management metadata of a queue, topic or subscription: kept durably and reported by the
+/// management API, not enforced (auto-delete-on-idle never deletes anything).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EntityMeta {
+    pub status: EntityStatus,
+    /// `None` is `TimeSpan.MaxValue` (never).
+    pub auto_delete_on_idle_ms: Option<i64>,
+    pub user_metadata: Option<String>,
+    pub enable_batched_operations: bool,
+    pub enable_partitioning: bool,
+    pub enable_express: bool,
+    /// Creation and last update (ms since the epoch); 0 for entities from a config file.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Default for EntityMeta {
+    fn default() -> Self {
+        Self {
+            status: EntityStatus::Active,
+            auto_delete_on_idle_ms: None,
+            user_metadata: None,
+            enable_batched_operations: true,
+            enable_partitioning: false,
+            enable_express: false,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+}
+
+/// Shortest auto-delete-on-idle interval Service Bus accepts (5 minutes).
+pub const MIN_AUTO_DELETE_ON_IDLE_MS: i64 = 5 * 60_000;
+/// Longest user metadata Service Bus accepts (characters).
+pub const MAX_USER_METADATA_LEN: usize = 1024;
+
+impl EntityMeta {
+    /// Check ranges; the error names the property and its allowed range.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(ms) = self.auto_delete_on_idle_ms
+            && ms < MIN_AUTO_DELETE_ON_IDLE_MS
+        {
+            return Err(format!(
+                "auto delete on idle {ms} ms is below the minimum of 5 minutes"
+            ));
+        }
+        if let Some(m) = &self.user_metadata
+            && m.chars().count() > MAX_USER_METADATA_LEN
+        {
+            return Err(format!(
+                "user metadata is longer than {MAX_USER_METADATA_LEN} characters"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -67,6 +67,9 @@ pub enum SendError {
     },
     #[error("{0}")]
     Argument(String),
+    /// The entity was deleted (the sender's link outlived it).
+    #[error("The messaging entity '{0}' could not be found.")]
+    EntityNotFound(String),
 }
 
 impl SendError {
@@ -75,6 +78,7 @@ impl SendError {
             Self::MessageSizeExceeded { .. } => ErrorCondition::MessageSizeExceeded,
             Self::QuotaExceeded { .. } => ErrorCondition::QuotaExceeded,
             Self::Argument(_) => ErrorCondition::ArgumentError,
+            Self::EntityNotFound(_) => ErrorCondition::NotFound,
         }
     }
 }

@@ -21,9 +21,9 @@ pub mod topic;
 pub use address::{NodeAddress, NodeKind, SubQueue};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use entity::{
-    DEFAULT_MAX_MESSAGE_SIZE, EntityDefinition, EntityKind, FilterDefinition,
-    MAX_MESSAGE_SIZE_LIMIT, QueueProperties, RuleDefinition, SimpleValue, SubscriptionDefinition,
-    TopicProperties, validate_entity_name,
+    DEFAULT_MAX_MESSAGE_SIZE, EntityDefinition, EntityKind, EntityMeta, EntityStatus,
+    FilterDefinition, MAX_MESSAGE_SIZE_LIMIT, QueueProperties, RuleDefinition, SimpleValue,
+    SubscriptionDefinition, TopicProperties, validate_entity_name,
 };
 pub use error::{ErrorCondition, ManagementError, SendError, SessionError, SettleError};
 pub use queue::{

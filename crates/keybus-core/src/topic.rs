@@ -16,7 +16,9 @@ use keybus_amqp::Message;
 use crate::address::SubQueue;
 use crate::clock::Timestamp;
 use crate::duplicates::DuplicateHistory;
-use crate::entity::{FilterDefinition, RuleDefinition, SubscriptionDefinition, TopicProperties};
+use crate::entity::{
+    FilterDefinition, QueueProperties, RuleDefinition, SubscriptionDefinition, TopicProperties,
+};
 use crate::error::SendError;
 use crate::filter::{
     CorrelationFilter, Filter, FilterError, MessageView, SqlFilter, SqlRuleAction, SystemProps,
@@ -141,6 +143,45 @@ impl Subscription {
         Ok(self.persist())
     }
 
+    /// Replace an existing rule (update-rule), keeping its position and creation time;
+    /// returns the op that persists the new definition.
+    pub fn replace_rule(&mut self, mut def: RuleDefinition) -> Result<StoreOp, RuleError> {
+        let i = self
+            .definition
+            .rules
+            .iter()
+            .position(|r| r.name.eq_ignore_ascii_case(&def.name))
+            .ok_or_else(|| RuleError::NotFound(def.name.clone()))?;
+        let (filter, action) = compile_rule(&def).map_err(|e| RuleError::Invalid {
+            name: def.name.clone(),
+            reason: e.to_string(),
+        })?;
+        if let Some(old) = self.definition.rules.get(i) {
+            def.created_at = old.created_at;
+        }
+        if let (Some(slot), Some(rule)) = (self.definition.rules.get_mut(i), self.rules.get_mut(i))
+        {
+            *slot = def;
+            *rule = Rule { filter, action };
+        }
+        Ok(self.persist())
+    }
+
+    /// Replace the subscription's properties (update-subscription): the queue keeps its
+    /// messages. Returns the op that persists the new definition.
+    pub fn set_properties(
+        &mut self,
+        properties: QueueProperties,
+        dead_lettering_on_filter_evaluation_exceptions: bool,
+    ) -> StoreOp {
+        self.queue.set_properties(properties.clone());
+        self.definition.properties = properties;
+        self.definition
+            .dead_lettering_on_filter_evaluation_exceptions =
+            dead_lettering_on_filter_evaluation_exceptions;
+        self.persist()
+    }
+
     fn persist(&self) -> StoreOp {
         StoreOp::PutEntity(crate::entity::EntityDefinition {
             name: format!(
@@ -229,6 +270,39 @@ impl Topic {
 
     pub fn properties(&self) -> &TopicProperties {
         &self.props
+    }
+
+    /// Replace the topic's properties (update-topic); subscriptions keep their messages.
+    pub fn set_properties(&mut self, props: TopicProperties) {
+        self.props = props;
+    }
+
+    /// Remove a subscription (delete-subscription) with its messages: queues a `DeleteEntity`
+    /// for its stored records and releases their references to the topic's stored bodies,
+    /// deleting (in the same batch) every body no other subscription refers to. Writes the
+    /// subscription queued but did not hand over are dropped: its records go anyway.
+    pub fn remove_subscription(&mut self, name: &str) -> Option<Subscription> {
+        let mut sub = self.subs.remove(&name.to_ascii_lowercase())?;
+        drop(sub.queue.take_ops());
+        self.ops.push(StoreOp::DeleteEntity {
+            entity: sub.queue.name().to_string(),
+        });
+        let mut released: Vec<i64> = sub.body_refs.drain().map(|(_, seq)| seq).collect();
+        released.sort_unstable();
+        for seq in released {
+            let Some(n) = self.bodies.get_mut(&seq) else {
+                continue;
+            };
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.bodies.remove(&seq);
+                self.ops.push(StoreOp::DeleteBody {
+                    entity: self.name.clone(),
+                    sequence_number: seq,
+                });
+            }
+        }
+        Some(sub)
     }
 
     /// Add a loaded subscription (its messages restored from `snapshot`).

@@ -335,3 +335,85 @@ fn orphan_bodies_are_collected_at_start_up() {
     t.collect_orphan_bodies(&[4, 9]);
     assert_eq!(count_ops(&t.take_ops()), (0, 0, 0, 2));
 }
+
+#[test]
+fn removing_a_subscription_releases_its_body_references() {
+    let mut t = Topic::new("t", TopicProperties::default(), 1);
+    for name in ["a", "b"] {
+        t.add_subscription(sub(name, vec![RuleDefinition::default_rule()], false), 0);
+    }
+    // Two messages, each stored once with two references.
+    let (seqs, fanout) = t
+        .enqueue(vec![msg("m1", vec![]), msg("m2", vec![])], 1_000, false)
+        .unwrap();
+    assert_eq!(count_ops(&t.take_ops()), (2, 4, 0, 0));
+    t.commit_pending(&fanout);
+    // b settles the first message: its body is still a's.
+    let d = q(&mut t, "b")
+        .acquire(SubQueue::Main, ReceiveMode::ReceiveAndDelete, 1_000)
+        .unwrap();
+    assert_eq!(d.sequence_number, seqs[0]);
+    assert_eq!(count_ops(&t.take_ops()), (0, 0, 0, 0));
+    // Removing b releases its reference to the second body only: a still needs both.
+    assert!(t.remove_subscription("B").is_some());
+    let ops = t.take_ops();
+    assert_eq!(count_ops(&ops), (0, 0, 0, 0));
+    assert!(
+        matches!(ops.as_slice(), [StoreOp::DeleteEntity { entity }] if entity == "t/subscriptions/b")
+    );
+    assert!(t.subscription("b").is_none());
+    assert!(t.remove_subscription("b").is_none());
+    // Removing a (the last reference to both bodies) deletes both bodies with it.
+    t.remove_subscription("a").unwrap();
+    let ops = t.take_ops();
+    assert!(matches!(&ops[0], StoreOp::DeleteEntity { entity } if entity == "t/subscriptions/a"));
+    let deleted: Vec<i64> = ops
+        .iter()
+        .filter_map(|op| match op {
+            StoreOp::DeleteBody {
+                entity,
+                sequence_number,
+            } if entity == "t" => Some(*sequence_number),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, seqs);
+    // Later sends reach no subscription and store no body.
+    t.enqueue(vec![msg("m3", vec![])], 1_000, false).unwrap();
+    assert_eq!(count_ops(&t.take_ops()), (0, 0, 0, 0));
+}
+
+#[test]
+fn rules_are_replaced_in_place_and_properties_updated() {
+    let mut t = topic();
+    let s = t.subscription_mut("strict").unwrap();
+    let op = s
+        .replace_rule(rule("N", FilterDefinition::Sql("n > 5".into()), None))
+        .unwrap();
+    assert!(matches!(op, StoreOp::PutEntity(_)));
+    assert_eq!(s.rules().len(), 1);
+    assert_eq!(s.rules()[0].filter, FilterDefinition::Sql("n > 5".into()));
+    assert!(
+        s.replace_rule(rule("missing", FilterDefinition::True, None))
+            .is_err()
+    );
+    assert!(
+        s.replace_rule(rule("n", FilterDefinition::Sql("n >".into()), None))
+            .is_err()
+    );
+    let props = QueueProperties {
+        max_delivery_count: 2,
+        ..QueueProperties::default()
+    };
+    s.set_properties(props.clone(), false);
+    assert_eq!(s.queue.properties(), &props);
+    assert_eq!(s.definition.properties, props);
+    assert!(!s.definition.dead_lettering_on_filter_evaluation_exceptions);
+    // The replaced rule is the one evaluated.
+    t.enqueue(vec![msg("x", vec![("n", Value::Long(3))])], 1_000, false)
+        .unwrap();
+    assert_eq!(
+        q(&mut t, "strict").counts().active + q(&mut t, "strict").counts().dead_letter,
+        0
+    );
+}

@@ -105,6 +105,10 @@ pub struct EntityState {
     pub forwarder: Arc<Notify>,
     /// Session receivers by lock holder id, told when their session lock runs out.
     pub session_links: HashMap<u64, Waiter>,
+    /// Set when the entity was deleted: links still holding it are detached.
+    pub deleted: bool,
+    /// Last send or delivery (ms since the epoch; 0 = never since start-up).
+    pub accessed_at: i64,
 }
 
 impl EntityState {
@@ -148,6 +152,10 @@ impl EntityState {
         now: i64,
         schedule: bool,
     ) -> Result<(Vec<i64>, Pending), SendError> {
+        if self.deleted {
+            return Err(SendError::EntityNotFound(self.name().to_string()));
+        }
+        self.accessed_at = now;
         match &mut self.machine {
             Machine::Queue(q) => {
                 let seqs = if schedule {
@@ -269,6 +277,32 @@ impl EntityState {
         }
     }
 
+    /// Wake every waiting link of the entity (or of one subscription) so that it notices
+    /// the entity is gone (see `admin.rs`): its next pump detaches it.
+    pub fn wake_all(&mut self, subscription: Option<&str>) {
+        let matches = |w: &Waiter| {
+            subscription.is_none_or(|s| {
+                w.subscription
+                    .as_deref()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(s))
+            })
+        };
+        let (woken, kept): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(matches);
+        self.waiters = kept;
+        for w in woken
+            .iter()
+            .chain(self.session_links.values().filter(|w| matches(w)))
+        {
+            let _ = w.tx.send(ConnEvent::Wake {
+                channel: w.channel,
+                handle: w.handle,
+                generation: w.generation,
+            });
+        }
+    }
+
     /// Tell waiting links whose (sub-)queue has messages to pull them.
     pub fn wake(&mut self) {
         if self.has_forwardable() {
@@ -309,6 +343,27 @@ pub struct Entity {
 }
 
 impl Entity {
+    /// A new entity around its state machine.
+    pub(crate) fn new(
+        name: String,
+        machine: Machine,
+        forwarder: Arc<Notify>,
+        store: Arc<dyn Store>,
+    ) -> Entity {
+        Entity {
+            name,
+            state: Mutex::new(EntityState {
+                machine,
+                waiters: Vec::new(),
+                forwarder,
+                session_links: HashMap::new(),
+                deleted: false,
+                accessed_at: 0,
+            }),
+            store,
+        }
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, EntityState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -324,7 +379,7 @@ impl Entity {
 pub struct Broker {
     pub config: Config,
     pub policies: Vec<SasPolicy>,
-    entities: RwLock<HashMap<String, Arc<Entity>>>,
+    pub(crate) entities: RwLock<HashMap<String, Arc<Entity>>>,
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub connections: AtomicUsize,
@@ -333,6 +388,12 @@ pub struct Broker {
     /// Notified when an entity has messages to forward (see `forwarding.rs`).
     pub forwarder: Arc<Notify>,
     pub metrics: crate::metrics::Metrics,
+    /// Serialises entity lifecycle changes (create, update, delete; see `admin.rs`).
+    pub(crate) admin: tokio::sync::Mutex<()>,
+    /// When the broker started (ms since the epoch).
+    pub started_at: i64,
+    /// Policy, token validation, token service and audit log.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl Broker {
@@ -342,6 +403,24 @@ impl Broker {
         policies: Vec<SasPolicy>,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Broker>, StoreError> {
+        Self::open_with_auth(
+            config,
+            policies,
+            store,
+            clock,
+            Arc::new(crate::auth::Auth::sas_only()),
+        )
+        .await
+    }
+
+    /// [`Broker::open`] with an access policy, token service and audit log.
+    pub async fn open_with_auth(
+        config: Config,
+        policies: Vec<SasPolicy>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        auth: Arc<crate::auth::Auth>,
     ) -> Result<Arc<Broker>, StoreError> {
         let metrics = crate::metrics::Metrics::default();
         let store: Arc<dyn Store> =
@@ -389,16 +468,7 @@ impl Broker {
                     continue;
                 }
             };
-            let entity = Entity {
-                name: def.name,
-                state: Mutex::new(EntityState {
-                    machine,
-                    waiters: Vec::new(),
-                    forwarder: forwarder.clone(),
-                    session_links: HashMap::new(),
-                }),
-                store: store.clone(),
-            };
+            let entity = Entity::new(def.name, machine, forwarder.clone(), store.clone());
             entities.insert(key, Arc::new(entity));
         }
         for (key, sub) in subscriptions {
@@ -449,6 +519,9 @@ impl Broker {
             holders: AtomicU64::new(1),
             forwarder,
             metrics,
+            admin: tokio::sync::Mutex::new(()),
+            started_at: now,
+            auth,
         }))
     }
 

@@ -6,7 +6,10 @@
 //! the HTTP listener (`/health`), and the housekeeping ticker that drives lock expiry,
 //! schedules and TTL. [`serve`] is the whole server; `main` only parses flags.
 
+pub mod admin;
 pub mod amqp;
+pub mod atom;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod forwarding;
@@ -53,6 +56,10 @@ pub struct ServeOptions {
     pub tls: Option<TlsSource>,
     pub amqps_port: u16,
     pub https_port: u16,
+    /// Access policy file (see docs/identity.md).
+    pub policy: Option<PathBuf>,
+    /// Audit log file; default `<data-dir>/audit.jsonl` unless in memory.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -67,6 +74,8 @@ impl Default for ServeOptions {
             tls: None,
             amqps_port: 5671,
             https_port: 5443,
+            policy: None,
+            audit_log: None,
         }
     }
 }
@@ -80,6 +89,8 @@ pub enum ServeError {
     Store(#[from] keybus_core::StoreError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Policy(#[from] auth::policy::PolicyError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -166,6 +177,65 @@ pub async fn serve(
     Ok(())
 }
 
+/// The access policy, audit log and token service the options ask for.
+fn open_auth(opts: &ServeOptions) -> Result<auth::Auth, ServeError> {
+    let policy = match &opts.policy {
+        Some(p) => auth::policy::Policy::load(p)?,
+        None => auth::policy::Policy::default(),
+    };
+    let audit_path = opts
+        .audit_log
+        .clone()
+        .or_else(|| policy.file.audit.path.clone())
+        .or_else(|| (!opts.in_memory).then(|| opts.data_dir.join("audit.jsonl")));
+    let audit = match &audit_path {
+        Some(p) => auth::audit::Audit::open(p)
+            .map_err(io_err(format!("opening the audit log {}", p.display())))?,
+        None => auth::audit::Audit::disabled(),
+    };
+    let sts = if opts.in_memory {
+        auth::sts::TokenService::in_memory()
+    } else {
+        auth::sts::TokenService::open(&opts.data_dir.join("sts"))
+            .map_err(io_err("opening the token service keys"))?
+    };
+    Ok(auth::Auth::new(policy, opts.policy.clone(), audit, sts))
+}
+
+/// Reload the policy on SIGHUP and whenever its file changes (checked every second).
+async fn watch_policy(broker: Arc<Broker>) {
+    let Some(path) = broker.auth.policy_path.clone() else {
+        return;
+    };
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = modified(&path);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let signalled = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<()>();
+        let forced = tokio::select! {
+            _ = signalled => true,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+        };
+        let now = modified(&path);
+        if forced || now != last {
+            last = now;
+            // Errors are logged and audited; the previous policy stays.
+            let _ = broker.auth.reload();
+        }
+    }
+}
+
 /// Open the store, load the entities, bind both listeners and start serving.
 pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
     let config = match &opts.config {
@@ -189,7 +259,9 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
     } else {
         config.policies.clone()
     };
-    let broker = Broker::open(config, policies, store, Arc::new(SystemClock)).await?;
+    let auth = Arc::new(open_auth(&opts)?);
+    let broker =
+        Broker::open_with_auth(config, policies, store, Arc::new(SystemClock), auth).await?;
 
     let amqp = TcpListener::bind(SocketAddr::new(opts.bind, opts.amqp_port))
         .await
@@ -266,6 +338,7 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
         )));
     }
     let forwarder = tokio::spawn(forwarding::run(broker.clone()));
+    tasks.push(tokio::spawn(watch_policy(broker.clone())));
     let http_task = tokio::spawn(http::serve(http_listener, broker.clone()));
     let accept = {
         let broker = broker.clone();

@@ -69,8 +69,11 @@ fn percent_decode(s: &str) -> Result<String, TokenError> {
     String::from_utf8(out).map_err(|_| TokenError::Malformed("not UTF-8".into()))
 }
 
-/// Reduce a URI (`sb://host:port/Path`, `amqps://host/path/`) to its lower-case path.
+/// Reduce a URI (`sb://host:port/Path`, `amqps://host/path/`, `https://host/path?query`) to
+/// its lower-case path. The JavaScript management client signs the whole request URL, query
+/// included; the query is not part of the resource.
 pub fn resource_path(uri: &str) -> String {
+    let uri = uri.split_once('?').map_or(uri, |(path, _)| path);
     keybus_core::address::strip_authority(uri)
         .trim_end_matches('/')
         .to_ascii_lowercase()
@@ -233,5 +236,18 @@ mod tests {
             ""
         );
         assert!(validate("garbage", "x", &policies(), now).is_err());
+        // The JS management client signs the request URL with its query.
+        let url = make_token(
+            "https://localhost:5443/q1?api-version=2021-05",
+            "root",
+            "secret",
+            now / 1000 + 60,
+        );
+        assert_eq!(
+            validate(&url, "sb://localhost/q1", &policies(), now)
+                .unwrap()
+                .resource,
+            "q1"
+        );
     }
 }

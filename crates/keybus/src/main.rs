@@ -65,6 +65,13 @@ struct ServeArgs {
     /// HTTPS port when TLS is on (0 picks a free one).
     #[arg(long, env = "KEYBUS_HTTPS_PORT", default_value_t = 5443)]
     https_port: u16,
+    /// Access policy (TOML): token issuers, principals, role grants, the token service's
+    /// registrations, audit settings. Reloaded on SIGHUP and when the file changes.
+    #[arg(long, env = "KEYBUS_POLICY")]
+    policy: Option<PathBuf>,
+    /// Audit log (JSON Lines); default `<data-dir>/audit.jsonl` (none with --in-memory).
+    #[arg(long, env = "KEYBUS_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -105,6 +112,8 @@ fn main() -> ExitCode {
                     },
                     amqps_port: a.amqps_port,
                     https_port: a.https_port,
+                    policy: a.policy,
+                    audit_log: a.audit_log,
                 };
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use client::{
     ClientError, Connection, Endpoint, LinkId, MessageTemplate, Pacing, RecvWork, SendWork, Tally,
 };
-use stats::{PhaseRun, Summary};
+use stats::{Fanout, PhaseRun, Summary};
 
 /// Benchmark phases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -67,8 +67,9 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub queue_counts: Vec<usize>,
     /// Topic scenarios, after the queue ones: `NAME:N` sends to topic NAME and receives and
-    /// completes from its N subscriptions `s1`..`sN`, whose rules must let every bench
-    /// message through (see crates/keybus-cli/bench.toml). Send and receive phases only.
+    /// completes from all its N subscriptions `s1`..`sN` concurrently, whose rules must let
+    /// every bench message through (see crates/keybus-cli/bench.toml). Same phases as queues;
+    /// receive and latency also report deliveries (messages × N).
     #[arg(long, value_delimiter = ',')]
     pub topics: Vec<String>,
     /// Phases to run, in order (`receive` drains what `send` filled, so it needs `send`).
@@ -366,22 +367,30 @@ impl Bench {
         }
     }
 
+    /// The record of one run. `count` is what the phase counted (sends accepted, deliveries
+    /// completed); `fanout` is `Some(subscriptions)` when those were a topic's deliveries,
+    /// which are then also reported per published message (count / subscriptions).
+    #[allow(clippy::too_many_arguments)]
     fn run_record(
         &self,
         phase: Phase,
         nq: usize,
         rep: usize,
-        messages: u64,
+        count: u64,
+        fanout: Option<usize>,
         before: &Sample,
         after: &Sample,
     ) -> PhaseRun {
         let secs = after.at.duration_since(before.at).as_secs_f64();
-        let per_msg = |a: Option<u64>, b: Option<u64>| match (a, b) {
-            (Some(a), Some(b)) if messages > 0 => {
-                Some(a.saturating_sub(b) as f64 / messages as f64)
-            }
+        let per = |n: f64, a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) if n > 0.0 => Some(a.saturating_sub(b) as f64 / n),
             _ => None,
         };
+        let subs = fanout.unwrap_or(1).max(1);
+        let messages_f = count as f64 / subs as f64;
+        let messages = count / subs as u64;
+        let per_msg = |a: Option<u64>, b: Option<u64>| per(messages_f, a, b);
+        let per_sec = |n: f64| if secs > 0.0 { n / secs } else { 0.0 };
         PhaseRun {
             phase: phase.name(),
             target: self.target.clone(),
@@ -389,12 +398,14 @@ impl Bench {
             rep,
             messages,
             secs,
-            rate: if secs > 0.0 {
-                messages as f64 / secs
-            } else {
-                0.0
-            },
+            rate: per_sec(messages_f),
             broker_cpu_us: per_msg(after.broker, before.broker),
+            fanout: fanout.map(|subscriptions| Fanout {
+                subscriptions,
+                deliveries: count,
+                rate: per_sec(count as f64),
+                broker_cpu_us: per(count as f64, after.broker, before.broker),
+            }),
             client_cpu_us: per_msg(after.client, before.client),
             p50_ms: None,
             p99_ms: None,
@@ -453,7 +464,7 @@ impl Bench {
             }
         }
         Self::close_all(conns).await;
-        let mut run = self.run_record(Phase::Send, nq, rep, accepted, &before, &after);
+        let mut run = self.run_record(Phase::Send, nq, rep, accepted, None, &before, &after);
         run.errors = rejected;
         if rejected > 0 {
             eprintln!(
@@ -464,10 +475,13 @@ impl Bench {
         Ok(run)
     }
 
+    /// Receive and complete what the send phases left in `queues` (a topic's subscriptions
+    /// for `fanout: Some(subscriptions)`).
     async fn receive_phase(
         &mut self,
         queues: &[String],
         rep: usize,
+        fanout: Option<usize>,
     ) -> Result<PhaseRun, BenchError> {
         let nq = queues.len();
         let (nc, mut placements) = self.layout(nq);
@@ -513,7 +527,7 @@ impl Bench {
             }
         }
         Self::close_all(conns).await;
-        let mut run = self.run_record(Phase::Receive, nq, rep, completed, &before, &after);
+        let mut run = self.run_record(Phase::Receive, nq, rep, completed, fanout, &before, &after);
         run.errors = errors;
         if errors > 0 {
             eprintln!(
@@ -524,36 +538,44 @@ impl Bench {
         Ok(run)
     }
 
+    /// Latency at a fixed rate: senders to `targets` (the queues, or one topic), receivers
+    /// on `sources` (the same queues, or all the topic's subscriptions: `fanout` =
+    /// `Some(subscriptions)`, every delivery's latency counts).
     async fn latency_phase(
         &mut self,
-        queues: &[String],
+        targets: &[String],
+        sources: &[String],
         rep: usize,
+        fanout: Option<usize>,
     ) -> Result<PhaseRun, BenchError> {
-        let nq = queues.len();
+        let nq = targets.len().max(1);
+        let nr = sources.len();
         let nc = self.args.connections.max(1);
         let mut conns = self.connect(nc).await?;
-        // Receiver of queue i on connection i % nc, its sender on the next connection.
-        let mut rplace: Vec<Placement> = (0..nq)
+        // Receiver i on connection i % nc, sender j on connection (j + 1) % nc: with queues,
+        // each queue's sender and receiver are on different connections.
+        let mut rplace: Vec<Placement> = (0..nr)
             .map(|i| Placement {
                 conn: i % nc,
                 queue: i,
                 id: None,
             })
             .collect();
-        let mut splace: Vec<Placement> = (0..nq)
+        let mut splace: Vec<Placement> = (0..targets.len())
             .map(|i| Placement {
                 conn: (i + 1) % nc,
                 queue: i,
                 id: None,
             })
             .collect();
-        self.open_links(&mut conns, queues, &mut rplace, false)
+        self.open_links(&mut conns, sources, &mut rplace, false)
             .await?;
-        self.open_links(&mut conns, queues, &mut splace, true)
+        self.open_links(&mut conns, targets, &mut splace, true)
             .await?;
         let rate_q = f64::from(self.args.rate.max(1)) / nq as f64;
         let count_q = ((rate_q * self.args.latency_secs as f64).round() as u64).max(1);
-        let tallies: Vec<Arc<Tally>> = (0..nq).map(|_| Tally::new(count_q)).collect();
+        // Every source receives everything one target is sent.
+        let tallies: Vec<Arc<Tally>> = (0..nr).map(|_| Tally::new(count_q)).collect();
         for p in &rplace {
             if let (Some(id), Some(c), Some(t)) =
                 (p.id, conns.get_mut(p.conn), tallies.get(p.queue))
@@ -620,7 +642,7 @@ impl Bench {
             }
         }
         Self::close_all(conns).await;
-        let mut run = self.run_record(Phase::Latency, nq, rep, completed, &before, &after);
+        let mut run = self.run_record(Phase::Latency, nr, rep, completed, fanout, &before, &after);
         run.errors = errors;
         lat.sort_unstable();
         run.p50_ms = stats::percentile(&lat, 0.50).map(|us| f64::from(us) / 1000.0);
@@ -687,7 +709,6 @@ impl Bench {
     }
 }
 
-/// Entry point of `keybus bench`.
 /// A topic scenario: the topic and how many subscriptions (`s1`..`sN`) it has.
 struct TopicScenario {
     name: String,
@@ -726,6 +747,7 @@ fn parse_topics(specs: &[String]) -> Result<Vec<TopicScenario>, BenchError> {
         .collect()
 }
 
+/// Entry point of `keybus bench`.
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let endpoint = Endpoint::parse(&args.connection_string).map_err(BenchError::Usage)?;
     let queues: Vec<String> = args
@@ -827,8 +849,8 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             for &phase in &phases {
                 let r = match phase {
                     Phase::Send => bench.send_phase(&qs, rep).await?,
-                    Phase::Receive => bench.receive_phase(&qs, rep).await?,
-                    Phase::Latency => bench.latency_phase(&qs, rep).await?,
+                    Phase::Receive => bench.receive_phase(&qs, rep, None).await?,
+                    Phase::Latency => bench.latency_phase(&qs, &qs, rep, None).await?,
                 };
                 eprintln!("keybus bench: {}", r.one_line());
                 runs.push(r);
@@ -849,27 +871,31 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             t.subs,
             if t.subs == 1 { "" } else { "s" }
         );
+        let topic = std::slice::from_ref(&t.name);
+        let subs = t.subscriptions();
         for rep in 0..repeat {
-            if phases.contains(&Phase::Send) {
-                let r = bench.send_phase(std::slice::from_ref(&t.name), rep).await?;
+            for &phase in &phases {
+                let r = match phase {
+                    Phase::Send => {
+                        let r = bench.send_phase(topic, rep).await?;
+                        // Every subscription got a copy of every accepted message.
+                        let sent = bench.filled.remove(&t.name).unwrap_or(0);
+                        for sub in &subs {
+                            *bench.filled.entry(sub.clone()).or_default() += sent;
+                        }
+                        r
+                    }
+                    Phase::Receive => bench.receive_phase(&subs, rep, Some(t.subs)).await?,
+                    Phase::Latency => bench.latency_phase(topic, &subs, rep, Some(t.subs)).await?,
+                };
                 eprintln!("keybus bench: {}", r.one_line());
                 runs.push(r);
-                // Every subscription got a copy of every accepted message.
-                let sent = bench.filled.remove(&t.name).unwrap_or(0);
-                for sub in t.subscriptions() {
-                    *bench.filled.entry(sub).or_default() += sent;
-                }
             }
-            if phases.contains(&Phase::Receive) {
-                let r = bench.receive_phase(&t.subscriptions(), rep).await?;
-                eprintln!("keybus bench: {}", r.one_line());
-                runs.push(r);
-                if bench.filled.values().any(|&v| v > 0) {
-                    let left: u64 = bench.filled.values().sum();
-                    return Err(BenchError::Failed(format!(
-                        "{left} message(s) sent but not received"
-                    )));
-                }
+            if bench.filled.values().any(|&v| v > 0) && phases.contains(&Phase::Receive) {
+                let left: u64 = bench.filled.values().sum();
+                return Err(BenchError::Failed(format!(
+                    "{left} message(s) sent but not received"
+                )));
             }
         }
     }

@@ -8,14 +8,21 @@ pub struct PhaseRun {
     pub phase: &'static str,
     /// What the phase drove: `1 queue`, `8 queues`, `topic t (10 subs)`.
     pub target: String,
+    /// Entities the phase drove (queues, or a topic's subscriptions for its receive side).
     pub queues: usize,
     pub rep: usize,
-    /// Messages accepted (send) or completed (receive, latency).
+    /// Messages accepted (send) or completed (receive, latency). For the receive and latency
+    /// phases of a topic: deliveries / subscriptions, i.e. published messages fully consumed.
     pub messages: u64,
     pub secs: f64,
+    /// `messages` per second.
     pub rate: f64,
     /// Broker CPU time per message, µs.
     pub broker_cpu_us: Option<f64>,
+    /// Topic receive and latency phases: subscriptions every message was delivered to, the
+    /// deliveries completed, and their rate and broker CPU time per delivery. `None` for
+    /// queues and topic sends.
+    pub fanout: Option<Fanout>,
     /// This process's CPU time per message, µs.
     pub client_cpu_us: Option<f64>,
     pub p50_ms: Option<f64>,
@@ -23,6 +30,15 @@ pub struct PhaseRun {
     pub max_ms: Option<f64>,
     /// Rejected sends / failed completions.
     pub errors: u64,
+}
+
+/// Per-delivery figures of a topic receive / latency run.
+#[derive(Debug, Clone, Copy)]
+pub struct Fanout {
+    pub subscriptions: usize,
+    pub deliveries: u64,
+    pub rate: f64,
+    pub broker_cpu_us: Option<f64>,
 }
 
 impl PhaseRun {
@@ -36,8 +52,21 @@ impl PhaseRun {
             self.secs,
             self.rate
         );
+        if let Some(f) = self.fanout {
+            let _ = write!(
+                s,
+                " ({} deliveries = {:.0}/s over {} sub{})",
+                f.deliveries,
+                f.rate,
+                f.subscriptions,
+                if f.subscriptions == 1 { "" } else { "s" }
+            );
+        }
         if let Some(b) = self.broker_cpu_us {
             let _ = write!(s, ", broker {b:.1} µs/msg");
+        }
+        if let Some(b) = self.fanout.and_then(|f| f.broker_cpu_us) {
+            let _ = write!(s, " = {b:.1} µs/delivery");
         }
         if let Some(c) = self.client_cpu_us {
             let _ = write!(s, ", client {c:.1} µs/msg");
@@ -102,6 +131,11 @@ pub struct Summary {
     pub messages: u64,
     pub rate: Option<Spread>,
     pub broker_cpu_us: Option<Spread>,
+    /// Topic receive / latency phases: subscriptions, deliveries per second and broker CPU
+    /// time per delivery.
+    pub subscriptions: Option<usize>,
+    pub delivery_rate: Option<Spread>,
+    pub broker_cpu_us_per_delivery: Option<Spread>,
     pub client_cpu_us: Option<Spread>,
     pub p50_ms: Option<Spread>,
     pub p99_ms: Option<Spread>,
@@ -131,6 +165,13 @@ impl Summary {
                     messages: rs.iter().map(|r| r.messages).sum::<u64>() / rs.len().max(1) as u64,
                     rate: Spread::of(rs.iter().map(|r| r.rate)),
                     broker_cpu_us: Spread::of(rs.iter().filter_map(|r| r.broker_cpu_us)),
+                    subscriptions: rs.iter().find_map(|r| r.fanout).map(|f| f.subscriptions),
+                    delivery_rate: Spread::of(rs.iter().filter_map(|r| r.fanout).map(|f| f.rate)),
+                    broker_cpu_us_per_delivery: Spread::of(
+                        rs.iter()
+                            .filter_map(|r| r.fanout)
+                            .filter_map(|f| f.broker_cpu_us),
+                    ),
                     client_cpu_us: Spread::of(rs.iter().filter_map(|r| r.client_cpu_us)),
                     p50_ms: Spread::of(rs.iter().filter_map(|r| r.p50_ms)),
                     p99_ms: Spread::of(rs.iter().filter_map(|r| r.p99_ms)),
@@ -214,7 +255,9 @@ pub fn table(cfg: &Config, sums: &[Summary]) -> String {
         "phase",
         "target",
         "msg/s",
+        "deliveries/s",
         "broker µs/msg",
+        "broker µs/delivery",
         "client µs/msg",
         "p50 ms",
         "p99 ms",
@@ -228,7 +271,9 @@ pub fn table(cfg: &Config, sums: &[Summary]) -> String {
                 phase_label(s.phase, cfg.rate),
                 s.target.clone(),
                 fmt_spread(s.rate, 0, multi),
+                fmt_spread(s.delivery_rate, 0, multi),
                 fmt_spread(s.broker_cpu_us, 1, multi),
+                fmt_spread(s.broker_cpu_us_per_delivery, 1, multi),
                 fmt_spread(s.client_cpu_us, 1, multi),
                 fmt_spread(s.p50_ms, 2, multi),
                 fmt_spread(s.p99_ms, 2, multi),
@@ -328,7 +373,7 @@ pub fn json(cfg: &Config, runs: &[PhaseRun], sums: &[Summary]) -> String {
         .iter()
         .map(|r| {
             format!(
-                "{{\"phase\":{},\"target\":{},\"queues\":{},\"run\":{},\"messages\":{},\"secs\":{},\"msg_per_s\":{},\"broker_cpu_us_per_msg\":{},\"client_cpu_us_per_msg\":{},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{},\"errors\":{}}}",
+                "{{\"phase\":{},\"target\":{},\"queues\":{},\"run\":{},\"messages\":{},\"secs\":{},\"msg_per_s\":{},\"broker_cpu_us_per_msg\":{},\"subscriptions\":{},\"deliveries\":{},\"deliveries_per_s\":{},\"broker_cpu_us_per_delivery\":{},\"client_cpu_us_per_msg\":{},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{},\"errors\":{}}}",
                 jstr(r.phase),
                 jstr(&r.target),
                 r.queues,
@@ -337,6 +382,12 @@ pub fn json(cfg: &Config, runs: &[PhaseRun], sums: &[Summary]) -> String {
                 jnum(Some(r.secs)),
                 jnum(Some(r.rate)),
                 jnum(r.broker_cpu_us),
+                r.fanout
+                    .map_or("null".to_string(), |f| f.subscriptions.to_string()),
+                r.fanout
+                    .map_or("null".to_string(), |f| f.deliveries.to_string()),
+                jnum(r.fanout.map(|f| f.rate)),
+                jnum(r.fanout.and_then(|f| f.broker_cpu_us)),
                 jnum(r.client_cpu_us),
                 jnum(r.p50_ms),
                 jnum(r.p99_ms),
@@ -350,7 +401,7 @@ pub fn json(cfg: &Config, runs: &[PhaseRun], sums: &[Summary]) -> String {
         .iter()
         .map(|s| {
             format!(
-                "{{\"phase\":{},\"target\":{},\"queues\":{},\"runs\":{},\"messages\":{},\"msg_per_s\":{},\"broker_cpu_us_per_msg\":{},\"client_cpu_us_per_msg\":{},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{},\"errors\":{}}}",
+                "{{\"phase\":{},\"target\":{},\"queues\":{},\"runs\":{},\"messages\":{},\"msg_per_s\":{},\"broker_cpu_us_per_msg\":{},\"subscriptions\":{},\"deliveries_per_s\":{},\"broker_cpu_us_per_delivery\":{},\"client_cpu_us_per_msg\":{},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{},\"errors\":{}}}",
                 jstr(s.phase),
                 jstr(&s.target),
                 s.queues,
@@ -358,6 +409,10 @@ pub fn json(cfg: &Config, runs: &[PhaseRun], sums: &[Summary]) -> String {
                 s.messages,
                 jspread(s.rate),
                 jspread(s.broker_cpu_us),
+                s.subscriptions
+                    .map_or("null".to_string(), |n| n.to_string()),
+                jspread(s.delivery_rate),
+                jspread(s.broker_cpu_us_per_delivery),
                 jspread(s.client_cpu_us),
                 jspread(s.p50_ms),
                 jspread(s.p99_ms),
@@ -381,6 +436,75 @@ mod tests {
         assert_eq!(percentile(&v, 0.99), Some(99));
         assert_eq!(percentile(&[7], 0.99), Some(7));
         assert_eq!(percentile(&[], 0.5), None);
+    }
+
+    fn run(phase: &'static str, target: &str, rep: usize, fanout: Option<Fanout>) -> PhaseRun {
+        PhaseRun {
+            phase,
+            target: target.into(),
+            queues: fanout.map_or(1, |f| f.subscriptions),
+            rep,
+            messages: 1000,
+            secs: 1.0,
+            rate: 1000.0 + rep as f64,
+            broker_cpu_us: Some(20.0),
+            fanout,
+            client_cpu_us: Some(1.0),
+            p50_ms: None,
+            p99_ms: None,
+            max_ms: None,
+            errors: 0,
+        }
+    }
+
+    #[test]
+    fn topic_rows_report_deliveries() {
+        let fan = |rep: usize| Fanout {
+            subscriptions: 10,
+            deliveries: 10_000,
+            rate: 10_000.0 + rep as f64 * 10.0,
+            broker_cpu_us: Some(2.0),
+        };
+        let runs = vec![
+            run("receive", "1 queue", 0, None),
+            run("receive", "topic t (10 subs)", 0, Some(fan(0))),
+            run("receive", "topic t (10 subs)", 1, Some(fan(1))),
+        ];
+        let sums = Summary::of(&runs);
+        assert_eq!(sums.len(), 2);
+        assert!(sums[0].delivery_rate.is_none() && sums[0].subscriptions.is_none());
+        assert_eq!(sums[1].subscriptions, Some(10));
+        assert_eq!(sums[1].delivery_rate.map(|s| s.median), Some(10_005.0));
+        let cfg = Config {
+            size: 1024,
+            messages: 1000,
+            connections: 2,
+            inflight: 1000,
+            credit: 1000,
+            rate: 500,
+            latency_secs: 10,
+            repeat: 2,
+            broker_pid: None,
+            note: String::new(),
+        };
+        let t = table(&cfg, &sums);
+        assert!(
+            t.contains("deliveries/s") && t.contains("10005 (10000–10010)"),
+            "{t}"
+        );
+        let j = json(&cfg, &runs, &sums);
+        assert!(
+            j.contains("\"subscriptions\":10,\"deliveries\":10000"),
+            "{j}"
+        );
+        assert!(
+            j.contains("\"subscriptions\":null,\"deliveries\":null"),
+            "{j}"
+        );
+        assert!(
+            j.contains("\"broker_cpu_us_per_delivery\":{\"median\":2"),
+            "{j}"
+        );
     }
 
     #[test]

@@ -518,6 +518,7 @@ where
                     keybus_amqp::encode_empty_frame(&mut conn.out);
                 }
                 conn.check_token_expiry();
+                conn.detach_gone_links();
             }
         }
     }

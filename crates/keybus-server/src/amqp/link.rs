@@ -651,6 +651,88 @@ impl Conn {
         );
     }
 
+    /// `amqp:not-found` if the link's entity (or subscription) was deleted.
+    fn link_gone(&self, channel: u16, handle: u32) -> Option<AmqpError> {
+        let link = self.sessions.get(&channel)?.links.get(&handle)?;
+        let (entity, subscription) = match &link.kind {
+            LinkKind::EntityIn { entity } => (entity, None),
+            LinkKind::EntityOut {
+                entity,
+                subscription,
+                ..
+            }
+            | LinkKind::MgmtIn {
+                entity,
+                subscription,
+                ..
+            } => (entity, subscription.as_deref()),
+            LinkKind::CbsIn | LinkKind::ReplyOut { .. } => return None,
+        };
+        let st = entity.lock();
+        let gone = st.deleted
+            || subscription.is_some_and(|s| match &st.machine {
+                crate::broker::Machine::Topic(t) => t.subscription(s).is_none(),
+                crate::broker::Machine::Queue(_) => true,
+            });
+        if !gone {
+            return None;
+        }
+        let path = match subscription {
+            Some(s) => format!("{}/Subscriptions/{s}", entity.name),
+            None => entity.name.clone(),
+        };
+        Some(errors::entity_not_found(&self.hostname, &path))
+    }
+
+    /// Detach links whose entity or subscription was deleted (checked on the connection's
+    /// ticker; receivers that wait are woken at deletion and detached at once).
+    pub fn detach_gone_links(&mut self) {
+        let mut gone = Vec::new();
+        for (ch, s) in &self.sessions {
+            for h in s.links.keys() {
+                if let Some(err) = self.link_gone(*ch, *h) {
+                    gone.push((*ch, *h, err));
+                }
+            }
+        }
+        for (ch, h, err) in gone {
+            self.detach_gone(ch, h, err);
+        }
+    }
+
+    /// Detach a link whose entity is gone; a session receiver whose attach is still
+    /// unanswered (waiting for a session) is refused instead.
+    fn detach_gone(&mut self, channel: u16, handle: u32, err: AmqpError) {
+        let waiting = self
+            .sessions
+            .get(&channel)
+            .and_then(|s| s.links.get(&handle))
+            .is_some_and(|l| {
+                matches!(
+                    l.kind,
+                    LinkKind::EntityOut {
+                        session: Some(SessionBinding::Waiting(_)),
+                        ..
+                    }
+                )
+            });
+        if !waiting {
+            self.force_detach(channel, handle, err);
+            return;
+        }
+        if let Some(LinkKind::EntityOut {
+            session: Some(SessionBinding::Waiting(a)),
+            ..
+        }) = self
+            .sessions
+            .get_mut(&channel)
+            .and_then(|s| s.links.remove(&handle))
+            .map(|l| l.kind)
+        {
+            self.refuse(channel, &a, err);
+        }
+    }
+
     /// Detach links whose authorising token has run out without a refresh.
     pub fn check_token_expiry(&mut self) {
         let now = self.broker.now();
@@ -739,6 +821,10 @@ impl Conn {
     /// Deliver as many messages as credit, session window and the unsettled limit allow; if
     /// credit is left, register to be woken when messages arrive.
     pub fn pump(&mut self, channel: u16, handle: u32) {
+        if let Some(err) = self.link_gone(channel, handle) {
+            self.detach_gone(channel, handle, err);
+            return;
+        }
         let max_unsettled = self.broker.config.limits.max_unsettled_per_link;
         let now = self.broker.now();
         let tx = self.tx.clone();
@@ -790,6 +876,9 @@ impl Conn {
                         None => break,
                     }
                 }
+            }
+            if !deliveries.is_empty() {
+                st.accessed_at = now;
             }
             if deliveries.len() < *credit as usize && !*waiting {
                 st.waiters.push(Waiter {
@@ -864,6 +953,17 @@ impl Conn {
         if link.generation != generation {
             return;
         }
+        if let Some(err) = self.link_gone(channel, handle) {
+            self.detach_gone(channel, handle, err);
+            return;
+        }
+        let Some(link) = self
+            .sessions
+            .get_mut(&channel)
+            .and_then(|s| s.links.get_mut(&handle))
+        else {
+            return;
+        };
         if let LinkKind::EntityOut {
             waiting, session, ..
         } = &mut link.kind

@@ -235,6 +235,18 @@ impl Conn {
         let holders = self.session_holders(entity);
         let session = opt_string(body, "session-id");
         let mut st = entity.lock();
+        let gone = st.deleted
+            || subscription.is_some_and(|s| match &st.machine {
+                crate::broker::Machine::Topic(t) => t.subscription(s).is_none(),
+                crate::broker::Machine::Queue(_) => true,
+            });
+        if gone {
+            return Err(OpError(
+                404,
+                ErrorCondition::NotFound.symbol(),
+                format!("The messaging entity '{}' could not be found.", entity.name),
+            ));
+        }
         if let Some(id) = &session
             && op != "com.microsoft:peek-message"
         {
