@@ -450,3 +450,27 @@ def approx_time(actual: Optional[datetime.datetime], expected: datetime.datetime
     assert actual.tzinfo is not None, f"{what} is not timezone-aware: {actual!r}"
     delta = abs((actual - expected).total_seconds())
     assert delta <= tolerance, f"{what}={actual.isoformat()} expected ≈{expected.isoformat()} (±{tolerance}s), off by {delta:.3f}s"
+
+
+class auth_refused:
+    """Expect the SDK's authentication failure (a refused `put-token`). With
+    `custom_endpoint_address` the Python SDK reports it as `ServiceBusConnectionError` (for
+    parity with uamqp) around the AMQP `AuthenticationException`; otherwise as
+    `ServiceBusAuthenticationError`."""
+
+    def __enter__(self) -> "auth_refused":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        from azure.servicebus._pyamqp.error import AuthenticationException
+        from azure.servicebus.exceptions import ServiceBusAuthenticationError, ServiceBusConnectionError
+
+        if exc is None:
+            raise AssertionError("expected the token to be refused, but the operation succeeded")
+        if isinstance(exc, ServiceBusAuthenticationError):
+            return True
+        if isinstance(exc, ServiceBusConnectionError) and isinstance(
+            getattr(exc, "inner_exception", None) or exc.__cause__, AuthenticationException
+        ):
+            return True
+        return False

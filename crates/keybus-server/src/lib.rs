@@ -58,6 +58,8 @@ pub struct ServeOptions {
     pub https_port: u16,
     /// Access policy file (see docs/identity.md).
     pub policy: Option<PathBuf>,
+    /// Trust bundle for client certificates on AMQPS (mTLS; SPIFFE IDs become principals).
+    pub tls_client_ca: Option<PathBuf>,
     /// Audit log file; default `<data-dir>/audit.jsonl` unless in memory.
     pub audit_log: Option<PathBuf>,
 }
@@ -75,6 +77,7 @@ impl Default for ServeOptions {
             amqps_port: 5671,
             https_port: 5443,
             policy: None,
+            tls_client_ca: None,
             audit_log: None,
         }
     }
@@ -316,7 +319,7 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
             },
             TlsSource::Dev => tls::dev_files(&opts.data_dir, &[])?,
         };
-        let t = tls::Tls::load(files.clone())?;
+        let t = tls::Tls::load(files.clone(), opts.tls_client_ca.as_deref())?;
         let amqps = TcpListener::bind(SocketAddr::new(opts.bind, opts.amqps_port))
             .await
             .map_err(io_err(format!("binding AMQPS port {}", opts.amqps_port)))?;

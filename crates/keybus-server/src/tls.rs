@@ -56,8 +56,10 @@ impl std::fmt::Debug for Tls {
 }
 
 impl Tls {
-    /// Load the certificate chain and private key.
-    pub fn load(files: TlsFiles) -> Result<Tls, TlsError> {
+    /// Load the certificate chain and private key. With `client_ca`, AMQPS asks clients for
+    /// a certificate and checks it against that trust bundle (mTLS); clients without one
+    /// still connect and authenticate with tokens.
+    pub fn load(files: TlsFiles, client_ca: Option<&Path>) -> Result<Tls, TlsError> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
             .map_err(|e| pem_error(&files.cert, e))?
             .collect::<Result<_, _>>()
@@ -70,19 +72,102 @@ impl Tls {
         }
         let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| pem_error(&files.key, e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let base = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
+        let builder = || {
+            ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TlsError::Config(e.to_string()))
+        };
+        let base = builder()?
             .with_no_client_auth()
-            .with_single_cert(certs, key)
+            .with_single_cert(certs.clone(), key.clone_key())
             .map_err(|e| TlsError::Config(e.to_string()))?;
+        let amqp = match client_ca {
+            None => base.clone(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(ca).map_err(|e| pem_error(ca, e))? {
+                    roots
+                        .add(cert.map_err(|e| pem_error(ca, e))?)
+                        .map_err(|e| pem_error(ca, e))?;
+                }
+                if roots.is_empty() {
+                    return Err(TlsError::Pem {
+                        path: ca.to_path_buf(),
+                        what: "no CA certificate in the trust bundle".into(),
+                    });
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider.clone(),
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+                builder()?
+                    .with_client_cert_verifier(verifier)
+                    .with_single_cert(certs, key)
+                    .map_err(|e| TlsError::Config(e.to_string()))?
+            }
+        };
         let mut http = base.clone();
         http.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Tls {
-            amqp: Arc::new(base),
+            amqp: Arc::new(amqp),
             http: Arc::new(http),
             files,
         })
+    }
+}
+
+/// The SPIFFE ID of a verified client certificate (X509-SVID rules: exactly one URI SAN,
+/// `spiffe://` with a non-empty path, not a CA). `Ok(None)`: a certificate without one.
+pub fn spiffe_id(cert: &CertificateDer<'_>) -> Result<Option<String>, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| format!("unreadable client certificate: {e}"))?;
+    if parsed
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca)
+    {
+        return Err("a CA certificate cannot be a client identity".into());
+    }
+    let uris: Vec<&str> = match parsed.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|g| match g {
+                GeneralName::URI(u) => Some(*u),
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(format!("bad subject alternative names: {e}")),
+    };
+    match uris.as_slice() {
+        [] => Ok(None),
+        [one] => {
+            let lower = one.to_ascii_lowercase();
+            let rest = lower
+                .strip_prefix("spiffe://")
+                .ok_or("the URI SAN is not a SPIFFE ID")?;
+            let (domain, path) = rest.split_once('/').ok_or("the SPIFFE ID has no path")?;
+            let segments_ok = !path.is_empty()
+                && path
+                    .split('/')
+                    .all(|s| !s.is_empty() && s != "." && s != "..");
+            if domain.is_empty()
+                || !segments_ok
+                || one.len() > 2048
+                || one.contains(['?', '#', '%'])
+            {
+                return Err(format!("'{one}' is not a valid SPIFFE ID"));
+            }
+            Ok(Some(one.to_string()))
+        }
+        _ => Err("a client certificate with several URI SANs is refused".into()),
     }
 }
 

@@ -65,6 +65,10 @@ struct ServeArgs {
     /// HTTPS port when TLS is on (0 picks a free one).
     #[arg(long, env = "KEYBUS_HTTPS_PORT", default_value_t = 5443)]
     https_port: u16,
+    /// Trust bundle (PEM) for client certificates on AMQPS: mTLS, the certificate's SPIFFE ID
+    /// becomes the principal. Clients without a certificate still connect (with tokens).
+    #[arg(long, env = "KEYBUS_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
     /// Access policy (TOML): token issuers, principals, role grants, the token service's
     /// registrations, audit settings. Reloaded on SIGHUP and when the file changes.
     #[arg(long, env = "KEYBUS_POLICY")]
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
                     amqps_port: a.amqps_port,
                     https_port: a.https_port,
                     policy: a.policy,
+                    tls_client_ca: a.tls_client_ca,
                     audit_log: a.audit_log,
                 };
                 let shutdown = async {

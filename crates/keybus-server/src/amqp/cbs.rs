@@ -4,7 +4,6 @@
 use keybus_amqp::{Bytes, BytesMut, Message, Properties, Value};
 
 use super::connection::Conn;
-use crate::sas;
 
 /// Read `name` from a message's application properties as text.
 pub fn app_prop<'a>(msg: &'a Message, name: &str) -> Option<&'a Value> {
@@ -59,34 +58,28 @@ impl Conn {
                 .to_string();
             let kind = app_prop(msg, "type").and_then(Value::as_str).unwrap_or("");
             let token = body_value(msg);
+            let correlation = msg
+                .properties
+                .as_ref()
+                .and_then(|p| p.message_id.as_ref())
+                .map(|id| format!("{id:?}"));
             // Python sends `type = jwt` even for SAS tokens, so the token's own form decides.
             match (kind, token.as_ref().and_then(Value::as_str)) {
-                (_, Some(token)) if token.starts_with("SharedAccessSignature ") => {
-                    match sas::validate(token, &name, &self.broker.policies, self.broker.now()) {
-                        Ok(grant) => {
-                            tracing::debug!(audience = %name, key = %grant.key_name, "token accepted");
-                            self.grants.retain(|(aud, _)| aud != &name);
-                            if self.grants.len() >= 1024 {
-                                self.grants.remove(0);
-                            }
-                            self.grants.push((name, grant));
-                            (200, "OK".to_string())
-                        }
-                        Err(e) => {
-                            tracing::info!(audience = %name, reason = %e, "token refused");
-                            (e.status(), e.to_string())
-                        }
-                    }
-                }
-                ("jwt", _) => (
-                    401,
-                    "JWT tokens are not accepted by this keybus version; use a SAS token"
-                        .to_string(),
-                ),
                 (_, None) => (
                     400,
                     "the put-token body must be the token as a string".to_string(),
                 ),
+                ("jwt" | "amqp:jwt" | "servicebus.windows.net:sastoken", Some(token)) => {
+                    if name.is_empty() {
+                        (
+                            400,
+                            "put-token needs the `name` property (the audience)".to_string(),
+                        )
+                    } else {
+                        let r = self.put_token(&name, token, correlation);
+                        (r.status, r.description)
+                    }
+                }
                 (other, _) => (400, format!("unsupported token type '{other}'")),
             }
         };

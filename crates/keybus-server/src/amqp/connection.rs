@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 
 use super::errors::{self, error};
 use super::link::{Link, PendingSend};
+use crate::auth::Principal;
 use crate::broker::{Broker, ConnEvent};
-use crate::sas::Grant;
 
 /// Idle time-out we announce; clients send empty frames at half of it.
 pub const IDLE_TIMEOUT_MS: u32 = 120_000;
@@ -57,6 +57,22 @@ pub type Unsettled = (
     Option<String>,
 );
 
+/// Failed `put-token`s tolerated on one connection before it is closed (brute force).
+pub const MAX_FAILED_TOKENS: u32 = 5;
+
+/// A verified credential on a connection, good for `resource` and below until it expires.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    /// The CBS `name` it was put for.
+    pub audience: String,
+    /// Lower-case host-less path it covers (`""` = the namespace).
+    pub resource: String,
+    pub principal: Arc<Principal>,
+    pub expires_at_ms: i64,
+}
+
+static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// The connection state owned by its task.
 pub struct Conn {
     pub broker: Arc<Broker>,
@@ -64,7 +80,17 @@ pub struct Conn {
     pub peer_max_frame: u32,
     pub max_frame: u32,
     pub sessions: HashMap<u16, Session>,
-    pub grants: Vec<(String, Grant)>,
+    /// Credentials put on `$cbs` (and the client certificate's identity), by audience.
+    pub bindings: Vec<Binding>,
+    /// The auth generation and time the links were last checked against.
+    pub auth_checked: (u64, i64),
+    /// Failed `put-token`s on this connection (it is closed after [`MAX_FAILED_TOKENS`]).
+    pub failed_tokens: u32,
+    /// Set to close the connection with this error after the current frame.
+    pub close_with: Option<keybus_amqp::AmqpError>,
+    /// For audit lines: a connection id and the peer address.
+    pub id: String,
+    pub peer: String,
     pub tx: mpsc::UnboundedSender<ConnEvent>,
     pub next_generation: u64,
     pub hostname: String,
@@ -364,7 +390,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Serve one accepted connection until it closes. Never panics on peer input.
-pub async fn serve_connection<S>(broker: Arc<Broker>, mut io: S, peer: String)
+pub async fn serve_connection<S>(broker: Arc<Broker>, mut io: S, peer: super::Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -385,7 +411,22 @@ where
         peer_max_frame: 512,
         max_frame,
         sessions: HashMap::new(),
-        grants: Vec::new(),
+        bindings: peer
+            .spiffe
+            .as_deref()
+            .map(|id| Binding {
+                audience: "mtls".into(),
+                resource: String::new(),
+                principal: Arc::new(Principal::from_spiffe(id)),
+                expires_at_ms: i64::MAX,
+            })
+            .into_iter()
+            .collect(),
+        auth_checked: (broker.auth.generation(), broker.now()),
+        failed_tokens: 0,
+        close_with: None,
+        id: format!("c-{}", NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)),
+        peer: peer.addr.clone(),
         tx,
         next_generation: 1,
         hostname: String::new(),
@@ -473,13 +514,18 @@ where
     let our_idle = Duration::from_millis(u64::from(IDLE_TIMEOUT_MS) * 2);
     let heartbeat_every = peer_idle.map_or(HEARTBEAT, |p| (p / 2).min(HEARTBEAT));
     // Tick at half the heartbeat period so silence never exceeds 1.5 periods.
-    let mut ticker = tokio::time::interval(heartbeat_every / 2);
+    // At least every second, so expired tokens and policy changes detach links promptly.
+    let mut ticker = tokio::time::interval((heartbeat_every / 2).min(Duration::from_secs(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_in = Instant::now();
     let mut last_out = Instant::now();
     loop {
         while let Some(frame) = next_frame(inbuf, conn.max_frame)? {
             conn.handle_frame(frame)?;
+            if let Some(err) = conn.close_with.take() {
+                conn.flush_sends();
+                return Err(ConnError(err));
+            }
             if conn.closed {
                 break;
             }
@@ -517,7 +563,7 @@ where
                 if last_out.elapsed() >= heartbeat_every {
                     keybus_amqp::encode_empty_frame(&mut conn.out);
                 }
-                conn.check_token_expiry();
+                conn.check_access();
                 conn.detach_gone_links();
             }
         }

@@ -11,6 +11,7 @@ use keybus_core::{
     IncomingMessage, LockToken, NodeAddress, NodeKind, Outcome, ReceiveMode, SubQueue,
 };
 
+use super::access::unauthorized;
 use super::connection::{Conn, ConnError};
 use super::errors::{self, error};
 use crate::broker::{ConnEvent, Entity, SendResult, Waiter, Wants};
@@ -262,16 +263,6 @@ impl Conn {
         }
     }
 
-    /// Does a live token on this connection grant `right` on `path`?
-    pub fn authorized(&self, path: &str, right: Right) -> bool {
-        let now = self.broker.now();
-        self.grants.iter().any(|(_, g)| {
-            g.expires_at_ms > now
-                && crate::sas::covers(&g.resource, path)
-                && (g.rights.contains(&right) || g.rights.contains(&Right::Manage))
-        })
-    }
-
     fn reply_attach(&mut self, channel: u16, a: &Attach, max_message_size: u64) {
         self.reply_attach_with(channel, a, max_message_size, None);
     }
@@ -456,7 +447,12 @@ impl Conn {
                     .iter()
                     .any(|r| self.authorized(&path, *r));
                 if !ok {
-                    self.refuse(channel, &a, unauthorized(&path));
+                    // Audited as the right most management operations need.
+                    let err = self
+                        .check_audited("authz", &path, Right::Listen, Some(&a.name), None)
+                        .err()
+                        .unwrap_or_else(|| unauthorized(&path, Right::Listen));
+                    self.refuse(channel, &a, err);
                     return Ok(());
                 }
                 if is_topic && subscription.is_none() && sub != SubQueue::Main {
@@ -523,8 +519,10 @@ impl Conn {
                     );
                     return Ok(());
                 }
-                if !self.authorized(&path, Right::Send) {
-                    self.refuse(channel, &a, unauthorized(&path));
+                if let Err(err) =
+                    self.check_audited("authz", &path, Right::Send, Some(&a.name), None)
+                {
+                    self.refuse(channel, &a, err);
                     return Ok(());
                 }
                 self.reply_attach(channel, &a, max_size);
@@ -553,8 +551,10 @@ impl Conn {
                     );
                     return Ok(());
                 }
-                if !self.authorized(&path, Right::Listen) {
-                    self.refuse(channel, &a, unauthorized(&path));
+                if let Err(err) =
+                    self.check_audited("authz", &path, Right::Listen, Some(&a.name), None)
+                {
+                    self.refuse(channel, &a, err);
                     return Ok(());
                 }
                 let mode = if a.snd_settle_mode == SenderSettleMode::Settled {
@@ -730,29 +730,6 @@ impl Conn {
             .map(|l| l.kind)
         {
             self.refuse(channel, &a, err);
-        }
-    }
-
-    /// Detach links whose authorising token has run out without a refresh.
-    pub fn check_token_expiry(&mut self) {
-        let now = self.broker.now();
-        let before = self.grants.len();
-        self.grants.retain(|(_, g)| g.expires_at_ms > now);
-        if self.grants.len() == before {
-            return;
-        }
-        let mut lost = Vec::new();
-        for (ch, s) in &self.sessions {
-            for (h, l) in &s.links {
-                if let Some((path, right)) = &l.auth
-                    && !self.authorized(path, *right)
-                {
-                    lost.push((*ch, *h, path.clone()));
-                }
-            }
-        }
-        for (ch, h, path) in lost {
-            self.force_detach(ch, h, unauthorized(&path));
         }
     }
 
@@ -1432,15 +1409,6 @@ impl Conn {
         s.next_outgoing_id = s.next_outgoing_id.wrapping_add(frames);
         s.remote_incoming_window = s.remote_incoming_window.saturating_sub(frames);
     }
-}
-
-fn unauthorized(path: &str) -> AmqpError {
-    error(
-        errors::UNAUTHORIZED,
-        format!(
-            "Unauthorized access. A valid token with the needed claim is required to perform this operation on '{path}'."
-        ),
-    )
 }
 
 fn lock_lost_state() -> DeliveryState {

@@ -155,19 +155,24 @@ impl Conn {
             tracing::debug!(%op, "management request without a reply link");
             return;
         };
-        let result = if self.authorized(&node, required_right(&op)) {
-            let body = body_value(&msg);
-            let fields = body.as_ref().and_then(Value::as_map).unwrap_or(&[]);
-            self.management_op(&op, &entity, subscription.as_deref(), sub, fields)
-        } else {
-            Err(OpError(
+        let correlation = msg
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_id.as_ref())
+            .map(|id| format!("{id:?}"));
+        let right = required_right(&op);
+        let result = match self.check_audited("mgmt.op", &node, right, Some(&op), correlation) {
+            Ok(()) => {
+                let body = body_value(&msg);
+                let fields = body.as_ref().and_then(Value::as_map).unwrap_or(&[]);
+                self.management_op(&op, &entity, subscription.as_deref(), sub, fields)
+            }
+            Err(e) => Err(OpError(
                 401,
                 "amqp:unauthorized-access",
-                format!(
-                    "Unauthorized access: '{op}' on '{entity_key}' needs the {:?} right.",
-                    required_right(&op)
-                ),
-            ))
+                e.description
+                    .unwrap_or_else(|| format!("'{op}' needs the {right:?} right")),
+            )),
         };
         let op_name = op.strip_prefix("com.microsoft:").unwrap_or(&op).to_string();
         match result {

@@ -13,6 +13,7 @@
 //! A connection that opens with an HTTP request instead of an AMQP header is upgraded to AMQP
 //! over WebSockets (`websocket.rs`) and then served the same way.
 
+pub mod access;
 pub mod cbs;
 pub mod connection;
 pub mod errors;
@@ -32,6 +33,29 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
+
+/// Who is on the other end of a connection: its address and, with mTLS, the SPIFFE ID of its
+/// verified client certificate.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: String,
+    pub spiffe: Option<String>,
+}
+
+impl Peer {
+    pub fn new(addr: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            spiffe: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
 
 /// How long a client may take to finish the TLS handshake.
 const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -63,14 +87,30 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, broker: Arc
                     return;
                 }
             };
-            serve_stream(broker, tls, peer).await;
+            let certs = tls.get_ref().1.peer_certificates();
+            let spiffe = match certs.and_then(|c| c.first()).map(crate::tls::spiffe_id) {
+                None | Some(Ok(None)) => None,
+                Some(Ok(Some(id))) => Some(id),
+                Some(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "client certificate refused");
+                    broker.auth.audit.record(crate::auth::audit::Event {
+                        event: "mtls",
+                        allow: false,
+                        reason: e,
+                        peer: Some(peer.clone()),
+                        ..Default::default()
+                    });
+                    return;
+                }
+            };
+            serve_stream(broker, tls, Peer { addr: peer, spiffe }).await;
         });
     }
 }
 
 /// Serve a (decrypted) stream: AMQP, or AMQP over WebSockets when it opens with an HTTP
 /// request. The first byte tells them apart (`A` of `AMQP` against `G` of `GET`).
-async fn serve_stream<S>(broker: Arc<Broker>, mut io: S, peer: String)
+async fn serve_stream<S>(broker: Arc<Broker>, mut io: S, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -139,6 +179,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 /// Serve an accepted socket of the AMQP listener: AMQP, or AMQP over WebSockets when the
 /// client opens with an HTTP request.
 pub async fn serve_socket(broker: Arc<Broker>, sock: TcpStream, peer: String) {
+    let peer = Peer::new(peer);
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(std::time::Duration::from_secs(30), sock.peek(&mut first))
         .await

@@ -63,7 +63,7 @@ fn check_request(req: &Request, mut resp: Response) -> Result<Response, ErrorRes
 }
 
 /// Upgrade a connection that started with an HTTP request, then serve AMQP over it.
-pub async fn serve_upgrade<S>(broker: Arc<Broker>, io: S, peer: String)
+pub async fn serve_upgrade<S>(broker: Arc<Broker>, io: S, peer: super::Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -13,8 +13,8 @@ use keybus_core::{
 use super::xml::{self, Body, Ctx, Fields, RuleBody};
 use super::{AtomError, Need, Target, authorize, check_new_name, host_of, parse_target};
 use crate::admin::EntityView;
+use crate::auth::Principal;
 use crate::broker::Broker;
-use crate::sas::Grant;
 
 const ENTRY: &str = "application/atom+xml;type=entry;charset=utf-8";
 const FEED: &str = "application/atom+xml;type=feed;charset=utf-8";
@@ -392,7 +392,7 @@ fn rule_def(name: &str, body: RuleBody) -> Result<RuleDefinition, AtomError> {
 fn authorize_forward(
     broker: &Broker,
     headers: &HeaderMap,
-    grant: &Grant,
+    grant: &Principal,
     host: &str,
     dest: Option<&str>,
     supplementary: &str,
@@ -401,20 +401,29 @@ fn authorize_forward(
         return Ok(());
     };
     let lower = dest.to_ascii_lowercase();
-    if crate::sas::covers(&grant.resource, &lower) {
+    let now = broker.now();
+    let may_send = |p: &Principal| {
+        let auth = &broker.auth;
+        auth.decide(p, crate::config::Right::Send, &lower, now)
+            .allow
+            || auth
+                .decide(p, crate::config::Right::Manage, &lower, now)
+                .allow
+    };
+    if may_send(grant) {
         return Ok(());
     }
     let token = headers.get(supplementary).and_then(|v| v.to_str().ok());
     // The JavaScript SDK signs the supplementary token for the bare host (no scheme).
     let ok = token.is_some_and(|t| {
+        let t = t.strip_prefix("Bearer ").unwrap_or(t);
         [format!("sb://{host}/{dest}"), format!("{host}/{dest}")]
             .iter()
             .any(|aud| {
-                crate::sas::validate(t, aud, &broker.policies, broker.now()).is_ok_and(|g| {
-                    g.rights.iter().any(|r| {
-                        matches!(r, crate::config::Right::Manage | crate::config::Right::Send)
-                    })
-                })
+                broker
+                    .auth
+                    .verify(t, aud, &broker.policies, now)
+                    .is_ok_and(|(p, _)| may_send(&p))
             })
     });
     if ok {
@@ -430,7 +439,7 @@ async fn put(
     broker: &Broker,
     ctx: &Ctx<'_>,
     headers: &HeaderMap,
-    grant: &Grant,
+    grant: &Principal,
     target: &Target,
     body: &Bytes,
 ) -> Result<Response, AtomError> {

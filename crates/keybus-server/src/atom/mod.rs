@@ -25,9 +25,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
 use crate::admin::AdminError;
+use crate::auth::Principal;
 use crate::broker::Broker;
 use crate::config::Right;
-use crate::sas::Grant;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -313,49 +313,84 @@ pub enum Need {
     Any,
 }
 
-/// Validate the SAS token in `Authorization` for `path` and check its rights.
+/// Validate the token in `Authorization` (`SharedAccessSignature …` or `Bearer <jwt>`) for
+/// `path` and check, through the access policy, that its holder may do `need`. Audited.
 pub fn authorize(
     broker: &Broker,
     headers: &HeaderMap,
     host: &str,
     path: &str,
     need: Need,
-) -> Result<Grant, AtomError> {
-    let token = headers
+) -> Result<Principal, AtomError> {
+    let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| {
             AtomError::Unauthorized(
-                "the Authorization header is missing: send a SharedAccessSignature token".into(),
+                "the Authorization header is missing: send a SharedAccessSignature or Bearer token"
+                    .into(),
             )
         })?
         .to_str()
         .map_err(|_| AtomError::Unauthorized("the Authorization header is not ASCII".into()))?;
-    if token.starts_with("Bearer ") {
-        return Err(AtomError::Unauthorized(
-            "Bearer tokens are not accepted: use a SharedAccessSignature token".into(),
-        ));
-    }
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .unwrap_or(value)
+        .trim();
     let audience = format!("sb://{host}/{path}");
-    let grant = crate::sas::validate(token, &audience, &broker.policies, broker.now())
-        .map_err(|e| AtomError::Unauthorized(format!("Unauthorized: {e}")))?;
-    let has = |r: Right| grant.rights.contains(&r);
-    let ok = match need {
-        Need::Manage => has(Right::Manage),
-        Need::Read => has(Right::Manage) || has(Right::Listen),
-        Need::Any => !grant.rights.is_empty(),
+    let now = broker.now();
+    let auth = &broker.auth;
+    let (principal, _) = auth
+        .verify(token, &audience, &broker.policies, now)
+        .map_err(|e| {
+            auth.audit.record(crate::auth::audit::Event {
+                event: "http.token",
+                allow: false,
+                reason: e.split(':').next().unwrap_or("invalid_token").to_string(),
+                entity: Some(path.to_ascii_lowercase()),
+                ..Default::default()
+            });
+            AtomError::Unauthorized(format!("Unauthorized: {e}"))
+        })?;
+    let lower = path.to_ascii_lowercase();
+    let rights: &[Right] = match need {
+        Need::Manage => &[Right::Manage],
+        Need::Read => &[Right::Manage, Right::Listen],
+        Need::Any => &[Right::Manage, Right::Listen, Right::Send],
     };
-    if !ok {
+    // Audit the first right that allows it, or the denial of the main one.
+    let policy = auth.policy();
+    let allowed = rights.iter().any(|r| {
+        auth.decide_with(&policy, &principal, *r, &lower, now)
+            .0
+            .allow
+    });
+    let audited = if allowed {
+        rights
+            .iter()
+            .copied()
+            .find(|r| {
+                auth.decide_with(&policy, &principal, *r, &lower, now)
+                    .0
+                    .allow
+            })
+            .unwrap_or(rights[0])
+    } else {
+        rights[0]
+    };
+    let d = auth.check("http.authz", &principal, audited, &lower, now, None, None);
+    if !d.allow {
         let needed = match need {
             Need::Manage => "the Manage right",
             Need::Read => "the Manage or Listen right",
             Need::Any => "a right",
         };
         return Err(AtomError::Unauthorized(format!(
-            "Unauthorized: this operation on '{path}' needs {needed}; the policy '{}' does not grant it",
-            grant.key_name
+            "Unauthorized: this operation on '{path}' needs {needed}; '{}' does not have it ({})",
+            principal.key, d.reason
         )));
     }
-    Ok(grant)
+    Ok(principal)
 }
 
 /// The host the client addressed (for ids, links and token audiences); `localhost` if the

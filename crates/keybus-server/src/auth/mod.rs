@@ -217,6 +217,32 @@ impl Auth {
         }
     }
 
+    /// Check a SAS token or a JWT presented for `audience`: the principal and when the
+    /// credential expires (ms), or the Azure-style reason it was refused.
+    pub fn verify(
+        &self,
+        token: &str,
+        audience: &str,
+        sas_policies: &[crate::config::SasPolicy],
+        now_ms: i64,
+    ) -> Result<(Principal, i64), String> {
+        let policy = self.policy();
+        if token.starts_with("SharedAccessSignature ") {
+            if !policy.local_auth() {
+                return Err(
+                    "LocalAuthDisabled: SAS authentication is disabled for this namespace.".into(),
+                );
+            }
+            crate::sas::validate(token, audience, sas_policies, now_ms)
+                .map(|g| (Principal::from_sas(&g, token), g.expires_at_ms))
+                .map_err(|e| e.to_string())
+        } else {
+            self.jwt
+                .validate(token, &self.sts, &policy, now_ms)
+                .map_err(|e| e.to_string())
+        }
+    }
+
     /// May `p` exercise `right` on `path` (lower-case, host-less) now?
     pub fn decide(&self, p: &Principal, right: Right, path: &str, now_ms: i64) -> Decision {
         self.decide_with(&self.policy(), p, right, path, now_ms).0
