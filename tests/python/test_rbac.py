@@ -363,3 +363,40 @@ def test_local_auth_off_refuses_sas_and_keeps_tokens(env: Env) -> None:
     with env.as_("owner") as client:
         [m] = receive_one(client, "rbac-b")
         assert body_bytes(m) == b"sas ok"
+
+
+def test_token_brute_force_is_rate_limited_and_audited(env: Env) -> None:
+    bad = AzureNamedKeyCredential(kbutil.SAS_POLICY, "bm90LXRoZS1yaWdodC1rZXk=")
+    for i in range(30):
+        with env.client(bad) as client:
+            with kbutil.auth_refused():
+                send_one(client, "rbac-a", f"guess {i}")
+    # The address is now refused for a minute, even with the right key ...
+    good = AzureNamedKeyCredential(kbutil.SAS_POLICY, kbutil.SAS_KEY)
+    with env.client(good) as client:
+        with kbutil.auth_refused():
+            send_one(client, "rbac-a", "right key, too late")
+    events = [e for e in env.audit() if e["event"] == "token.put" and e["decision"] == "deny"]
+    assert sum(1 for e in events if e["reason"] == "InvalidSignature" or "signature" in e["reason"].lower()) >= 30 or len(events) >= 31
+    assert any(e["reason"] == "TooManyFailedAttempts" for e in events), [e["reason"] for e in events][-3:]
+
+
+def test_entity_level_sas_rule(broker_factory, tmp_path: Path) -> None:
+    text = kbutil.render_toml({"ent-a": {}, "ent-b": {}}) + (
+        '\n[[sas_policies]]\nname = "a-sender"\nkey = "a-sender-key-0123456789"\nrights = ["Send"]\nentity = "ent-a"\n'
+    )
+    config = tmp_path / "entity-sas.toml"
+    config.write_text(text)
+    b = broker_factory.start(config, name="keybus-entity-sas")
+    conn = kbutil.connection_string(b.amqp_port, key="a-sender-key-0123456789", policy="a-sender")
+    with ServiceBusClient.from_connection_string(conn, retry_total=0) as client:
+        send_one(client, "ent-a", "entity rule")
+        # Send only: receiving is refused ...
+        with pytest.raises(ServiceBusAuthorizationError):
+            receive_one(client, "ent-a")
+        # ... and the key does not sign for another queue.
+        with kbutil.auth_refused():
+            send_one(client, "ent-b", "wrong entity")
+    with ServiceBusClient.from_connection_string(b.conn_str, retry_total=0) as client:
+        [m] = receive_one(client, "ent-a")
+        assert body_bytes(m) == b"entity rule"

@@ -44,6 +44,9 @@ pub struct SasPolicy {
     pub name: String,
     pub key: String,
     pub rights: Vec<Right>,
+    /// The entity the rule belongs to (lower-case path; `""` = the whole namespace). Tokens
+    /// signed with an entity's key are good for that entity (and a topic's subscriptions).
+    pub scope: String,
 }
 
 /// Limits on everything a client can make the broker hold.
@@ -163,6 +166,9 @@ struct RawPolicy {
     name: String,
     key: String,
     rights: Vec<Right>,
+    /// A queue or topic name: the rule belongs to that entity only.
+    #[serde(default)]
+    entity: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -353,6 +359,10 @@ fn parse_toml(text: &str) -> Result<Config, ConfigError> {
                 name: p.name,
                 key: p.key,
                 rights: p.rights,
+                scope: p
+                    .entity
+                    .map(|e| e.trim_matches('/').to_ascii_lowercase())
+                    .unwrap_or_default(),
             })
             .collect(),
         limits: raw.limits,
@@ -455,6 +465,7 @@ fn parse_emulator(text: &str) -> Result<Config, ConfigError> {
             name: EMULATOR_POLICY.into(),
             key: EMULATOR_KEY.into(),
             rights: vec![Right::Manage, Right::Send, Right::Listen],
+            scope: String::new(),
         }],
         ..Config::default()
     };

@@ -130,6 +130,7 @@ fn default_policies(opts: &ServeOptions) -> Result<Vec<SasPolicy>, ServeError> {
         name: config::EMULATOR_POLICY.into(),
         key,
         rights: vec![Right::Manage, Right::Send, Right::Listen],
+        scope: String::new(),
     }])
 }
 

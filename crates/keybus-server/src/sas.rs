@@ -20,15 +20,16 @@ pub struct Grant {
 /// Why a token was refused (all map to CBS status 401 except `Malformed`: 400).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TokenError {
-    #[error("The token is malformed: {0}")]
+    #[error("InvalidToken: The token is malformed: {0}")]
     Malformed(String),
-    #[error("The SAS key name '{0}' is not known.")]
+    /// Same text as a bad signature: no oracle for key names.
+    #[error("InvalidSignature: The token has an invalid signature.")]
     UnknownKey(String),
-    #[error("The token signature is invalid.")]
+    #[error("InvalidSignature: The token has an invalid signature.")]
     BadSignature,
-    #[error("The token has expired.")]
+    #[error("ExpiredToken: The token is expired.")]
     Expired,
-    #[error("The token audience '{0}' does not cover '{1}'.")]
+    #[error("InvalidAudience: The token audience '{0}' is not valid for '{1}'.")]
     WrongAudience(String, String),
 }
 
@@ -119,20 +120,30 @@ pub fn validate(
         skn.ok_or_else(|| missing("skn"))?,
     );
     let key_name = percent_decode(skn)?;
-    let policy = policies
+    let resource = resource_path(&percent_decode(sr)?);
+    // Rules of that name on the token's entity or an ancestor (the namespace) may have signed
+    // it; an unknown name gets the same answer as a bad signature.
+    let candidates: Vec<&SasPolicy> = policies
         .iter()
-        .find(|p| p.name == key_name)
-        .ok_or_else(|| TokenError::UnknownKey(key_name.clone()))?;
+        .filter(|p| p.name == key_name && covers(&p.scope, &resource))
+        .collect();
+    if candidates.is_empty() {
+        return Err(TokenError::UnknownKey(key_name));
+    }
     let sig = base64::engine::general_purpose::STANDARD
         .decode(percent_decode(sig)?)
         .map_err(|_| TokenError::BadSignature)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(policy.key.as_bytes())
-        .map_err(|_| TokenError::Malformed("bad key".into()))?;
-    mac.update(sr.as_bytes());
-    mac.update(b"\n");
-    mac.update(se.as_bytes());
-    mac.verify_slice(&sig)
-        .map_err(|_| TokenError::BadSignature)?;
+    let policy = candidates
+        .into_iter()
+        .find(|p| {
+            Hmac::<Sha256>::new_from_slice(p.key.as_bytes()).is_ok_and(|mut mac| {
+                mac.update(sr.as_bytes());
+                mac.update(b"\n");
+                mac.update(se.as_bytes());
+                mac.verify_slice(&sig).is_ok()
+            })
+        })
+        .ok_or(TokenError::BadSignature)?;
     let se: i64 = se
         .parse()
         .map_err(|_| TokenError::Malformed("se is not a number".into()))?;
@@ -140,7 +151,6 @@ pub fn validate(
     if expires_at_ms + SKEW_MS <= now_ms {
         return Err(TokenError::Expired);
     }
-    let resource = resource_path(&percent_decode(sr)?);
     let target = resource_path(audience);
     if !covers(&resource, &target) {
         return Err(TokenError::WrongAudience(resource, target));
@@ -190,6 +200,7 @@ mod tests {
             name: "root".into(),
             key: "secret".into(),
             rights: vec![Right::Send],
+            scope: String::new(),
         }]
     }
 
@@ -248,6 +259,66 @@ mod tests {
                 .unwrap()
                 .resource,
             "q1"
+        );
+    }
+
+    #[test]
+    fn entity_rules_sign_only_for_their_entity() {
+        let now = 1_700_000_000_000;
+        let rules = vec![
+            SasPolicy {
+                name: "app".into(),
+                key: "ns-key".into(),
+                rights: vec![Right::Manage],
+                scope: String::new(),
+            },
+            SasPolicy {
+                name: "app".into(),
+                key: "orders-key".into(),
+                rights: vec![Right::Send],
+                scope: "orders".into(),
+            },
+            SasPolicy {
+                name: "listener".into(),
+                key: "events-key".into(),
+                rights: vec![Right::Listen],
+                scope: "events".into(),
+            },
+        ];
+        let exp = now / 1000 + 60;
+        // The entity rule's key works for its entity, with its rights ...
+        let t = make_token("sb://h/orders", "app", "orders-key", exp);
+        let g = validate(&t, "sb://h/orders", &rules, now).unwrap();
+        assert_eq!(g.rights, vec![Right::Send]);
+        // ... and the namespace rule of the same name keeps its own.
+        let t = make_token("sb://h/orders", "app", "ns-key", exp);
+        assert_eq!(
+            validate(&t, "sb://h/orders", &rules, now).unwrap().rights,
+            vec![Right::Manage]
+        );
+        // Not for another entity or the namespace.
+        let t = make_token("sb://h/invoices", "app", "orders-key", exp);
+        assert_eq!(
+            validate(&t, "sb://h/invoices", &rules, now),
+            Err(TokenError::BadSignature)
+        );
+        let t = make_token("sb://h/", "listener", "events-key", exp);
+        assert!(matches!(
+            validate(&t, "sb://h/", &rules, now),
+            Err(TokenError::UnknownKey(_))
+        ));
+        // A topic rule covers its subscriptions.
+        let t = make_token(
+            "sb://h/events/subscriptions/s1",
+            "listener",
+            "events-key",
+            exp,
+        );
+        assert!(validate(&t, "sb://h/events/Subscriptions/s1", &rules, now).is_ok());
+        // Unknown names and bad signatures read the same.
+        assert_eq!(
+            TokenError::UnknownKey("x".into()).to_string(),
+            TokenError::BadSignature.to_string()
         );
     }
 }

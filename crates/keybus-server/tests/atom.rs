@@ -578,6 +578,7 @@ async fn open(store: Arc<dyn Store>) -> Arc<Broker> {
         name: "root".into(),
         key: "k".into(),
         rights: vec![Right::Manage],
+        scope: String::new(),
     }];
     Broker::open(Config::default(), policies, store, Arc::new(SystemClock))
         .await

@@ -48,7 +48,14 @@ impl Conn {
         let now = self.broker.now();
         let auth = self.broker.auth.clone();
         let policy = auth.policy();
-        let verified = auth.verify(token, audience, &self.broker.policies, now);
+        let verified = if auth.rate_limited(&self.peer, now) {
+            Err(format!(
+                "TooManyFailedAttempts: more than {} tokens from this address were refused in the last minute; try again later.",
+                crate::auth::MAX_FAILURES_PER_MINUTE
+            ))
+        } else {
+            auth.verify(token, audience, &self.broker.policies, now)
+        };
         let resource = sas::resource_path(audience);
         match verified {
             Ok((principal, expires_at_ms)) => {
@@ -113,6 +120,7 @@ impl Conn {
             }
             Err(description) => {
                 self.failed_tokens += 1;
+                auth.record_failure(&self.peer, now);
                 let reason = description
                     .split(':')
                     .next()

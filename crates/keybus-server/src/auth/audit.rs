@@ -170,7 +170,7 @@ impl Audit {
             obj.insert(k.into(), v);
         }
         let decision = if ev.allow { "allow" } else { "deny" };
-        tracing::info!(target: "keybus::audit", event = ev.event, decision, reason = %ev.reason);
+        tracing::debug!(target: "keybus::audit", event = ev.event, decision, reason = %ev.reason);
         let Ok(mut sink) = self.sink.lock() else {
             return;
         };

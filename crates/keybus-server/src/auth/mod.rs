@@ -118,6 +118,12 @@ pub fn token_sha256(token: &str) -> String {
     format!("{:x}", Sha256::digest(token.as_bytes()))
 }
 
+/// Failed token presentations tolerated per client address and minute before every token
+/// from that address is refused until the minute is over (SAS and JWT brute force).
+pub const MAX_FAILURES_PER_MINUTE: u32 = 30;
+/// Addresses tracked at once; beyond this the oldest windows are forgotten.
+const MAX_TRACKED_PEERS: usize = 10_000;
+
 /// The broker's access state: the policy (atomically replaced on reload), the token
 /// validator, the token service and the audit log.
 pub struct Auth {
@@ -127,6 +133,8 @@ pub struct Auth {
     pub audit: Audit,
     pub jwt: jwt::Validator,
     pub sts: sts::TokenService,
+    /// Failed token presentations per client address: (window start ms, count).
+    failures: std::sync::Mutex<std::collections::HashMap<String, (i64, u32)>>,
 }
 
 impl Auth {
@@ -146,7 +154,37 @@ impl Auth {
             audit,
             jwt,
             sts,
+            failures: Default::default(),
         }
+    }
+
+    /// Is `peer` (a client address, port ignored) refused for too many failed tokens?
+    pub fn rate_limited(&self, peer: &str, now_ms: i64) -> bool {
+        let ip = peer_ip(peer);
+        let Ok(map) = self.failures.lock() else {
+            return false;
+        };
+        map.get(ip)
+            .is_some_and(|(start, n)| now_ms - start < 60_000 && *n >= MAX_FAILURES_PER_MINUTE)
+    }
+
+    /// Count a failed token presentation from `peer`.
+    pub fn record_failure(&self, peer: &str, now_ms: i64) {
+        let ip = peer_ip(peer).to_string();
+        let Ok(mut map) = self.failures.lock() else {
+            return;
+        };
+        if map.len() >= MAX_TRACKED_PEERS {
+            map.retain(|_, (start, _)| now_ms - *start < 60_000);
+            if map.len() >= MAX_TRACKED_PEERS {
+                map.clear();
+            }
+        }
+        let entry = map.entry(ip).or_insert((now_ms, 0));
+        if now_ms - entry.0 >= 60_000 {
+            *entry = (now_ms, 0);
+        }
+        entry.1 += 1;
     }
 
     /// No policy file: SAS only, no audit file, a throw-away token service.
@@ -303,6 +341,16 @@ impl Auth {
             ..Default::default()
         });
         d
+    }
+}
+
+/// The address part of `ip:port` / `[v6]:port`.
+fn peer_ip(peer: &str) -> &str {
+    match peer.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => {
+            host.trim_start_matches('[').trim_end_matches(']')
+        }
+        _ => peer,
     }
 }
 
