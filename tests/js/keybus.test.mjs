@@ -14,3 +14,4 @@ import "./cases/sessions.mjs";
 import "./cases/topics-extras.mjs";
 import "./cases/websocket.mjs";
 import "./cases/admin.mjs";
+import "./cases/rbac.mjs";

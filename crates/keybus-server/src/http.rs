@@ -41,6 +41,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(health))
         .route("/metrics", get(metrics))
+        .merge(crate::auth::sts::routes())
         .merge(crate::atom::routes())
         .with_state(broker)
 }

@@ -22,7 +22,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
 
 use crate::admin::AdminError;
 use crate::auth::Principal;
@@ -105,8 +104,10 @@ impl IntoResponse for AtomError {
 
 /// The routes of the management API (merged into the HTTP router in `http.rs`).
 pub fn routes() -> Router<Arc<Broker>> {
+    // A fallback, not a `/{*path}` route: the token service's `/{tenant}/…` routes would
+    // conflict with a catch-all.
     Router::new()
-        .route("/{*path}", any(serve))
+        .fallback(serve)
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 

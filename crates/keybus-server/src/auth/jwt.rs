@@ -1,35 +1,603 @@
-//! JSON Web Token validation (identity reference §5). PLACEHOLDER: being written.
+//! JSON Web Token validation (identity reference §5.1) for tokens from keybus's own token
+//! service and from the OIDC issuers the policy configures.
+//!
+//! Validation is synchronous and never waits on the network: keys come from a per-issuer cache
+//! filled from a JWKS file, a JWKS URL or OIDC discovery by background tasks. An unknown `kid`
+//! asks for one refresh (at most one per minute and issuer) and the token is refused.
+//! Signatures are checked by `jsonwebtoken`; everything around them (size, header, algorithm
+//! allow-list, issuer and key selection, times against the injected clock) is checked here.
 
-use super::Principal;
-use super::policy::Policy;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-/// Why a JWT was refused.
+use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use super::policy::{IssuerConfig, IssuerKind, Policy, Subject};
+use super::{CredentialKind, Principal, token_sha256};
+
+/// Largest token we look at (Entra tokens with group claims can be large).
+pub const MAX_JWT_LEN: usize = 16 * 1024;
+/// Refresh a JWKS at most this often when an unknown `kid` shows up.
+const REFRESH_EVERY_MS: i64 = 60_000;
+/// Cache lifetime bounds for fetched key sets.
+const MIN_CACHE_MS: i64 = 5 * 60_000;
+const MAX_CACHE_MS: i64 = 24 * 3_600_000;
+/// Largest discovery or JWKS document we read.
+const MAX_FETCH: usize = 1024 * 1024;
+
+/// Why a JWT was refused; the text is what the CBS reply carries (all status 401).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum JwtError {
-    #[error("InvalidToken: JWT validation is not available yet.")]
-    Unsupported,
+    #[error("InvalidToken: {0}")]
+    Invalid(String),
+    #[error("InvalidIssuer: The token issuer '{0}' is not trusted.")]
+    Issuer(String),
+    #[error("InvalidSignature: The token has an invalid signature.")]
+    Signature,
+    #[error("InvalidSignature: The token's signing key '{0}' is not known (yet).")]
+    UnknownKey(String),
+    #[error("InvalidAudience: The token audience is not valid for this resource.")]
+    Audience,
+    #[error("ExpiredToken: The token is expired. Expiration time: '{0}'")]
+    Expired(String),
+}
+
+fn invalid(s: impl Into<String>) -> JwtError {
+    JwtError::Invalid(s.into())
+}
+
+/// Claims keybus reads; everything else is ignored.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Claims {
+    pub iss: Option<String>,
+    pub sub: Option<String>,
+    pub oid: Option<String>,
+    pub tid: Option<String>,
+    pub appid: Option<String>,
+    pub azp: Option<String>,
+    pub exp: Option<f64>,
+    pub nbf: Option<f64>,
+    pub iat: Option<f64>,
+    pub jti: Option<String>,
+    pub uti: Option<String>,
+    pub nonce: Option<String>,
+}
+
+/// A token that passed: its claims, the issuer entry that vouched for it, its key id.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub claims: Claims,
+    pub issuer_id: String,
+    pub kid: Option<String>,
+    pub expires_at_ms: i64,
+}
+
+/// One issuer's cached keys.
+#[derive(Default)]
+struct KeyCache {
+    keys: Vec<Jwk>,
+    /// When the keys were last loaded (ms), and until when they count as fresh.
+    loaded_at_ms: i64,
+    fresh_until_ms: i64,
+    /// Last refresh attempt (ms), for rate limiting; and whether one is running.
+    last_try_ms: i64,
+    refreshing: bool,
 }
 
 /// Validates tokens against the configured issuers.
 #[derive(Default)]
-pub struct Validator {}
+pub struct Validator {
+    caches: Arc<RwLock<HashMap<String, Arc<Mutex<KeyCache>>>>>,
+}
+
+fn now_ms_system() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn b64url(s: &str) -> Result<Vec<u8>, JwtError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|_| invalid("a token segment is not base64url"))
+}
+
+fn utc(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
 
 impl Validator {
     pub fn new() -> Self {
-        Self {}
+        Self::default()
     }
 
-    /// (Re)build the issuer table from a policy.
-    pub fn configure(&self, _policy: &Policy) {}
+    /// (Re)build the issuer table from a policy: key files are read now, URLs fetched in
+    /// the background.
+    pub fn configure(&self, policy: &Policy) {
+        let mut map = HashMap::new();
+        for iss in &policy.file.issuers {
+            if iss.kind != IssuerKind::Oidc {
+                continue;
+            }
+            let cache = Arc::new(Mutex::new(KeyCache::default()));
+            map.insert(iss.id.clone(), cache.clone());
+            refresh(iss.clone(), cache, true);
+        }
+        match self.caches.write() {
+            Ok(mut g) => *g = map,
+            Err(p) => *p.into_inner() = map,
+        }
+    }
 
-    /// Validate `token`; on success the principal and when it expires (ms since the epoch).
+    fn cache(&self, id: &str) -> Option<Arc<Mutex<KeyCache>>> {
+        self.caches.read().ok()?.get(id).cloned()
+    }
+
+    /// Validate a token presented to the broker (audience: Service Bus).
     pub fn validate(
         &self,
-        _token: &str,
-        _sts: &super::sts::TokenService,
-        _policy: &Policy,
-        _now_ms: i64,
+        token: &str,
+        sts: &super::sts::TokenService,
+        policy: &Policy,
+        now_ms: i64,
     ) -> Result<(Principal, i64), JwtError> {
-        Err(JwtError::Unsupported)
+        let v = self.verify(token, sts, policy, now_ms, None)?;
+        let c = &v.claims;
+        let subject = Subject {
+            issuer_id: Some(v.issuer_id.clone()),
+            sub: c.sub.clone(),
+            oid: c.oid.clone(),
+            tid: c.tid.clone(),
+            client_id: c.appid.clone().or_else(|| c.azp.clone()),
+            spiffe: None,
+        };
+        let principal = Principal {
+            key: format!(
+                "jwt:{}/{}",
+                v.issuer_id,
+                c.sub.as_deref().or(c.oid.as_deref()).unwrap_or("?")
+            ),
+            kind: CredentialKind::Jwt,
+            subject,
+            sas: None,
+            iss: c.iss.clone(),
+            kid: v.kid.clone(),
+            jti: c.jti.clone().or_else(|| c.uti.clone()),
+            token_sha256: Some(token_sha256(token)),
+        };
+        Ok((principal, v.expires_at_ms))
     }
+
+    /// The whole pipeline. `audiences`: accept these instead of the issuer's own (the token
+    /// service checks federated credentials with their audiences).
+    pub fn verify(
+        &self,
+        token: &str,
+        sts: &super::sts::TokenService,
+        policy: &Policy,
+        now_ms: i64,
+        audiences: Option<&[String]>,
+    ) -> Result<Verified, JwtError> {
+        if token.len() > MAX_JWT_LEN {
+            return Err(invalid(format!(
+                "the token is larger than {MAX_JWT_LEN} bytes"
+            )));
+        }
+        let parts: Vec<&str> = token.split('.').collect();
+        let [h, p, s] = parts.as_slice() else {
+            return Err(invalid("a JWT has three dot-separated parts"));
+        };
+        if s.is_empty() {
+            return Err(invalid("unsigned tokens are not accepted"));
+        }
+        let header: Value = serde_json::from_slice(&b64url(h)?)
+            .map_err(|_| invalid("the token header is not JSON"))?;
+        let alg_name = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("the token header has no alg"))?
+            .to_string();
+        if alg_name.eq_ignore_ascii_case("none") || alg_name.starts_with("HS") {
+            return Err(invalid(format!(
+                "the algorithm '{alg_name}' is not accepted"
+            )));
+        }
+        if header.get("crit").is_some() {
+            return Err(invalid("critical header parameters are not supported"));
+        }
+        let kid = header
+            .get("kid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let claims: Claims = serde_json::from_slice(&b64url(p)?)
+            .map_err(|_| invalid("the token claims are not a JSON object of the expected types"))?;
+        let iss = claims
+            .iss
+            .clone()
+            .ok_or_else(|| invalid("the token has no iss"))?;
+
+        // Which issuer entry vouches for it, and its keys.
+        let (entry, keys): (IssuerConfig, Vec<Jwk>) = if let Some(b) = policy
+            .builtin_issuer()
+            .filter(|b| builtin_iss_ok(b, &iss, &policy.file.sts.tenant))
+        {
+            (b.clone(), sts.public_jwks())
+        } else {
+            let entry = policy
+                .file
+                .issuers
+                .iter()
+                .find(|i| i.kind == IssuerKind::Oidc && i.issuer.as_deref() == Some(iss.as_str()))
+                .ok_or_else(|| JwtError::Issuer(iss.clone()))?
+                .clone();
+            let cache = self
+                .cache(&entry.id)
+                .ok_or_else(|| JwtError::Issuer(iss.clone()))?;
+            let keys = {
+                let c = cache.lock().map_err(|_| invalid("key cache unavailable"))?;
+                let stale = c.fresh_until_ms < now_ms_system();
+                let lost = c.loaded_at_ms + MAX_CACHE_MS < now_ms_system() && c.loaded_at_ms > 0;
+                let keys = if lost { Vec::new() } else { c.keys.clone() };
+                drop(c);
+                if stale {
+                    refresh(entry.clone(), cache.clone(), false);
+                }
+                keys
+            };
+            (entry, keys)
+        };
+        let allowed: Vec<String> = if entry.kind == IssuerKind::Builtin {
+            vec!["ES256".into()]
+        } else {
+            entry.algorithms.clone()
+        };
+        if !allowed.iter().any(|a| a == &alg_name) {
+            return Err(invalid(format!(
+                "the algorithm '{alg_name}' is not accepted for this issuer"
+            )));
+        }
+        let alg: Algorithm = alg_name
+            .parse()
+            .map_err(|_| invalid(format!("unknown algorithm '{alg_name}'")))?;
+
+        let usable = |k: &&Jwk| {
+            !matches!(k.algorithm, AlgorithmParameters::OctetKey(_))
+                && k.common
+                    .public_key_use
+                    .as_ref()
+                    .is_none_or(|u| *u == PublicKeyUse::Signature)
+                && k.common
+                    .key_algorithm
+                    .is_none_or(|ka| ka.to_string() == alg_name)
+        };
+        let candidates: Vec<&Jwk> = keys.iter().filter(usable).collect();
+        let key = match &kid {
+            Some(kid) => candidates
+                .iter()
+                .find(|k| k.common.key_id.as_deref() == Some(kid.as_str()))
+                .copied(),
+            None if candidates.len() == 1 => candidates.first().copied(),
+            None => None,
+        };
+        let Some(key) = key else {
+            if let Some(cache) = self.cache(&entry.id) {
+                refresh(entry.clone(), cache, false);
+            }
+            return Err(JwtError::UnknownKey(kid.unwrap_or_else(|| "(none)".into())));
+        };
+        let decoding = DecodingKey::from_jwk(key).map_err(|_| JwtError::Signature)?;
+        if decoding.family() != alg.family() {
+            return Err(invalid("the key does not fit the token's algorithm"));
+        }
+        let mut validation = Validation::new(alg);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims = ["exp", "iss", "aud"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        validation.set_issuer(&[iss.as_str()]);
+        jsonwebtoken::decode::<Value>(token, &decoding, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature => JwtError::Signature,
+                K::MissingRequiredClaim(c) => invalid(format!("the token has no {c}")),
+                K::InvalidAlgorithm => invalid("the key does not fit the token's algorithm"),
+                other => invalid(format!("{other:?}")),
+            }
+        })?;
+
+        // Audience: a string or an array; one of the accepted values.
+        let payload: Value =
+            serde_json::from_slice(&b64url(p)?).map_err(|_| invalid("bad claims"))?;
+        let accepted = audiences.unwrap_or(&entry.audiences);
+        let aud_ok = match payload.get("aud") {
+            Some(Value::String(a)) => accepted.iter().any(|x| x == a),
+            Some(Value::Array(xs)) => xs
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| accepted.iter().any(|x| x == a)),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(JwtError::Audience);
+        }
+        if claims.nonce.is_some() {
+            return Err(invalid("ID tokens are not access tokens"));
+        }
+        // Times, against the broker's clock.
+        let leeway = entry.leeway_secs.min(300) as i64 * 1000;
+        let exp_ms = claims
+            .exp
+            .map(|e| (e * 1000.0) as i64)
+            .ok_or_else(|| invalid("the token has no exp"))?;
+        if exp_ms + leeway <= now_ms {
+            return Err(JwtError::Expired(utc(exp_ms)));
+        }
+        if let Some(nbf) = claims.nbf
+            && (nbf * 1000.0) as i64 > now_ms + leeway
+        {
+            return Err(invalid("the token is not valid yet (nbf)"));
+        }
+        if let Some(iat) = claims.iat
+            && (iat * 1000.0) as i64 > now_ms + leeway
+        {
+            return Err(invalid("the token was issued in the future (iat)"));
+        }
+        if let Some(max) = &entry.max_token_lifetime
+            && let Ok(max) = super::policy::parse_duration("max_token_lifetime", max)
+        {
+            let start = claims.iat.or(claims.nbf).map(|t| (t * 1000.0) as i64);
+            match start {
+                Some(s) if exp_ms - s <= max.as_millis() as i64 => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "the token lives longer than this issuer allows ({})",
+                        humantime::format_duration(max)
+                    )));
+                }
+            }
+        }
+        if !entry.tenants.is_empty()
+            && !claims
+                .tid
+                .as_ref()
+                .is_some_and(|t| entry.tenants.iter().any(|x| x.eq_ignore_ascii_case(t)))
+        {
+            return Err(invalid("the token's tenant is not allowed"));
+        }
+        Ok(Verified {
+            claims,
+            issuer_id: entry.id,
+            kid,
+            expires_at_ms: exp_ms,
+        })
+    }
+}
+
+/// Is `iss` our own token service's (`https://<host>/<tenant>/v2.0`, or the configured one)?
+fn builtin_iss_ok(entry: &IssuerConfig, iss: &str, tenant: &str) -> bool {
+    match &entry.issuer {
+        Some(exact) => exact == iss,
+        None => {
+            let Some(rest) = iss.strip_prefix("https://") else {
+                return false;
+            };
+            let Some((_host, path)) = rest.split_once('/') else {
+                return false;
+            };
+            path.eq_ignore_ascii_case(&format!("{tenant}/v2.0"))
+        }
+    }
+}
+
+/// Load an issuer's keys: from its file now, or from the network in the background. `initial`
+/// ignores the rate limit.
+fn refresh(entry: IssuerConfig, cache: Arc<Mutex<KeyCache>>, initial: bool) {
+    let now = now_ms_system();
+    {
+        let Ok(mut c) = cache.lock() else { return };
+        if c.refreshing || (!initial && now - c.last_try_ms < REFRESH_EVERY_MS) {
+            return;
+        }
+        c.last_try_ms = now;
+        if let Some(path) = &entry.jwks_file {
+            match std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| parse_jwks(&b))
+            {
+                Ok(keys) => {
+                    c.keys = keys;
+                    c.loaded_at_ms = now;
+                    c.fresh_until_ms = now + MIN_CACHE_MS;
+                }
+                Err(e) => {
+                    tracing::warn!(issuer = %entry.id, path = %path.display(), error = %e, "cannot read the issuer's JWKS file")
+                }
+            }
+            return;
+        }
+        c.refreshing = true;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        if let Ok(mut c) = cache.lock() {
+            c.refreshing = false;
+        }
+        return;
+    };
+    rt.spawn(async move {
+        let result = fetch_keys(&entry).await;
+        let Ok(mut c) = cache.lock() else { return };
+        c.refreshing = false;
+        match result {
+            Ok((keys, max_age_ms)) => {
+                c.keys = keys;
+                let now = now_ms_system();
+                c.loaded_at_ms = now;
+                c.fresh_until_ms = now + max_age_ms.clamp(MIN_CACHE_MS, MAX_CACHE_MS);
+                tracing::info!(issuer = %entry.id, keys = c.keys.len(), "issuer keys loaded");
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %entry.id, error = %e, "cannot fetch the issuer's keys; keeping the last good ones")
+            }
+        }
+    });
+}
+
+fn parse_jwks(bytes: &[u8]) -> Result<Vec<Jwk>, String> {
+    // Parse key by key: one unsupported key must not hide the others.
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let keys = v
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("no `keys` array")?;
+    let set = JwkSet {
+        keys: keys
+            .iter()
+            .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
+            .filter(|k| !matches!(k.algorithm, AlgorithmParameters::OctetKey(_)))
+            .collect(),
+    };
+    Ok(set.keys)
+}
+
+/// Discovery (unless `jwks_uri` is set), then the JWKS. Returns the keys and a cache age.
+async fn fetch_keys(entry: &IssuerConfig) -> Result<(Vec<Jwk>, i64), String> {
+    let issuer = entry.issuer.as_deref().ok_or("no issuer")?;
+    let ca = match &entry.ca_file {
+        Some(p) => Some(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => None,
+    };
+    let jwks_uri = match &entry.jwks_uri {
+        Some(u) => u.clone(),
+        None => {
+            let url = format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            );
+            let (doc, _) = http_get(&url, ca.as_deref()).await?;
+            let doc: Value = serde_json::from_slice(&doc).map_err(|e| format!("{url}: {e}"))?;
+            if doc.get("issuer").and_then(Value::as_str) != Some(issuer) {
+                return Err(format!("{url}: the document's issuer is not '{issuer}'"));
+            }
+            doc.get("jwks_uri")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{url}: no jwks_uri"))?
+                .to_string()
+        }
+    };
+    let (body, max_age) = http_get(&jwks_uri, ca.as_deref()).await?;
+    Ok((parse_jwks(&body)?, max_age.unwrap_or(MIN_CACHE_MS)))
+}
+
+/// GET a small document: https (or http to a loopback host), 5 s, 1 MiB, no redirects.
+/// Returns the body and the `Cache-Control: max-age` in ms.
+pub async fn http_get(
+    url: &str,
+    extra_ca: Option<&[u8]>,
+) -> Result<(Vec<u8>, Option<i64>), String> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    use hyper::body::Bytes;
+
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{url}: no host"))?
+        .to_string();
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") if matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]" | "::1") => {
+            false
+        }
+        _ => {
+            return Err(format!(
+                "{url}: only https (or http to a loopback address) is allowed"
+            ));
+        }
+    };
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, &host)
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = if https {
+            let mut roots = rustls::RootCertStore::empty();
+            if let Some(pem) = extra_ca {
+                use rustls::pki_types::pem::PemObject;
+                for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem).flatten() {
+                    let _ = roots.add(c);
+                }
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let name =
+                rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                    .map_err(|e| format!("{url}: {e}"))?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            send(hyper_util::rt::TokioIo::new(tls), req).await?
+        } else {
+            send(hyper_util::rt::TokioIo::new(tcp), req).await?
+        };
+        if !resp.status().is_success() {
+            return Err(format!("{url}: HTTP {}", resp.status()));
+        }
+        let max_age = resp
+            .headers()
+            .get(hyper::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.split(',')
+                    .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<i64>().ok())
+            })
+            .map(|s| s.saturating_mul(1000));
+        let body = Limited::new(resp.into_body(), MAX_FETCH)
+            .collect()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?
+            .to_bytes();
+        Ok((body.to_vec(), max_age))
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .map_err(|_| format!("{url}: timed out"))?
+}
+
+async fn send<T>(
+    io: T,
+    req: hyper::Request<http_body_util::Empty<hyper::body::Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(req).await.map_err(|e| e.to_string())
 }
