@@ -495,8 +495,26 @@ impl Policy {
     }
 
     /// Check a parsed file; `bytes` give its version hash.
-    pub fn from_file(file: PolicyFile, bytes: &[u8]) -> Result<Self, PolicyError> {
+    pub fn from_file(mut file: PolicyFile, bytes: &[u8]) -> Result<Self, PolicyError> {
         let invalid = |s: String| PolicyError::Invalid(s);
+        // Registrations with the token service imply its issuer.
+        let has_registrations =
+            !file.sts.clients.is_empty() || !file.sts.managed_identities.is_empty();
+        if has_registrations && !file.issuers.iter().any(|i| i.kind == IssuerKind::Builtin) {
+            file.issuers.push(IssuerConfig {
+                id: "sts".into(),
+                kind: IssuerKind::Builtin,
+                issuer: None,
+                audiences: default_audiences(),
+                algorithms: vec!["ES256".into()],
+                jwks_uri: None,
+                jwks_file: None,
+                ca_file: None,
+                max_token_lifetime: None,
+                leeway_secs: default_leeway(),
+                tenants: Vec::new(),
+            });
+        }
         if file.version != 1 {
             return Err(invalid(format!(
                 "version {} is not supported (1)",
@@ -921,9 +939,6 @@ mod tests {
     fn builtin_registrations_name_the_principal() {
         let p = policy(
             r#"
-            [[issuers]]
-            id = "sts"
-            kind = "builtin"
             [[principals]]
             id = "app"
             [[sts.managed_identities]]

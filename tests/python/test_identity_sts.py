@@ -1,0 +1,270 @@
+"""keybus's token service with the unmodified `azure-identity`: `ManagedIdentityCredential`
+and `DefaultAzureCredential` through the App Service managed identity protocol
+(`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`), and `WorkloadIdentityCredential` through the
+Entra-compatible token endpoint (`AZURE_AUTHORITY_HOST`) with a federated token the test signs
+as a Kubernetes-like issuer. The tokens then open links over AMQPS, within their grants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import jwt
+import pytest
+from azure.core.exceptions import ClientAuthenticationError
+from azure.identity import DefaultAzureCredential, ManagedIdentityCredential, WorkloadIdentityCredential
+from azure.servicebus import ServiceBusClient, ServiceBusMessage, TransportType
+from azure.servicebus.exceptions import ServiceBusAuthorizationError
+
+import kbutil
+from kbutil import body_bytes
+from test_rbac import ISSUER, Issuer
+
+SCOPE = "https://servicebus.azure.net//.default"
+TENANT = "keybus-test"
+MI_CLIENT = "11111111-1111-4111-8111-111111111111"
+MI_SECRET = "mi-secret-0123456789abcdef"
+WI_CLIENT = "22222222-2222-4222-8222-222222222222"
+WI_SUBJECT = "system:serviceaccount:default:worker"
+EXCHANGE = "api://AzureADTokenExchange"
+
+
+def policy_text(issuer: Issuer) -> str:
+    return f"""
+[[issuers]]
+id = "k8s"
+kind = "oidc"
+issuer = "{ISSUER}"
+jwks_file = "{issuer.jwks_path}"
+audiences = ["{EXCHANGE}"]
+
+[[principals]]
+id = "mi-app"
+
+[[principals]]
+id = "wi-app"
+
+[[grants]]
+principal = "mi-app"
+role = "Sender"
+scope = "queues/sts-q"
+
+[[grants]]
+principal = "wi-app"
+role = "Receiver"
+scope = "queues/sts-q"
+
+[sts]
+tenant = "{TENANT}"
+
+[[sts.managed_identities]]
+principal = "mi-app"
+client_id = "{MI_CLIENT}"
+identity_header = "{MI_SECRET}"
+
+[[sts.clients]]
+client_id = "{WI_CLIENT}"
+principal = "wi-app"
+federated = [{{ issuer = "{ISSUER}", subject = "{WI_SUBJECT}", audiences = ["{EXCHANGE}"] }}]
+"""
+
+
+AZURE_VARS = [
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "IDENTITY_SERVER_THUMBPRINT",
+    "IMDS_ENDPOINT",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+    "AZURE_TOKEN_CREDENTIALS",
+    "AZURE_USERNAME",
+    "AZURE_PASSWORD",
+]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for k in AZURE_VARS:
+        monkeypatch.delenv(k, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def sts(broker_factory, tmp_path: Path) -> Dict[str, Any]:
+    issuer = Issuer(tmp_path)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text(issuer))
+    config = broker_factory.write_toml({"sts-q": {}}, name="sts.toml")
+    b = broker_factory.start(
+        config,
+        data_dir=tmp_path / "data",
+        name="keybus-sts",
+        extra_args=["--dev-tls", "--amqps-port", "0", "--https-port", "0", "--policy", str(policy)],
+    )
+    return {"broker": b, "issuer": issuer, "dir": tmp_path}
+
+
+def _claims(token: str) -> Dict[str, Any]:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def _sb(b: kbutil.Broker, credential: Any) -> ServiceBusClient:
+    return ServiceBusClient(
+        "localhost",
+        credential,
+        custom_endpoint_address=f"sb://localhost:{b.amqps_port}",
+        connection_verify=b.ca_path,
+        transport_type=TransportType.Amqp,
+        retry_total=0,
+    )
+
+
+def _audit(b: kbutil.Broker) -> List[Dict[str, Any]]:
+    path = b.data_dir / "audit.jsonl"  # type: ignore[operator]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _mi_env(env: pytest.MonkeyPatch, b: kbutil.Broker, secret: str = MI_SECRET) -> None:
+    env.setenv("IDENTITY_ENDPOINT", f"http://127.0.0.1:{b.http_port}/msi/token")
+    env.setenv("IDENTITY_HEADER", secret)
+
+
+def test_managed_identity_credential_gets_a_token_that_sends(sts: Dict[str, Any], clean_env: pytest.MonkeyPatch) -> None:
+    b = sts["broker"]
+    _mi_env(clean_env, b)
+    cred = ManagedIdentityCredential()
+    tok = cred.get_token(SCOPE)
+    claims = _claims(tok.token)
+    assert claims["aud"] == "https://servicebus.azure.net"
+    assert claims["appid"] == MI_CLIENT
+    assert claims["tid"] == TENANT
+    assert claims["iss"].endswith(f"/{TENANT}/v2.0")
+    lifetime = tok.expires_on - int(time.time())
+    assert 3000 < lifetime <= 3600, lifetime
+    assert jwt.get_unverified_header(tok.token)["alg"] == "ES256"
+    with _sb(b, cred) as client:
+        with client.get_queue_sender("sts-q") as sender:
+            sender.send_messages(ServiceBusMessage("via managed identity"))
+        # A Sender cannot receive.
+        with pytest.raises(ServiceBusAuthorizationError):
+            with client.get_queue_receiver("sts-q", max_wait_time=2) as receiver:
+                receiver.receive_messages(max_wait_time=1)
+    issued = [e for e in _audit(b) if e["event"] == "mi.issue" and e["decision"] == "allow"]
+    assert issued and issued[0]["principal"]["id"] == "mi-app"
+    assert all(tok.token not in json.dumps(e) for e in _audit(b))
+
+
+def test_default_azure_credential_uses_the_managed_identity_endpoint(
+    sts: Dict[str, Any], clean_env: pytest.MonkeyPatch
+) -> None:
+    b = sts["broker"]
+    _mi_env(clean_env, b)
+    cred = DefaultAzureCredential(
+        exclude_cli_credential=True,
+        exclude_powershell_credential=True,
+        exclude_developer_cli_credential=True,
+        exclude_visual_studio_code_credential=True,
+        exclude_shared_token_cache_credential=True,
+        exclude_interactive_browser_credential=True,
+    )
+    with _sb(b, cred) as client:
+        with client.get_queue_sender("sts-q") as sender:
+            sender.send_messages(ServiceBusMessage("via DefaultAzureCredential"))
+    assert any(e["event"] == "authz" and e["decision"] == "allow" and e["principal"]["id"] == "mi-app" for e in _audit(b))
+
+
+def test_managed_identity_with_a_wrong_secret_or_client_is_refused(
+    sts: Dict[str, Any], clean_env: pytest.MonkeyPatch
+) -> None:
+    b = sts["broker"]
+    _mi_env(clean_env, b, secret="not-the-secret-0123456789")
+    with pytest.raises(ClientAuthenticationError):
+        ManagedIdentityCredential().get_token(SCOPE)
+    _mi_env(clean_env, b)
+    with pytest.raises(ClientAuthenticationError):
+        ManagedIdentityCredential(client_id="33333333-3333-4333-8333-333333333333").get_token(SCOPE)
+    # The right client id works.
+    assert ManagedIdentityCredential(client_id=MI_CLIENT).get_token(SCOPE).token
+    reasons = {e["reason"] for e in _audit(b) if e["event"] == "mi.issue" and e["decision"] == "deny"}
+    assert {"bad_identity_header", "unknown_identity"} <= reasons, reasons
+
+
+def _wi(sts: Dict[str, Any], env: pytest.MonkeyPatch, token: str, client_id: str = WI_CLIENT) -> WorkloadIdentityCredential:
+    b = sts["broker"]
+    token_file = sts["dir"] / f"federated-{time.monotonic_ns()}.jwt"
+    token_file.write_text(token)
+    env.setenv("AZURE_AUTHORITY_HOST", f"https://localhost:{b.https_port}")
+    env.setenv("REQUESTS_CA_BUNDLE", b.ca_path)
+    env.setenv("SSL_CERT_FILE", b.ca_path)
+    return WorkloadIdentityCredential(tenant_id=TENANT, client_id=client_id, token_file_path=str(token_file))
+
+
+def test_workload_identity_credential_exchanges_a_federated_token(
+    sts: Dict[str, Any], clean_env: pytest.MonkeyPatch
+) -> None:
+    b, issuer = sts["broker"], sts["issuer"]
+    # A message to receive, sent with the managed identity (a Sender).
+    _mi_env(clean_env, b)
+    with _sb(b, ManagedIdentityCredential()) as client:
+        with client.get_queue_sender("sts-q") as sender:
+            sender.send_messages(ServiceBusMessage("for the worker"))
+    clean_env.delenv("IDENTITY_ENDPOINT")
+    clean_env.delenv("IDENTITY_HEADER")
+    cred = _wi(sts, clean_env, issuer.token(WI_SUBJECT, aud=EXCHANGE))
+    tok = cred.get_token(SCOPE)
+    claims = _claims(tok.token)
+    assert claims["appid"] == WI_CLIENT and claims["aud"] == "https://servicebus.azure.net"
+    with _sb(b, cred) as client:
+        with client.get_queue_receiver("sts-q", max_wait_time=5) as receiver:
+            msgs = kbutil.receive_n(receiver, 1)
+            assert [body_bytes(m) for m in msgs] == [b"for the worker"]
+            receiver.complete_message(msgs[0])
+        # A Receiver cannot send.
+        with pytest.raises(ServiceBusAuthorizationError):
+            with client.get_queue_sender("sts-q") as sender:
+                sender.send_messages(ServiceBusMessage("no"))
+    assert any(e["event"] == "sts.issue" and e["decision"] == "allow" and e["principal"]["id"] == "wi-app" for e in _audit(b))
+
+
+@pytest.mark.parametrize("case", ["wrong-subject", "wrong-audience", "unknown-client", "expired-assertion"])
+def test_workload_identity_refusals(sts: Dict[str, Any], clean_env: pytest.MonkeyPatch, case: str) -> None:
+    issuer = sts["issuer"]
+    now = int(time.time())
+    token, client = issuer.token(WI_SUBJECT, aud=EXCHANGE), WI_CLIENT
+    if case == "wrong-subject":
+        token = issuer.token("system:serviceaccount:default:someone-else", aud=EXCHANGE)
+    elif case == "wrong-audience":
+        token = issuer.token(WI_SUBJECT, aud="https://servicebus.azure.net")
+    elif case == "unknown-client":
+        client = "44444444-4444-4444-8444-444444444444"
+    else:
+        token = issuer.token(WI_SUBJECT, aud=EXCHANGE, iat=now - 7200, nbf=now - 7200, exp=now - 3600)
+    with pytest.raises(ClientAuthenticationError):
+        _wi(sts, clean_env, token, client_id=client).get_token(SCOPE)
+    assert any(e["event"] == "sts.issue" and e["decision"] == "deny" for e in _audit(sts["broker"]))
+
+
+def test_discovery_and_keys(sts: Dict[str, Any]) -> None:
+    import ssl
+    import urllib.request
+
+    b = sts["broker"]
+    ctx = ssl.create_default_context(cafile=b.ca_path)
+    base = f"https://localhost:{b.https_port}/{TENANT}"
+    with urllib.request.urlopen(f"{base}/v2.0/.well-known/openid-configuration", context=ctx) as r:
+        doc = json.loads(r.read())
+    assert doc["issuer"] == f"{base}/v2.0"
+    assert doc["token_endpoint"] == f"{base}/oauth2/v2.0/token"
+    with urllib.request.urlopen(doc["jwks_uri"], context=ctx) as r:
+        keys = json.loads(r.read())["keys"]
+    assert [k["kty"] for k in keys] == ["EC"] and all("d" not in k for k in keys)
