@@ -15,3 +15,4 @@ import "./cases/topics-extras.mjs";
 import "./cases/websocket.mjs";
 import "./cases/admin.mjs";
 import "./cases/rbac.mjs";
+import "./cases/identity.mjs";

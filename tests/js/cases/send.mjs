@@ -10,6 +10,7 @@ const Q_KINDS = declareQueue("js-send-kinds");
 const Q_BODIES = declareQueue("js-send-bodies");
 const Q_PROPS = declareQueue("js-send-props");
 const Q_TIMES = declareQueue("js-send-times", { lock_duration: "5s" });
+const Q_NOID = declareQueue("js-send-no-id");
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -46,6 +47,18 @@ describe("send", () => {
     const seqs = got.map(seq);
     for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1] + 1, `sequence numbers ${seqs}`);
     for (const m of got) await receiver.completeMessage(m);
+    await assertEmpty(receiver, assert);
+  });
+
+  kbtest("a message sent without messageId gets one from the broker and can be completed", async ({ client }) => {
+    await client.createSender(Q_NOID).sendMessages([{ body: "anonymous 1" }, { body: "anonymous 2" }]);
+    const receiver = client.createReceiver(Q_NOID);
+    const got = await receiveN(receiver, 2);
+    for (const m of got) {
+      assert.match(String(m.messageId), /^[0-9a-f]{32}$/, `messageId ${m.messageId}`);
+      await receiver.completeMessage(m); // the SDK's lock renewer needs the id
+    }
+    assert.notEqual(got[0].messageId, got[1].messageId);
     await assertEmpty(receiver, assert);
   });
 

@@ -1420,6 +1420,16 @@ fn lock_lost_state() -> DeliveryState {
     }
 }
 
+/// Service Bus gives a message without a `message-id` one (a GUID in its 32-digit form), so
+/// receivers (the JS SDK's lock renewer, duplicate detection) can rely on it.
+pub fn with_message_id(mut m: Message) -> Message {
+    let props = m.properties.get_or_insert_with(Default::default);
+    if props.message_id.is_none() {
+        props.message_id = Some(Value::String(format!("{:032x}", rand::random::<u128>())));
+    }
+    m
+}
+
 /// Decode a received transfer into messages (a batch holds one encoded message per `data`).
 ///
 /// Stored messages own their bytes: decoding zero-copy from the read buffer would pin a whole
@@ -1437,7 +1447,7 @@ fn decode_incoming(
     let owned = |b: &[u8]| -> Result<IncomingMessage, (&'static str, String)> {
         let own = Bytes::copy_from_slice(b);
         Ok(IncomingMessage::new(
-            Message::decode(&own).map_err(bad)?,
+            with_message_id(Message::decode(&own).map_err(bad)?),
             b.len() as u32,
         ))
     };

@@ -312,7 +312,10 @@ impl Conn {
                     let message = Message::decode(bytes).map_err(|e| {
                         bad(format!("the scheduled message could not be decoded: {e}"))
                     })?;
-                    incoming.push(IncomingMessage::new(message, bytes.len() as u32));
+                    incoming.push(IncomingMessage::new(
+                        super::link::with_message_id(message),
+                        bytes.len() as u32,
+                    ));
                 }
                 let (seqs, pending) = st
                     .send(incoming, now, true)
