@@ -400,3 +400,37 @@ def test_entity_level_sas_rule(broker_factory, tmp_path: Path) -> None:
     with ServiceBusClient.from_connection_string(b.conn_str, retry_total=0) as client:
         [m] = receive_one(client, "ent-a")
         assert body_bytes(m) == b"entity rule"
+
+
+def test_management_api_with_bearer_tokens(env: Env) -> None:
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+    from azure.servicebus.management import ServiceBusAdministrationClient
+
+    def admin(sub: str) -> ServiceBusAdministrationClient:
+        return ServiceBusAdministrationClient(
+            f"localhost:{env.broker.https_port}",
+            StaticCredential(env.issuer.token(sub)),
+            connection_verify=env.broker.ca_path,
+            retry_total=0,
+        )
+
+    # An Owner (namespace) creates and deletes entities with a bearer token ...
+    with admin("owner") as a:
+        a.create_queue("rbac-created")
+        assert a.get_queue("rbac-created").name == "rbac-created"
+    # ... a Receiver may read its queue's runtime counts but not change anything ...
+    with admin("receiver") as a:
+        assert a.get_queue_runtime_properties("rbac-a").name == "rbac-a"
+        with pytest.raises((ClientAuthenticationError, HttpResponseError)):
+            a.create_queue("rbac-not-allowed")
+    # ... and a Sender cannot read entities.
+    with admin("sender") as a:
+        with pytest.raises((ClientAuthenticationError, HttpResponseError)):
+            a.get_queue("rbac-a")
+    with admin("owner") as a:
+        names = [q.name for q in a.list_queues()]
+        assert "rbac-created" in names and "rbac-not-allowed" not in names
+        a.delete_queue("rbac-created")
+    events = env.audit()
+    assert any(e["event"] == "http.authz" and e["decision"] == "allow" and pid(e) == "owner" for e in events)
+    assert any(e["event"] == "http.authz" and e["decision"] == "deny" and pid(e) == "receiver" for e in events)
