@@ -15,6 +15,7 @@ pub mod config;
 pub mod forwarding;
 pub mod http;
 pub mod metrics;
+pub mod rest;
 pub mod sas;
 pub mod tls;
 

@@ -30,6 +30,8 @@ use crate::config::Right;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
+/// Largest REST messaging request body: the largest message an entity may allow, plus room.
+pub const MAX_REST_BODY: usize = 101 * 1024 * 1024;
 /// Longest subscription or rule name (Service Bus limit).
 pub const MAX_CHILD_NAME: usize = 50;
 
@@ -108,7 +110,9 @@ pub fn routes() -> Router<Arc<Broker>> {
     // conflict with a catch-all.
     Router::new()
         .fallback(serve)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        // REST sends carry messages up to the largest entity limit (100 MB); descriptions
+        // are capped at MAX_BODY in `serve`.
+        .layer(DefaultBodyLimit::max(MAX_REST_BODY))
 }
 
 async fn serve(
@@ -119,7 +123,13 @@ async fn serve(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = match body {
-        Ok(body) => handlers::dispatch(&broker, &method, &uri, &headers, body).await,
+        Ok(body) => match crate::rest::dispatch(&broker, &method, &uri, &headers, &body).await {
+            Some(r) => r,
+            None if body.len() > MAX_BODY => Err(AtomError::PayloadTooLarge(format!(
+                "the request body is larger than {MAX_BODY} bytes"
+            ))),
+            None => handlers::dispatch(&broker, &method, &uri, &headers, body).await,
+        },
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(AtomError::PayloadTooLarge(
             format!("the request body is larger than {MAX_BODY} bytes"),
         )),
@@ -310,6 +320,10 @@ pub enum Need {
     Manage,
     /// Get and list entities: `Manage` or `Listen`.
     Read,
+    /// Send messages (REST).
+    Send,
+    /// Receive and settle messages (REST).
+    Listen,
     /// `$namespaceinfo`: any right.
     Any,
 }
@@ -358,6 +372,8 @@ pub fn authorize(
         Need::Manage => &[Right::Manage],
         Need::Read => &[Right::Manage, Right::Listen],
         Need::Any => &[Right::Manage, Right::Listen, Right::Send],
+        Need::Send => &[Right::Send],
+        Need::Listen => &[Right::Listen],
     };
     // Audit the first right that allows it, or the denial of the main one.
     let policy = auth.policy();
@@ -385,6 +401,8 @@ pub fn authorize(
             Need::Manage => "the Manage right",
             Need::Read => "the Manage or Listen right",
             Need::Any => "a right",
+            Need::Send => "the Send right",
+            Need::Listen => "the Listen right",
         };
         return Err(AtomError::Unauthorized(format!(
             "Unauthorized: this operation on '{path}' needs {needed}; '{}' does not have it ({})",

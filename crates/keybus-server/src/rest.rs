@@ -1,0 +1,959 @@
+//! The Service Bus REST messaging API (Microsoft's "Send Message", "Send Message Batch",
+//! "Peek-Lock Message", "Receive and Delete Message", "Unlock Message", "Delete Message",
+//! "Renew-Lock for a Message"), on the same HTTP ports and with the same authorisation as the
+//! management API. Messages go through the same entity state machines and store commits as
+//! AMQP: a send is answered 201 only once it is durable, a completion 200 only once its
+//! removal is.
+//!
+//! `BrokerProperties` (a JSON header) carries the system properties, every other
+//! non-standard header is a custom property; responses carry them the same way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use keybus_amqp::{Descriptor, Header, Message, Properties, Symbol, Value};
+use keybus_core::{IncomingMessage, LockToken, Outcome, ReceiveMode, SubQueue};
+use serde_json::{Map, Value as Json, json};
+use tokio::sync::mpsc;
+
+use crate::atom::{AtomError, Need, authorize, host_of, percent_decode};
+use crate::broker::{Broker, ConnEvent, Entity, Machine, Waiter, Wants};
+
+/// Longest long poll a client may ask for (`timeout`, seconds).
+const MAX_POLL_SECS: u64 = 60;
+/// Messages in one batch send.
+const MAX_BATCH: usize = 1000;
+/// The batch content type.
+const BATCH_TYPE: &str = "application/vnd.microsoft.servicebus.json";
+
+/// Headers that are HTTP's or the API's own, never custom properties.
+const STANDARD_HEADERS: &[&str] = &[
+    "authorization",
+    "brokerproperties",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "host",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "user-agent",
+    "connection",
+    "keep-alive",
+    "expect",
+    "transfer-encoding",
+    "te",
+    "date",
+    "cookie",
+    "origin",
+    "referer",
+    "cache-control",
+    "pragma",
+    "upgrade",
+    "via",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "traceparent",
+    "tracestate",
+    "servicebussupplementaryauthorization",
+    "servicebusdlqsupplementaryauthorization",
+];
+
+fn bad(m: impl Into<String>) -> AtomError {
+    AtomError::BadRequest(m.into())
+}
+
+/// What a request addresses.
+#[derive(Debug, PartialEq)]
+enum Op {
+    Send,
+    Head,
+    /// `.../messages/{messageId or sequence number}/{lockToken}`.
+    Locked(LockToken),
+}
+
+/// Split `/<entity>/messages[/head | /{id}/{lock}]`; `None` when the path is not one.
+fn parse(path: &str) -> Result<Option<(String, Op)>, AtomError> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let pos = segs
+        .iter()
+        .rposition(|s| s.eq_ignore_ascii_case("messages"))
+        .filter(|p| *p > 0);
+    let Some(pos) = pos else { return Ok(None) };
+    let rest = &segs[pos + 1..];
+    let op = match rest {
+        [] => Op::Send,
+        [h] if h.eq_ignore_ascii_case("head") => Op::Head,
+        [_id, lock] => Op::Locked(parse_lock(&percent_decode(lock)?)?),
+        _ => return Ok(None),
+    };
+    let mut entity = Vec::with_capacity(pos);
+    for s in &segs[..pos] {
+        let s = percent_decode(s)?;
+        if s.is_empty() || s == "." || s == ".." || s.contains(['\\', '\0']) {
+            return Err(bad(format!("invalid entity path '{path}'")));
+        }
+        entity.push(s);
+    }
+    Ok(Some((entity.join("/").to_ascii_lowercase(), op)))
+}
+
+fn parse_lock(s: &str) -> Result<LockToken, AtomError> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad(format!("'{s}' is not a lock token")));
+    }
+    let mut b = [0u8; 16];
+    for (i, byte) in b.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| bad(format!("'{s}' is not a lock token")))?;
+    }
+    Ok(LockToken(b))
+}
+
+fn format_lock(t: LockToken) -> String {
+    let h: String = t.0.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Serve a REST messaging request, or `None` when the path is not a messaging path.
+pub async fn dispatch(
+    broker: &Arc<Broker>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Result<Response, AtomError>> {
+    let (entity_path, op) = match parse(uri.path()) {
+        Ok(Some(x)) => x,
+        Ok(None) => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(serve(broker, method, uri, headers, body, &entity_path, op).await)
+}
+
+async fn serve(
+    broker: &Arc<Broker>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    path: &str,
+    op: Op,
+) -> Result<Response, AtomError> {
+    let host = host_of(headers, uri);
+    let need = match (&op, method) {
+        (Op::Send, &Method::POST) => Need::Send,
+        (Op::Head, &Method::POST | &Method::DELETE)
+        | (Op::Locked(_), &Method::PUT | &Method::DELETE | &Method::POST) => Need::Listen,
+        _ => {
+            return Err(AtomError::MethodNotAllowed(format!(
+                "{method} is not a messaging operation on '{}'",
+                uri.path()
+            )));
+        }
+    };
+    authorize(broker, headers, &host, path, need)?;
+    let (base, dead_letter) = match path.strip_suffix("/$deadletterqueue") {
+        Some(b) => (b, true),
+        None => (path, false),
+    };
+    if dead_letter && op == Op::Send {
+        return Err(bad("cannot send to a dead-letter queue"));
+    }
+    let (entity, subscription) = broker.resolve(base).ok_or_else(|| {
+        AtomError::NotFound(format!("The messaging entity '{path}' could not be found."))
+    })?;
+    let timeout = query_timeout(uri)?;
+    let status = match (op, method) {
+        (Op::Send, _) => {
+            if subscription.is_some() {
+                return Err(bad("send to the topic, not to a subscription"));
+            }
+            return send(broker, &entity, headers, body).await;
+        }
+        (Op::Head, &Method::POST) => {
+            return receive(
+                broker,
+                &entity,
+                subscription,
+                dead_letter,
+                ReceiveMode::PeekLock,
+                timeout,
+                path,
+            )
+            .await;
+        }
+        (Op::Head, _) => {
+            return receive(
+                broker,
+                &entity,
+                subscription,
+                dead_letter,
+                ReceiveMode::ReceiveAndDelete,
+                timeout,
+                path,
+            )
+            .await;
+        }
+        (Op::Locked(token), &Method::PUT) => {
+            settle(
+                broker,
+                &entity,
+                subscription.as_deref(),
+                token,
+                Outcome::Abandon { properties: None },
+            )
+            .await?;
+            StatusCode::OK
+        }
+        (Op::Locked(token), &Method::DELETE) => {
+            settle(
+                broker,
+                &entity,
+                subscription.as_deref(),
+                token,
+                Outcome::Complete,
+            )
+            .await?;
+            StatusCode::OK
+        }
+        (Op::Locked(token), _) => {
+            let until = {
+                let now = broker.now();
+                let mut st = entity.lock();
+                let q = st
+                    .receiver(subscription.as_deref())
+                    .ok_or_else(|| AtomError::NotFound(format!("'{path}' has no messages")))?;
+                q.renew_lock(token, now).map_err(|_| lock_lost())?
+            };
+            let props =
+                json!({ "LockToken": format_lock(token), "LockedUntilUtc": http_date(until) });
+            let mut r = StatusCode::OK.into_response();
+            insert(r.headers_mut(), "brokerproperties", &props.to_string());
+            return Ok(r);
+        }
+    };
+    Ok(status.into_response())
+}
+
+fn lock_lost() -> AtomError {
+    AtomError::NotFound(
+        "The lock supplied is invalid: it has expired, or the message was already settled.".into(),
+    )
+}
+
+fn query_timeout(uri: &Uri) -> Result<Duration, AtomError> {
+    for pair in uri.query().unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("timeout=") {
+            let s: u64 = v
+                .parse()
+                .map_err(|_| bad(format!("timeout must be a number of seconds, not '{v}'")))?;
+            return Ok(Duration::from_secs(s.min(MAX_POLL_SECS)));
+        }
+    }
+    Ok(Duration::from_secs(MAX_POLL_SECS))
+}
+
+// ------------------------------------------------------------------------------ sending
+
+/// Build one message from a body, `BrokerProperties` and custom properties.
+fn build(
+    body: &[u8],
+    content_type: Option<&str>,
+    broker_props: Option<&Map<String, Json>>,
+    custom: Vec<(Value, Value)>,
+) -> Result<Message, AtomError> {
+    let mut props = Properties {
+        content_type: content_type.map(Symbol::from),
+        ..Default::default()
+    };
+    let mut header = Header::default();
+    let mut ann: Vec<(Value, Value)> = Vec::new();
+    let sym = |s: &str| Value::Symbol(Symbol::from(s));
+    if let Some(bp) = broker_props {
+        let text = |k: &str| -> Result<Option<String>, AtomError> {
+            match bp.get(k) {
+                None | Some(Json::Null) => Ok(None),
+                Some(Json::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(bad(format!(
+                    "BrokerProperties.{k} must be a string, not {other}"
+                ))),
+            }
+        };
+        for k in bp.keys() {
+            if !matches!(
+                k.as_str(),
+                "MessageId"
+                    | "CorrelationId"
+                    | "SessionId"
+                    | "Label"
+                    | "ReplyTo"
+                    | "To"
+                    | "TimeToLive"
+                    | "ScheduledEnqueueTimeUtc"
+                    | "ReplyToSessionId"
+                    | "PartitionKey"
+                    | "ViaPartitionKey"
+                    | "ContentType"
+                    | "ForcePersistence"
+            ) {
+                return Err(bad(format!(
+                    "BrokerProperties has an unknown property '{k}'"
+                )));
+            }
+        }
+        props.message_id = text("MessageId")?.map(Value::String);
+        props.correlation_id = text("CorrelationId")?.map(Value::String);
+        props.group_id = text("SessionId")?;
+        props.subject = text("Label")?;
+        props.reply_to = text("ReplyTo")?;
+        props.to = text("To")?;
+        props.reply_to_group_id = text("ReplyToSessionId")?;
+        if let Some(ct) = text("ContentType")? {
+            props.content_type = Some(Symbol::from(ct.as_str()));
+        }
+        if let Some(pk) = text("PartitionKey")? {
+            ann.push((sym("x-opt-partition-key"), Value::String(pk)));
+        }
+        match bp.get("TimeToLive") {
+            None | Some(Json::Null) => {}
+            Some(Json::Number(n)) => {
+                let secs = n.as_f64().filter(|s| *s > 0.0).ok_or_else(|| {
+                    bad("BrokerProperties.TimeToLive must be a positive number of seconds")
+                })?;
+                header.ttl = Some((secs * 1000.0).min(u32::MAX as f64) as u32);
+            }
+            Some(other) => {
+                return Err(bad(format!(
+                    "BrokerProperties.TimeToLive must be a number, not {other}"
+                )));
+            }
+        }
+        if let Some(t) = text("ScheduledEnqueueTimeUtc")? {
+            let at = parse_http_date(&t).ok_or_else(|| {
+                bad(format!(
+                    "BrokerProperties.ScheduledEnqueueTimeUtc '{t}' is not an RFC 1123 date"
+                ))
+            })?;
+            ann.push((sym("x-opt-scheduled-enqueue-time"), Value::Timestamp(at)));
+        }
+    }
+    Ok(Message {
+        header: Some(header),
+        delivery_annotations: None,
+        message_annotations: (!ann.is_empty()).then_some(ann),
+        properties: Some(props),
+        application_properties: (!custom.is_empty()).then_some(custom),
+        body_raw: Message::body_data(body),
+    })
+}
+
+/// A custom property's value as Microsoft writes it: `"text"`, `true`, `12`, `1.5`, a date.
+fn custom_value(raw: &str) -> Value {
+    let t = raw.trim();
+    if t.len() >= 2 && t.starts_with('"') && t.ends_with('"') {
+        return Value::String(t[1..t.len() - 1].to_string());
+    }
+    match t {
+        "true" => return Value::Bool(true),
+        "false" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Ok(i) = t.parse::<i64>() {
+        return Value::Long(i);
+    }
+    if let Ok(f) = t.parse::<f64>()
+        && f.is_finite()
+    {
+        return Value::Double(f);
+    }
+    Value::String(t.to_string())
+}
+
+fn custom_from_headers(headers: &HeaderMap) -> Result<Vec<(Value, Value)>, AtomError> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        let n = name.as_str();
+        if STANDARD_HEADERS.contains(&n) || n.starts_with("x-ms-") || n.starts_with("sec-") {
+            continue;
+        }
+        let v = value
+            .to_str()
+            .map_err(|_| bad(format!("the header '{n}' is not text")))?;
+        out.push((Value::String(n.to_string()), custom_value(v)));
+    }
+    Ok(out)
+}
+
+fn custom_from_json(m: &Map<String, Json>) -> Result<Vec<(Value, Value)>, AtomError> {
+    m.iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Json::String(s) => Value::String(s.clone()),
+                Json::Bool(b) => Value::Bool(*b),
+                Json::Number(n) => n
+                    .as_i64()
+                    .map(Value::Long)
+                    .or_else(|| n.as_f64().map(Value::Double))
+                    .unwrap_or(Value::Null),
+                Json::Null => Value::Null,
+                other => {
+                    return Err(bad(format!(
+                        "UserProperties.{k} must be a scalar, not {other}"
+                    )));
+                }
+            };
+            Ok((Value::String(k.clone()), v))
+        })
+        .collect()
+}
+
+async fn send(
+    broker: &Arc<Broker>,
+    entity: &Arc<Entity>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, AtomError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let messages = if content_type
+        .as_deref()
+        .is_some_and(|c| c.to_ascii_lowercase().starts_with(BATCH_TYPE))
+    {
+        let items: Vec<Json> = serde_json::from_slice(body)
+            .map_err(|e| bad(format!("a batch is a JSON array of messages: {e}")))?;
+        if items.is_empty() || items.len() > MAX_BATCH {
+            return Err(bad(format!("a batch holds 1 to {MAX_BATCH} messages")));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let obj = item
+                .as_object()
+                .ok_or_else(|| bad(format!("batch[{i}] is not an object")))?;
+            let text = match obj.get("Body") {
+                Some(Json::String(s)) => s.clone(),
+                None | Some(Json::Null) => String::new(),
+                Some(other) => other.to_string(),
+            };
+            let bp = match obj.get("BrokerProperties") {
+                None | Some(Json::Null) => None,
+                Some(Json::Object(m)) => Some(m),
+                Some(_) => {
+                    return Err(bad(format!("batch[{i}].BrokerProperties is not an object")));
+                }
+            };
+            let up = match obj.get("UserProperties") {
+                None | Some(Json::Null) => Vec::new(),
+                Some(Json::Object(m)) => custom_from_json(m)?,
+                Some(_) => return Err(bad(format!("batch[{i}].UserProperties is not an object"))),
+            };
+            out.push(build(text.as_bytes(), None, bp, up)?);
+        }
+        out
+    } else {
+        let bp: Option<Map<String, Json>> = match headers.get("brokerproperties") {
+            None => None,
+            Some(v) => {
+                let s = v
+                    .to_str()
+                    .map_err(|_| bad("BrokerProperties is not text"))?;
+                match serde_json::from_str::<Json>(s) {
+                    Ok(Json::Object(m)) => Some(m),
+                    _ => return Err(bad("BrokerProperties must be a JSON object")),
+                }
+            }
+        };
+        vec![build(
+            body,
+            content_type.as_deref(),
+            bp.as_ref(),
+            custom_from_headers(headers)?,
+        )?]
+    };
+    let limit = entity.lock().max_message_size();
+    let mut incoming = Vec::with_capacity(messages.len());
+    for m in messages {
+        let m = crate::amqp::link::with_message_id(m);
+        let size = m.encoded_size() as u64;
+        if size > limit {
+            return Err(AtomError::PayloadTooLarge(format!(
+                "The message (size {size} bytes) exceeds the limit ({limit} bytes) allowed on '{}'.",
+                entity.name
+            )));
+        }
+        incoming.push(IncomingMessage::new(m, size as u32));
+    }
+    let n = incoming.len();
+    let now = broker.now();
+    let (commit, pending) = {
+        let mut st = entity.lock();
+        let (_, pending) = st.send(incoming, now, false).map_err(|e| match e {
+            keybus_core::SendError::EntityNotFound(m) => AtomError::NotFound(m),
+            keybus_core::SendError::QuotaExceeded { .. } => AtomError::QuotaExceeded(e.to_string()),
+            keybus_core::SendError::MessageSizeExceeded { .. } => {
+                AtomError::PayloadTooLarge(e.to_string())
+            }
+            keybus_core::SendError::Argument(m) => bad(m),
+        })?;
+        (entity.submit(&mut st), pending)
+    };
+    let durable = match commit {
+        Some(f) => f.await.is_ok(),
+        None => true,
+    };
+    entity.lock().finish(&pending, durable);
+    if !durable {
+        return Err(AtomError::Unavailable(
+            "the message could not be stored".into(),
+        ));
+    }
+    broker.metrics.request("rest.send", 201);
+    tracing::debug!(entity = %entity.name, messages = n, "REST send");
+    Ok(StatusCode::CREATED.into_response())
+}
+
+// ------------------------------------------------------------------------------ receiving
+
+async fn receive(
+    broker: &Arc<Broker>,
+    entity: &Arc<Entity>,
+    subscription: Option<String>,
+    dead_letter: bool,
+    mode: ReceiveMode,
+    timeout: Duration,
+    path: &str,
+) -> Result<Response, AtomError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sub = if dead_letter {
+        SubQueue::DeadLetter
+    } else {
+        SubQueue::Main
+    };
+    loop {
+        let (delivery, commit) = {
+            let mut st = entity.lock();
+            if matches!(st.machine, Machine::Topic(_)) && subscription.is_none() {
+                return Err(bad(
+                    "receive from a subscription of the topic, not the topic",
+                ));
+            }
+            let now = broker.now();
+            let q = st
+                .receiver(subscription.as_deref())
+                .ok_or_else(|| AtomError::NotFound(format!("'{path}' could not be found")))?;
+            if q.properties().requires_session {
+                return Err(bad(format!(
+                    "'{path}' requires sessions; the REST API receives without sessions (use AMQP)"
+                )));
+            }
+            let d = q.acquire(sub, mode, now);
+            if d.is_none() {
+                // Wait for a wake-up (a send, an unlock, a lock expiry) or the deadline.
+                st.waiters.push(Waiter {
+                    tx: tx.clone(),
+                    subscription: subscription.clone(),
+                    sub,
+                    wants: Wants::Message,
+                    channel: 0,
+                    handle: 0,
+                    generation: 0,
+                });
+            }
+            let commit = entity.submit(&mut st);
+            (d, commit)
+        };
+        if let Some(f) = commit
+            && f.await.is_err()
+        {
+            return Err(AtomError::Unavailable(
+                "the store could not record the receive".into(),
+            ));
+        }
+        if let Some(d) = delivery {
+            broker.metrics.request(
+                if mode == ReceiveMode::PeekLock {
+                    "rest.peek-lock"
+                } else {
+                    "rest.receive-and-delete"
+                },
+                200,
+            );
+            return respond(&d, mode, path);
+        }
+        let wait = tokio::time::timeout_at(deadline, async {
+            loop {
+                match rx.recv().await {
+                    Some(ConnEvent::Wake { .. }) | None => return,
+                    Some(_) => {}
+                }
+            }
+        });
+        if wait.await.is_err() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+    }
+}
+
+/// The HTTP form of a delivered message.
+fn respond(
+    d: &keybus_core::Delivery,
+    mode: ReceiveMode,
+    path: &str,
+) -> Result<Response, AtomError> {
+    let m = Message::decode(&d.encoded).map_err(|e| {
+        AtomError::Unavailable(format!("a stored message could not be decoded: {e}"))
+    })?;
+    let ann = |k: &str| {
+        m.message_annotations
+            .as_deref()
+            .and_then(|a| keybus_amqp::map_get(a, k))
+            .cloned()
+    };
+    let mut bp = Map::new();
+    let p = m.properties.clone().unwrap_or_default();
+    let text = |v: &Option<Value>| v.as_ref().map(value_text);
+    if let Some(id) = text(&p.message_id) {
+        bp.insert("MessageId".into(), json!(id));
+    }
+    if let Some(c) = text(&p.correlation_id) {
+        bp.insert("CorrelationId".into(), json!(c));
+    }
+    for (k, v) in [
+        ("SessionId", &p.group_id),
+        ("Label", &p.subject),
+        ("ReplyTo", &p.reply_to),
+        ("To", &p.to),
+        ("ReplyToSessionId", &p.reply_to_group_id),
+    ] {
+        if let Some(v) = v {
+            bp.insert(k.into(), json!(v));
+        }
+    }
+    let delivery_count = m
+        .header
+        .as_ref()
+        .and_then(|h| h.delivery_count)
+        .unwrap_or(0);
+    bp.insert("DeliveryCount".into(), json!(delivery_count + 1));
+    bp.insert("SequenceNumber".into(), json!(d.sequence_number));
+    bp.insert("EnqueuedSequenceNumber".into(), json!(d.sequence_number));
+    if let Some(Value::Timestamp(t)) = ann("x-opt-enqueued-time") {
+        bp.insert("EnqueuedTimeUtc".into(), json!(http_date(t)));
+    }
+    if let Some(ttl) = m.header.as_ref().and_then(|h| h.ttl) {
+        bp.insert("TimeToLive".into(), json!(f64::from(ttl) / 1000.0));
+    }
+    if let Some(Value::String(pk)) = ann("x-opt-partition-key") {
+        bp.insert("PartitionKey".into(), json!(pk));
+    }
+    if let Some(Value::String(r)) = ann("DeadLetterReason").or_else(|| {
+        m.application_properties
+            .as_deref()
+            .and_then(|a| keybus_amqp::map_get(a, "DeadLetterReason"))
+            .cloned()
+    }) {
+        bp.insert("DeadLetterReason".into(), json!(r));
+    }
+    bp.insert(
+        "State".into(),
+        json!(match ann("x-opt-message-state") {
+            Some(Value::Int(1)) => "Deferred",
+            Some(Value::Int(2)) => "Scheduled",
+            _ => "Active",
+        }),
+    );
+    let mut location = None;
+    if mode == ReceiveMode::PeekLock {
+        let token = format_lock(d.lock_token);
+        bp.insert("LockToken".into(), json!(token));
+        if let Some(until) = d.locked_until {
+            bp.insert("LockedUntilUtc".into(), json!(http_date(until)));
+        }
+        let id = bp
+            .get("MessageId")
+            .and_then(Json::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| d.sequence_number.to_string());
+        location = Some(format!("/{path}/messages/{}/{token}", encode_segment(&id)));
+    }
+    let status = if mode == ReceiveMode::PeekLock {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut r = (status, body_bytes(&m)).into_response();
+    let h = r.headers_mut();
+    insert(h, "brokerproperties", &Json::Object(bp).to_string());
+    if let Some(ct) = &p.content_type {
+        insert(h, "content-type", ct.as_str());
+    } else {
+        insert(h, "content-type", "application/octet-stream");
+    }
+    if let Some(l) = location {
+        insert(h, "location", &l);
+    }
+    for (k, v) in m.application_properties.as_deref().unwrap_or(&[]) {
+        let Some(name) = k.as_str() else { continue };
+        let lower = name.to_ascii_lowercase();
+        if STANDARD_HEADERS.contains(&lower.as_str()) {
+            continue;
+        }
+        let text = match v {
+            Value::String(s) => format!("\"{s}\""),
+            other => value_text(other),
+        };
+        insert(h, &lower, &text);
+    }
+    Ok(r)
+}
+
+fn insert(h: &mut HeaderMap, name: &str, value: &str) {
+    if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(value)) {
+        h.insert(n, v);
+    }
+}
+
+fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Symbol(s) => s.as_str().to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Long(i) => i.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Short(i) => i.to_string(),
+        Value::Byte(i) => i.to_string(),
+        Value::Ulong(i) => i.to_string(),
+        Value::Uint(i) => i.to_string(),
+        Value::Ushort(i) => i.to_string(),
+        Value::Ubyte(i) => i.to_string(),
+        Value::Double(f) => f.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Timestamp(t) => http_date(*t),
+        Value::Uuid(u) => format_lock(LockToken(*u)),
+        Value::Binary(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The message body: its data sections, or the text of an `amqp-value` string or binary.
+fn body_bytes(m: &Message) -> Vec<u8> {
+    let mut input: &[u8] = &m.body_raw;
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        let Ok(v) = Value::decode(&mut input) else {
+            break;
+        };
+        if let Value::Described(d, inner) = v {
+            match (*d, *inner) {
+                (Descriptor::Code(0x75), Value::Binary(b)) => out.extend_from_slice(&b),
+                (Descriptor::Code(0x77), Value::String(s)) => out.extend_from_slice(s.as_bytes()),
+                (Descriptor::Code(0x77), Value::Binary(b)) => out.extend_from_slice(&b),
+                (Descriptor::Code(0x77), other) => {
+                    out.extend_from_slice(value_text(&other).as_bytes())
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+async fn settle(
+    broker: &Arc<Broker>,
+    entity: &Arc<Entity>,
+    subscription: Option<&str>,
+    token: LockToken,
+    outcome: Outcome,
+) -> Result<(), AtomError> {
+    let now = broker.now();
+    let commit = {
+        let mut st = entity.lock();
+        let q = st
+            .receiver(subscription)
+            .ok_or_else(|| AtomError::NotFound("the entity has no messages".into()))?;
+        q.settle(token, outcome, now).map_err(|_| lock_lost())?;
+        let commit = entity.submit(&mut st);
+        st.wake();
+        commit
+    };
+    if let Some(f) = commit {
+        f.await.map_err(|e| {
+            AtomError::Unavailable(format!("the settlement could not be stored: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------ dates
+
+/// RFC 1123 (`Sun, 06 Nov 1994 08:49:37 GMT`), as the REST API writes times.
+fn http_date(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    httpdate(t)
+}
+
+fn httpdate(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, mo, d) = civil_from_days(days);
+    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    let mon = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(mo - 1) as usize];
+    format!(
+        "{wd}, {d:02} {mon} {y} {:02}:{:02}:{:02} GMT",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Parse an RFC 1123 date (also accepts RFC 3339).
+fn parse_http_date(s: &str) -> Option<i64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s.trim().trim_end_matches('Z')) {
+        return t
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as i64);
+    }
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let [_wd, d, mon, y, hms, tz] = parts.as_slice() else {
+        return None;
+    };
+    if !tz.eq_ignore_ascii_case("GMT") && !tz.eq_ignore_ascii_case("UTC") {
+        return None;
+    }
+    let months = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    let mo = months.iter().position(|m| m.eq_ignore_ascii_case(mon))? as i64 + 1;
+    let (d, y): (i64, i64) = (d.parse().ok()?, y.parse().ok()?);
+    let hms: Vec<i64> = hms
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, mi, se] = hms.as_slice() else {
+        return None;
+    };
+    if !(1..=31).contains(&d) || *h > 23 || *mi > 59 || *se > 60 {
+        return None;
+    }
+    let days = days_from_civil(y, mo, d);
+    Some((days * 86_400 + h * 3600 + mi * 60 + se) * 1000)
+}
+
+// Howard Hinnant's civil-date algorithms.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let p = |s: &str| parse(s).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p("/q1/messages"), Some(("q1".into(), Op::Send)));
+        assert_eq!(p("/Q1/messages/head"), Some(("q1".into(), Op::Head)));
+        assert_eq!(
+            p("/t/subscriptions/s/messages/head"),
+            Some(("t/subscriptions/s".into(), Op::Head))
+        );
+        let tok = "0f0e0d0c-0b0a-0908-0706-050403020100";
+        assert_eq!(
+            p(&format!("/a/b/messages/m1/{tok}")),
+            Some((
+                "a/b".into(),
+                Op::Locked(parse_lock(tok).unwrap_or(LockToken([0; 16])))
+            ))
+        );
+        assert_eq!(p("/q1"), None);
+        assert_eq!(p("/messages"), None);
+        assert!(parse("/q1/messages/x/not-a-lock").is_err());
+        assert!(parse("/%2e%2e/messages").is_err());
+    }
+
+    #[test]
+    fn lock_tokens_round_trip() {
+        let t = LockToken([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
+        assert_eq!(parse_lock(&format_lock(t)).ok(), Some(t));
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(http_date(784_111_777_000), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777_000)
+        );
+        assert_eq!(
+            parse_http_date("2024-02-29T12:00:00Z"),
+            Some(1_709_208_000_000)
+        );
+        assert_eq!(parse_http_date("tomorrow"), None);
+        for ms in [0, 951_782_400_000, 1_709_208_000_000, 4_102_444_800_000] {
+            assert_eq!(parse_http_date(&http_date(ms)), Some(ms));
+        }
+    }
+
+    #[test]
+    fn custom_values() {
+        assert_eq!(custom_value("\"x\""), Value::String("x".into()));
+        assert_eq!(custom_value("12"), Value::Long(12));
+        assert_eq!(custom_value("1.5"), Value::Double(1.5));
+        assert_eq!(custom_value("true"), Value::Bool(true));
+        assert_eq!(custom_value("plain"), Value::String("plain".into()));
+    }
+}
