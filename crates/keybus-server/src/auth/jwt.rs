@@ -601,3 +601,238 @@ where
     });
     sender.send_request(req).await.map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::policy::PolicyFile;
+    use super::super::sts::TokenService;
+    use super::*;
+
+    const NOW: i64 = 1_767_225_600_000;
+    const ISS: &str = "https://issuer.example";
+
+    /// A policy with an OIDC issuer whose key is `ext`'s, and the builtin service.
+    fn setup() -> (
+        Validator,
+        TokenService,
+        TokenService,
+        Policy,
+        std::path::PathBuf,
+    ) {
+        let dir = std::env::temp_dir().join(format!(
+            "keybus-jwt-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let _ = std::fs::create_dir_all(&dir);
+        let ext = TokenService::in_memory();
+        let jwks = dir.join("jwks.json");
+        let keys = serde_json::json!({ "keys": ext.public_jwks() });
+        let _ = std::fs::write(&jwks, keys.to_string());
+        let text = format!(
+            r#"
+            [[issuers]]
+            id = "ext"
+            kind = "oidc"
+            issuer = "{ISS}"
+            jwks_file = "{}"
+            algorithms = ["ES256"]
+            max_token_lifetime = "2h"
+            [[principals]]
+            id = "app"
+            [[sts.managed_identities]]
+            principal = "app"
+            client_id = "c-1"
+            identity_header = "0123456789abcdef0123"
+            "#,
+            jwks.display()
+        );
+        let file: PolicyFile = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let policy = Policy::from_file(file, text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let v = Validator::new();
+        v.configure(&policy);
+        (v, TokenService::in_memory(), ext, policy, dir)
+    }
+
+    fn claims(extra: serde_json::Value) -> serde_json::Value {
+        let mut c = serde_json::json!({
+            "iss": ISS, "aud": "https://servicebus.azure.net", "sub": "s-1",
+            "iat": NOW / 1000, "nbf": NOW / 1000, "exp": NOW / 1000 + 600,
+        });
+        if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                if v.is_null() {
+                    c.remove(k);
+                } else {
+                    c.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        c
+    }
+
+    fn b64j(v: &serde_json::Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn external_tokens() {
+        let (v, sts, ext, policy, dir) = setup();
+        let sign = |c: serde_json::Value| ext.sign(&c).unwrap_or_default();
+        let check = |t: &str| v.validate(t, &sts, &policy, NOW);
+        let (p, exp) =
+            check(&sign(claims(serde_json::json!({})))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.subject.issuer_id.as_deref(), Some("ext"));
+        assert_eq!(p.subject.sub.as_deref(), Some("s-1"));
+        assert_eq!(exp, NOW + 600_000);
+        assert!(p.token_sha256.is_some());
+        // Audience as an array.
+        let arr = sign(claims(
+            serde_json::json!({"aud": ["x", "https://servicebus.azure.net/"]}),
+        ));
+        assert!(check(&arr).is_ok());
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (serde_json::json!({"exp": NOW / 1000 - 120}), "ExpiredToken"),
+            (
+                serde_json::json!({"nbf": NOW / 1000 + 3600}),
+                "not valid yet",
+            ),
+            (serde_json::json!({"iat": NOW / 1000 + 3600}), "future"),
+            (
+                serde_json::json!({"aud": "https://management.azure.com"}),
+                "InvalidAudience",
+            ),
+            (
+                serde_json::json!({"iss": "https://evil.example"}),
+                "InvalidIssuer",
+            ),
+            (serde_json::json!({"exp": null}), "exp"),
+            (serde_json::json!({"aud": null}), "aud"),
+            (
+                serde_json::json!({"iat": NOW / 1000 - 86_400, "nbf": null}),
+                "longer",
+            ),
+            (serde_json::json!({"nonce": "n"}), "ID tokens"),
+        ];
+        for (extra, want) in cases {
+            let e = check(&sign(claims(extra.clone())))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        // A token signed by another key with the issuer's kid: bad signature.
+        let other = TokenService::in_memory();
+        let forged = other
+            .sign(&claims(serde_json::json!({})))
+            .unwrap_or_default();
+        let e = check(&forged)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("InvalidSignature"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn hostile_headers() {
+        let (v, sts, ext, policy, dir) = setup();
+        let check = |t: &str| {
+            v.validate(t, &sts, &policy, NOW)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let body = b64j(&claims(serde_json::json!({})));
+        let good = ext.sign(&claims(serde_json::json!({}))).unwrap_or_default();
+        let sig = good.rsplit('.').next().unwrap_or_default().to_string();
+        let with = |h: serde_json::Value| format!("{}.{body}.{sig}", b64j(&h));
+        assert!(
+            check(&format!(
+                "{}.{body}.",
+                b64j(&serde_json::json!({"alg": "none"}))
+            ))
+            .contains("InvalidToken")
+        );
+        assert!(check(&with(serde_json::json!({"alg": "none"}))).contains("'none'"));
+        assert!(check(&with(serde_json::json!({"alg": "HS256", "kid": "x"}))).contains("'HS256'"));
+        assert!(check(&with(serde_json::json!({"alg": "RS256"}))).contains("not accepted"));
+        assert!(
+            check(&with(serde_json::json!({"alg": "ES256", "crit": ["b64"]}))).contains("critical")
+        );
+        assert!(
+            check(&with(serde_json::json!({"alg": "ES256", "kid": "unknown"})))
+                .contains("not known")
+        );
+        assert!(check("a.b").contains("three"));
+        assert!(check(&"x".repeat(MAX_JWT_LEN + 1)).contains("larger"));
+        assert!(check("!!!.@@@.###").contains("base64url"));
+        // A `jwk` header naming the attacker's own key is ignored: the issuer's keys decide.
+        let attacker = TokenService::in_memory();
+        let mut h = serde_json::json!({"alg": "ES256", "jwk": attacker.public_jwks()[0]});
+        if let Some(o) = h.as_object_mut() {
+            o.remove("kid");
+        }
+        let t = attacker
+            .sign(&claims(serde_json::json!({})))
+            .unwrap_or_default();
+        let s2 = t.rsplit('.').next().unwrap_or_default();
+        assert!(check(&format!("{}.{body}.{s2}", b64j(&h))).contains("InvalidSignature"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn builtin_tokens_round_trip() {
+        let (v, sts, _ext, policy, dir) = setup();
+        let (t, exp) = sts
+            .mint(
+                "https://localhost:5443/keybus/v2.0",
+                "keybus",
+                "c-1",
+                "app",
+                Duration::from_secs(3600),
+                NOW,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(exp, NOW / 1000 + 3600);
+        let (p, _) = v
+            .validate(&t, &sts, &policy, NOW)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.subject.client_id.as_deref(), Some("c-1"));
+        assert_eq!(policy.principals_for(&p.subject), vec!["app"]);
+        // Another keybus's service signed it: refused.
+        let other = TokenService::in_memory();
+        let (t2, _) = other
+            .mint(
+                "https://localhost:5443/keybus/v2.0",
+                "keybus",
+                "c-1",
+                "app",
+                Duration::from_secs(3600),
+                NOW,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(v.validate(&t2, &sts, &policy, NOW).is_err());
+        // Expired later.
+        let late = NOW + 3_700_000;
+        let e = v
+            .validate(&t, &sts, &policy, late)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("ExpiredToken"), "{e}");
+        // A different tenant path in iss is not ours.
+        let (t3, _) = sts
+            .mint(
+                "https://localhost:5443/other/v2.0",
+                "keybus",
+                "c-1",
+                "app",
+                Duration::from_secs(3600),
+                NOW,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(v.validate(&t3, &sts, &policy, NOW).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

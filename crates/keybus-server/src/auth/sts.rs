@@ -147,12 +147,16 @@ impl TokenService {
             "jti": uuid_like(&rand::random::<[u8; 16]>()),
             "xms_mirid": format!("/keybus/identities/{principal}"),
         });
+        Ok((self.sign(&claims)?, exp))
+    }
+
+    /// Sign any claims with the service's key (ES256, with its `kid`).
+    pub fn sign(&self, claims: &Value) -> Result<String, String> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         header.typ = Some("JWT".into());
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
-            .map_err(|e| format!("cannot sign: {e}"))?;
-        Ok((token, exp))
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| format!("cannot sign: {e}"))
     }
 }
 
