@@ -58,6 +58,9 @@ pub struct Limits {
     pub max_links_per_session: usize,
     pub max_unsettled_per_link: u32,
     pub max_frame_size: u32,
+    /// A connection that has put no valid token on `$cbs` within this many milliseconds is
+    /// closed (Service Bus: 20 s).
+    pub token_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -68,6 +71,7 @@ impl Default for Limits {
             max_links_per_session: 256,
             max_unsettled_per_link: 5000,
             max_frame_size: 1024 * 1024,
+            token_timeout_ms: 20_000,
         }
     }
 }

@@ -509,3 +509,22 @@ async fn health_is_200_and_503_when_the_store_cannot_write() {
     tokio::spawn(keybus_server::http::serve(listener, broken));
     assert!(http_get(addr, "/health").await.starts_with("HTTP/1.1 503"));
 }
+
+#[tokio::test]
+async fn a_connection_without_a_token_is_closed_after_the_timeout() {
+    let opts = ServeOptions {
+        in_memory: true,
+        amqp_port: 0,
+        http_port: 0,
+        bind: "127.0.0.1".parse().unwrap(),
+        ..ServeOptions::default()
+    };
+    let config = Config::parse("[limits]\ntoken_timeout_ms = 300\n").unwrap();
+    let b = keybus_server::start_with(opts, config).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut c = Client::open(&b).await;
+    c.expect_close("amqp:unauthorized-access").await;
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+}

@@ -83,6 +83,7 @@ impl Conn {
                     principal: Arc::new(principal),
                     expires_at_ms,
                 });
+                self.authenticated = true;
                 // A refreshed token may carry another identity: links are checked again.
                 self.auth_checked.0 = 0;
                 PutToken {
@@ -225,6 +226,14 @@ impl Conn {
     /// Drop expired credentials, and detach every link that lost its access: the token ran
     /// out, the policy was reloaded, or a time-bounded grant began or ended.
     pub fn check_access(&mut self) {
+        let deadline = self.broker.config.limits.token_timeout_ms;
+        if !self.authenticated && self.opened_at.elapsed().as_millis() > u128::from(deadline) {
+            self.close_with = Some(error(
+                errors::UNAUTHORIZED,
+                format!("no token was put on $cbs within {deadline} ms of connecting"),
+            ));
+            return;
+        }
         let now = self.broker.now();
         let auth = self.broker.auth.clone();
         let generation = auth.generation();

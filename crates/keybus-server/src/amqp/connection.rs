@@ -88,6 +88,10 @@ pub struct Conn {
     pub failed_tokens: u32,
     /// Set to close the connection with this error after the current frame.
     pub close_with: Option<keybus_amqp::AmqpError>,
+    /// When the connection opened, and whether a token was ever accepted on it (a
+    /// connection that presents none within `limits.token_timeout_ms` is closed).
+    pub opened_at: Instant,
+    pub authenticated: bool,
     /// For audit lines: a connection id and the peer address.
     pub id: String,
     pub peer: String,
@@ -425,6 +429,8 @@ where
         auth_checked: (broker.auth.generation(), broker.now()),
         failed_tokens: 0,
         close_with: None,
+        opened_at: Instant::now(),
+        authenticated: peer.spiffe.is_some(),
         id: format!("c-{}", NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)),
         peer: peer.addr.clone(),
         tx,
@@ -564,6 +570,10 @@ where
                     keybus_amqp::encode_empty_frame(&mut conn.out);
                 }
                 conn.check_access();
+                if let Some(err) = conn.close_with.take() {
+                    conn.flush_sends();
+                    return Err(ConnError(err));
+                }
                 conn.detach_gone_links();
             }
         }
