@@ -58,7 +58,7 @@ pub type Unsettled = (
 );
 
 /// Failed `put-token`s tolerated on one connection before it is closed (brute force).
-pub const MAX_FAILED_TOKENS: u32 = 5;
+pub const MAX_FAILED_TOKENS: u32 = 20;
 
 /// A verified credential on a connection, good for `resource` and below until it expires.
 #[derive(Debug, Clone)]

@@ -420,10 +420,17 @@ fn authorize_forward(
         [format!("sb://{host}/{dest}"), format!("{host}/{dest}")]
             .iter()
             .any(|aud| {
+                // The token was checked against the destination's audience: for a SAS token
+                // its rights on what it signs for decide, for a JWT the policy on `dest`.
                 broker
                     .auth
                     .verify(t, aud, &broker.policies, now)
-                    .is_ok_and(|(p, _)| may_send(&p))
+                    .is_ok_and(|(p, _)| match &p.sas {
+                        Some(s) => s.rights.iter().any(|r| {
+                            matches!(r, crate::config::Right::Manage | crate::config::Right::Send)
+                        }),
+                        None => may_send(&p),
+                    })
             })
     });
     if ok {
