@@ -104,28 +104,13 @@ fn parse(path: &str) -> Result<Option<(String, Op)>, AtomError> {
 }
 
 fn parse_lock(s: &str) -> Result<LockToken, AtomError> {
-    let hex: String = s.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(bad(format!("'{s}' is not a lock token")));
-    }
-    let mut b = [0u8; 16];
-    for (i, byte) in b.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .map_err(|_| bad(format!("'{s}' is not a lock token")))?;
-    }
-    Ok(LockToken(b))
+    uuid::Uuid::try_parse(s)
+        .map(|u| LockToken(u.into_bytes()))
+        .map_err(|_| bad(format!("'{s}' is not a lock token")))
 }
 
 fn format_lock(t: LockToken) -> String {
-    let h: String = t.0.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid::Uuid::from_bytes(t.0).hyphenated().to_string()
 }
 
 /// Serve a REST messaging request, or `None` when the path is not a messaging path.
@@ -816,86 +801,18 @@ async fn settle(
 
 /// RFC 1123 (`Sun, 06 Nov 1994 08:49:37 GMT`), as the REST API writes times.
 fn http_date(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    httpdate(t)
-}
-
-fn httpdate(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, mo, d) = civil_from_days(days);
-    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    let mon = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(mo - 1) as usize];
-    format!(
-        "{wd}, {d:02} {mon} {y} {:02}:{:02}:{:02} GMT",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
 }
 
 /// Parse an RFC 1123 date (also accepts RFC 3339).
 fn parse_http_date(s: &str) -> Option<i64> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s.trim().trim_end_matches('Z')) {
-        return t
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_millis() as i64);
-    }
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    let [_wd, d, mon, y, hms, tz] = parts.as_slice() else {
-        return None;
-    };
-    if !tz.eq_ignore_ascii_case("GMT") && !tz.eq_ignore_ascii_case("UTC") {
-        return None;
-    }
-    let months = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    let mo = months.iter().position(|m| m.eq_ignore_ascii_case(mon))? as i64 + 1;
-    let (d, y): (i64, i64) = (d.parse().ok()?, y.parse().ok()?);
-    let hms: Vec<i64> = hms
-        .split(':')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    let [h, mi, se] = hms.as_slice() else {
-        return None;
-    };
-    if !(1..=31).contains(&d) || *h > 23 || *mi > 59 || *se > 60 {
-        return None;
-    }
-    let days = days_from_civil(y, mo, d);
-    Some((days * 86_400 + h * 3600 + mi * 60 + se) * 1000)
-}
-
-// Howard Hinnant's civil-date algorithms.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    let s = s.trim();
+    let at = humantime::parse_rfc3339_weak(s.trim_end_matches('Z'))
+        .ok()
+        .or_else(|| httpdate::parse_http_date(s).ok())?;
+    at.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -161,15 +161,11 @@ impl TokenService {
 }
 
 fn uuid_like(b: &[u8]) -> String {
-    let h: String = b.iter().take(16).map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let mut bytes = [0u8; 16];
+    for (d, s) in bytes.iter_mut().zip(b) {
+        *d = *s;
+    }
+    uuid::Uuid::from_bytes(bytes).hyphenated().to_string()
 }
 
 /// A UUID-shaped id derived from a name (the same principal keeps its object id).
