@@ -268,3 +268,62 @@ def test_discovery_and_keys(sts: Dict[str, Any]) -> None:
     with urllib.request.urlopen(doc["jwks_uri"], context=ctx) as r:
         keys = json.loads(r.read())["keys"]
     assert [k["kty"] for k in keys] == ["EC"] and all("d" not in k for k in keys)
+
+
+def _http(url: str, headers: Dict[str, str], data: bytes | None = None, ctx: Any = None) -> tuple[int, Dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers=headers, data=data)
+    try:
+        with urllib.request.urlopen(req, context=ctx) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_managed_identity_endpoint_refusals(sts: Dict[str, Any]) -> None:
+    """Raw protocol: only Service Bus tokens, only with the header, never for a browser page;
+    errors carry both the App Service and the Entra shapes."""
+    b = sts["broker"]
+    url = f"http://127.0.0.1:{b.http_port}/msi/token?api-version=2019-08-01"
+    sb = "&resource=https://servicebus.azure.net/"
+    status, body = _http(url + "&resource=https://management.azure.com/", {"X-IDENTITY-HEADER": MI_SECRET})
+    assert status == 400 and body["error"] == "invalid_resource"
+    status, body = _http(url + sb, {})
+    assert status == 401 and body["statusCode"] == 401 and body["message"] and body["error_description"]
+    status, _ = _http(url + sb, {"X-IDENTITY-HEADER": MI_SECRET, "Origin": "http://evil.example"})
+    assert status == 403
+    status, body = _http(url + sb, {"X-IDENTITY-HEADER": MI_SECRET})
+    assert status == 200, body
+    assert set(body) >= {"access_token", "expires_on", "expires_in", "resource", "token_type", "client_id"}
+    assert body["resource"] == "https://servicebus.azure.net/" and body["client_id"] == MI_CLIENT
+    assert int(body["expires_on"]) > time.time() + 3000
+
+
+def test_token_endpoint_refuses_other_tenants_and_grants(sts: Dict[str, Any]) -> None:
+    import ssl
+    from urllib.parse import urlencode
+
+    b, issuer = sts["broker"], sts["issuer"]
+    ctx = ssl.create_default_context(cafile=b.ca_path)
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": WI_CLIENT,
+        "scope": SCOPE,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": issuer.token(WI_SUBJECT, aud=EXCHANGE),
+    }
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    base = f"https://localhost:{b.https_port}"
+    status, body = _http(f"{base}/other-tenant/oauth2/v2.0/token", headers, urlencode(form).encode(), ctx)
+    assert status == 400 and body["error"] == "invalid_tenant", body
+    status, body = _http(f"{base}/{TENANT}/oauth2/v2.0/token", headers, urlencode({**form, "grant_type": "password"}).encode(), ctx)
+    assert status == 400 and body["error"] == "unsupported_grant_type", body
+    status, body = _http(f"{base}/{TENANT}/oauth2/v2.0/token", headers, urlencode({**form, "scope": "https://vault.azure.net/.default"}).encode(), ctx)
+    assert status == 400 and body["error"] == "invalid_scope", body
+    # The tenant is matched case-insensitively (msal-node lower-cases the authority).
+    status, body = _http(f"{base}/{TENANT.upper()}/oauth2/v2.0/token", headers, urlencode(form).encode(), ctx)
+    assert status == 200 and body["token_type"] == "Bearer" and body["expires_in"] > 3000, body
+    reasons = {e["reason"] for e in _audit(b) if e["event"] == "sts.issue" and e["decision"] == "deny"}
+    assert {"unknown_tenant", "unsupported_grant_type", "invalid_scope"} <= reasons, reasons

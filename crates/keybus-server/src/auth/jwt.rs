@@ -295,14 +295,16 @@ impl Validator {
         if decoding.family() != alg.family() {
             return Err(invalid("the key does not fit the token's algorithm"));
         }
+        // `jsonwebtoken` checks the signature, that exp/iss/aud are present, iss, and nbf
+        // against the system clock. exp, nbf and iat are checked again below against the
+        // broker's clock; aud (string or array, per-issuer or federated lists) too.
+        let leeway_s = entry.leeway_secs.min(300);
         let mut validation = Validation::new(alg);
+        validation.leeway = leeway_s;
         validation.validate_exp = false;
-        validation.validate_nbf = false;
+        validation.validate_nbf = true;
         validation.validate_aud = false;
-        validation.required_spec_claims = ["exp", "iss", "aud"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.set_issuer(&[iss.as_str()]);
         jsonwebtoken::decode::<Value>(token, &decoding, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
@@ -310,6 +312,7 @@ impl Validator {
                 K::InvalidSignature => JwtError::Signature,
                 K::MissingRequiredClaim(c) => invalid(format!("the token has no {c}")),
                 K::InvalidAlgorithm => invalid("the key does not fit the token's algorithm"),
+                K::ImmatureSignature => invalid("the token is not valid yet (nbf)"),
                 other => invalid(format!("{other:?}")),
             }
         })?;
@@ -333,7 +336,7 @@ impl Validator {
             return Err(invalid("ID tokens are not access tokens"));
         }
         // Times, against the broker's clock.
-        let leeway = entry.leeway_secs.min(300) as i64 * 1000;
+        let leeway = leeway_s as i64 * 1000;
         let exp_ms = claims
             .exp
             .map(|e| (e * 1000.0) as i64)
@@ -404,34 +407,40 @@ fn refresh(entry: IssuerConfig, cache: Arc<Mutex<KeyCache>>, initial: bool) {
     let now = now_ms_system();
     {
         let Ok(mut c) = cache.lock() else { return };
-        if c.refreshing || (!initial && now - c.last_try_ms < REFRESH_EVERY_MS) {
+        // `refreshing` guards one fetch at a time; a fetch ends within its timeout, so a flag
+        // older than that belongs to a task that died and is ignored.
+        let in_flight = c.refreshing && now - c.last_try_ms < 2 * REFRESH_EVERY_MS;
+        if in_flight || (!initial && now - c.last_try_ms < REFRESH_EVERY_MS) {
             return;
         }
         c.last_try_ms = now;
-        if let Some(path) = &entry.jwks_file {
-            match std::fs::read(path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| parse_jwks(&b))
-            {
-                Ok(keys) => {
-                    c.keys = keys;
-                    c.loaded_at_ms = now;
-                    c.fresh_until_ms = now + MIN_CACHE_MS;
-                }
-                Err(e) => {
-                    tracing::warn!(issuer = %entry.id, path = %path.display(), error = %e, "cannot read the issuer's JWKS file")
-                }
-            }
+        if entry.jwks_file.is_some() && initial {
+            // Read at configure time, so the keys are there before the first token.
+            load_file(&entry, &mut c);
             return;
         }
         c.refreshing = true;
     }
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        // No runtime (tests, tools): a file is read now, URLs wait for the next configure.
         if let Ok(mut c) = cache.lock() {
             c.refreshing = false;
+            if entry.jwks_file.is_some() {
+                load_file(&entry, &mut c);
+            }
         }
         return;
     };
+    if entry.jwks_file.is_some() {
+        // Never block the validating (connection) task on the file system.
+        rt.spawn_blocking(move || {
+            if let Ok(mut c) = cache.lock() {
+                c.refreshing = false;
+                load_file(&entry, &mut c);
+            }
+        });
+        return;
+    }
     rt.spawn(async move {
         let result = fetch_keys(&entry).await;
         let Ok(mut c) = cache.lock() else { return };
@@ -449,6 +458,25 @@ fn refresh(entry: IssuerConfig, cache: Arc<Mutex<KeyCache>>, initial: bool) {
             }
         }
     });
+}
+
+/// Read an issuer's `jwks_file` into its cache (keeping the old keys if that fails).
+fn load_file(entry: &IssuerConfig, c: &mut KeyCache) {
+    let Some(path) = &entry.jwks_file else { return };
+    match std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| parse_jwks(&b))
+    {
+        Ok(keys) => {
+            let now = now_ms_system();
+            c.keys = keys;
+            c.loaded_at_ms = now;
+            c.fresh_until_ms = now + MIN_CACHE_MS;
+        }
+        Err(e) => {
+            tracing::warn!(issuer = %entry.id, path = %path.display(), error = %e, "cannot read the issuer's JWKS file; keeping the last good keys")
+        }
+    }
 }
 
 fn parse_jwks(bytes: &[u8]) -> Result<Vec<Jwk>, String> {
@@ -497,109 +525,100 @@ async fn fetch_keys(entry: &IssuerConfig) -> Result<(Vec<Jwk>, i64), String> {
     Ok((parse_jwks(&body)?, max_age.unwrap_or(MIN_CACHE_MS)))
 }
 
+/// Is `host` (as in a URL, IPv6 in brackets or not) a loopback name or address?
+fn loopback(host: &str) -> bool {
+    matches!(
+        host.trim_start_matches('[').trim_end_matches(']'),
+        "127.0.0.1" | "localhost" | "::1"
+    )
+}
+
+/// The TLS client configuration for key fetches: ring (keybus's one crypto provider), the
+/// platform's roots plus the issuer's `ca_file` certificates.
+fn tls_config(extra_ca: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let extra: Vec<CertificateDer<'static>> = match extra_ca {
+        Some(pem) => CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("ca_file: {e}"))?,
+        None => Vec::new(),
+    };
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+            .map_err(|e| format!("TLS roots: {e}"))?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
 /// GET a small document: https (or http to a loopback host), 5 s, 1 MiB, no redirects.
 /// Returns the body and the `Cache-Control: max-age` in ms.
 pub async fn http_get(
     url: &str,
     extra_ca: Option<&[u8]>,
 ) -> Result<(Vec<u8>, Option<i64>), String> {
-    use http_body_util::{BodyExt, Empty, Limited};
-    use hyper::body::Bytes;
-
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("{url}: no host"))?
-        .to_string();
-    let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") if matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]" | "::1") => {
-            false
-        }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    let host = parsed.host_str().ok_or_else(|| format!("{url}: no host"))?;
+    let https = match parsed.scheme() {
+        "https" => true,
+        "http" if loopback(host) => false,
         _ => {
             return Err(format!(
                 "{url}: only https (or http to a loopback address) is allowed"
             ));
         }
     };
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let path = uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .user_agent(concat!("keybus/", env!("CARGO_PKG_VERSION")));
+    // Always a preconfigured TLS backend: without one reqwest would look for a process-wide
+    // rustls provider, even for plain http, and panic when there is none.
+    builder = builder.tls_backend_preconfigured(tls_config(extra_ca)?);
+    if !https {
+        builder = builder.no_proxy();
+    }
+    let client = builder.build().map_err(|e| format!("{url}: {e}"))?;
     let work = async {
-        let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        let mut resp = client
+            .get(parsed.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
             .await
             .map_err(|e| format!("{url}: {e}"))?;
-        let req = hyper::Request::get(path)
-            .header(hyper::header::HOST, &host)
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = if https {
-            let mut roots = rustls::RootCertStore::empty();
-            if let Some(pem) = extra_ca {
-                use rustls::pki_types::pem::PemObject;
-                for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem).flatten() {
-                    let _ = roots.add(c);
-                }
-            }
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            let name =
-                rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-                    .map_err(|e| format!("{url}: {e}"))?;
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            send(hyper_util::rt::TokioIo::new(tls), req).await?
-        } else {
-            send(hyper_util::rt::TokioIo::new(tcp), req).await?
-        };
         if !resp.status().is_success() {
             return Err(format!("{url}: HTTP {}", resp.status()));
         }
+        if resp.content_length().is_some_and(|n| n > MAX_FETCH as u64) {
+            return Err(format!("{url}: larger than {MAX_FETCH} bytes"));
+        }
         let max_age = resp
             .headers()
-            .get(hyper::header::CACHE_CONTROL)
+            .get(reqwest::header::CACHE_CONTROL)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 v.split(',')
                     .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<i64>().ok())
             })
             .map(|s| s.saturating_mul(1000));
-        let body = Limited::new(resp.into_body(), MAX_FETCH)
-            .collect()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?
-            .to_bytes();
-        Ok((body.to_vec(), max_age))
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+            if body.len() + chunk.len() > MAX_FETCH {
+                return Err(format!("{url}: larger than {MAX_FETCH} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, max_age))
     };
     tokio::time::timeout(Duration::from_secs(5), work)
         .await
         .map_err(|_| format!("{url}: timed out"))?
-}
-
-async fn send<T>(
-    io: T,
-    req: hyper::Request<http_body_util::Empty<hyper::body::Bytes>>,
-) -> Result<hyper::Response<hyper::body::Incoming>, String>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender.send_request(req).await.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -778,6 +797,237 @@ mod tests {
             .unwrap_or_default();
         let s2 = t.rsplit('.').next().unwrap_or_default();
         assert!(check(&format!("{}.{body}.{s2}", b64j(&h))).contains("InvalidSignature"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn algorithm_confusion_and_missing_claims() {
+        use hmac::{Hmac, Mac};
+        let (v, sts, ext, policy, dir) = setup();
+        let check = |t: &str| {
+            v.validate(t, &sts, &policy, NOW)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        // HS256 keyed with the issuer's public key bytes (the JWK text, the raw point): a
+        // verifier that let the token pick the algorithm would accept these.
+        let jwk = serde_json::to_value(&ext.public_jwks()[0]).unwrap_or_default();
+        let kid = jwk["kid"].as_str().unwrap_or_default().to_string();
+        let coord = |c: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(jwk[c].as_str().unwrap_or_default())
+                .unwrap_or_default()
+        };
+        let mut point = vec![4u8];
+        point.extend(coord("x"));
+        point.extend(coord("y"));
+        let secrets: Vec<Vec<u8>> = vec![jwk.to_string().into_bytes(), point];
+        for (alg, secret) in [
+            ("HS256", &secrets[0]),
+            ("HS256", &secrets[1]),
+            ("HS384", &secrets[0]),
+        ] {
+            let input = format!(
+                "{}.{}",
+                b64j(&serde_json::json!({"alg": alg, "typ": "JWT", "kid": kid})),
+                b64j(&claims(serde_json::json!({})))
+            );
+            let mut mac =
+                Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap_or_else(|e| panic!("{e}"));
+            mac.update(input.as_bytes());
+            let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(mac.finalize().into_bytes());
+            let e = check(&format!("{input}.{sig}"));
+            assert!(
+                e.starts_with("InvalidToken") && e.contains(alg),
+                "{alg}: {e}"
+            );
+        }
+        // The same claims signed properly pass, so the refusals above are about the algorithm.
+        assert!(check(&ext.sign(&claims(serde_json::json!({}))).unwrap_or_default()).is_empty());
+        // Required claims: iss (no issuer entry to pick), exp, aud.
+        for (missing, want) in [("iss", "no iss"), ("exp", "exp"), ("aud", "aud")] {
+            let t = ext
+                .sign(&claims(serde_json::json!({ missing: null })))
+                .unwrap_or_default();
+            let e = check(&t);
+            assert!(
+                e.starts_with("InvalidToken") && e.contains(want),
+                "{missing}: {e}"
+            );
+        }
+        // An issuer whose key set has no key for this token's kid: refused, and a refresh
+        // (rate limited, never from the validating call) is asked for.
+        let stranger = TokenService::in_memory();
+        let e = check(
+            &stranger
+                .sign(&claims(serde_json::json!({})))
+                .unwrap_or_default(),
+        );
+        assert!(e.contains("not known"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Serve `routes` over HTTPS on a loopback port with a `--dev-tls`-style CA in `dir`;
+    /// returns the port and the CA file.
+    async fn https_server(
+        dir: &std::path::Path,
+        routes: axum::Router,
+    ) -> (u16, std::path::PathBuf) {
+        let files = crate::tls::dev_files(dir, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let tls = crate::tls::Tls::load(files.clone(), None).unwrap_or_else(|e| panic!("{e}"));
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.http.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, routes) = (acceptor.clone(), routes.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(routes);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
+        (port, files.ca.unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn keys_from_discovery_over_https_and_from_a_loopback_jwks_uri() {
+        use axum::routing::get;
+        let dir = std::env::temp_dir().join(format!(
+            "keybus-jwt-fetch-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let ext = TokenService::in_memory();
+        let jwks = serde_json::json!({ "keys": ext.public_jwks() });
+        let port_cell = Arc::new(std::sync::OnceLock::<u16>::new());
+        let (pc, jw) = (port_cell.clone(), jwks.clone());
+        let routes = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || {
+                    let port = pc.get().copied().unwrap_or_default();
+                    async move {
+                        axum::Json(serde_json::json!({
+                            "issuer": format!("https://localhost:{port}"),
+                            "jwks_uri": format!("https://localhost:{port}/keys"),
+                        }))
+                    }
+                }),
+            )
+            .route(
+                "/keys",
+                get(move || {
+                    let jw = jw.clone();
+                    async move { ([("cache-control", "public, max-age=60")], axum::Json(jw)) }
+                }),
+            );
+        let (port, ca) = https_server(&dir, routes.clone()).await;
+        let _ = port_cell.set(port);
+        // Plain http on loopback, for `jwks_uri`.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let http_port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, routes).await;
+        });
+
+        let iss = format!("https://localhost:{port}");
+        let text = format!(
+            r#"
+            [[issuers]]
+            id = "disco"
+            kind = "oidc"
+            issuer = "{iss}"
+            ca_file = "{}"
+            algorithms = ["ES256"]
+            [[issuers]]
+            id = "direct"
+            kind = "oidc"
+            issuer = "https://direct.example"
+            jwks_uri = "http://127.0.0.1:{http_port}/keys"
+            algorithms = ["ES256"]
+            [[issuers]]
+            id = "untrusted"
+            kind = "oidc"
+            issuer = "https://localhost:{port}/"
+            jwks_uri = "https://localhost:{port}/keys"
+            algorithms = ["ES256"]
+            "#,
+            ca.display()
+        );
+        let file: PolicyFile = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let policy = Policy::from_file(file, text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let v = Validator::new();
+        v.configure(&policy);
+        let sts = TokenService::in_memory();
+        let now = now_ms_system();
+        let token = |iss: &str| {
+            ext.sign(&serde_json::json!({
+                "iss": iss, "aud": "https://servicebus.azure.net", "sub": "s",
+                "iat": now / 1000, "exp": now / 1000 + 600,
+            }))
+            .unwrap_or_default()
+        };
+        let mut results = (Err(JwtError::Signature), Err(JwtError::Signature));
+        for _ in 0..100 {
+            results = (
+                v.validate(&token(&iss), &sts, &policy, now),
+                v.validate(&token("https://direct.example"), &sts, &policy, now),
+            );
+            if results.0.is_ok() && results.1.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (disco, direct) = results;
+        assert_eq!(
+            disco
+                .map(|(p, _)| p.subject.issuer_id)
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("disco")
+        );
+        assert_eq!(
+            direct
+                .map(|(p, _)| p.subject.issuer_id)
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("direct")
+        );
+        // The same server without its CA (no ca_file): never trusted, so no keys.
+        let e = v
+            .validate(&token(&format!("{iss}/")), &sts, &policy, now)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("not known"), "{e}");
+        // Fetch hygiene.
+        for bad in [
+            "http://example.com/keys",
+            "ftp://127.0.0.1/keys",
+            "file:///etc/passwd",
+        ] {
+            assert!(http_get(bad, None).await.is_err(), "{bad}");
+        }
+        let (_, max_age) = http_get(&format!("http://127.0.0.1:{http_port}/keys"), None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(max_age, Some(60_000));
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -107,7 +107,9 @@ impl TokenService {
             return Err("token service key: not an uncompressed P-256 point".into());
         }
         let (x, y) = (b64(&raw[1..33]), b64(&raw[33..]));
-        let kid = b64(&Sha256::digest(raw)[..12]);
+        // RFC 7638 JWK thumbprint: SHA-256 of the required members in lexicographic order.
+        let thumbprint = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+        let kid = b64(&Sha256::digest(thumbprint.as_bytes()));
         let jwk: Jwk = serde_json::from_value(json!({
             "kty": "EC", "crv": "P-256", "x": x, "y": y,
             "kid": kid, "use": "sig", "alg": "ES256",
@@ -204,7 +206,7 @@ fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
         "error": code, "error_description": description,
         "statusCode": status.as_u16(), "message": description,
         "error_codes": [], "timestamp": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        "trace_id": stable_uuid(description), "correlation_id": stable_uuid(code),
+        "trace_id": uuid::Uuid::new_v4().to_string(), "correlation_id": uuid::Uuid::new_v4().to_string(),
     });
     (
         status,
@@ -244,12 +246,23 @@ fn lifetime(policy: &Policy) -> Duration {
         .unwrap_or(Duration::from_secs(3600))
 }
 
-fn issuer_url(headers: &HeaderMap, tenant: &str) -> String {
-    let host = headers
+/// The `Host` the client used (`name[:port]`, IPv6 in brackets); anything else, or nothing,
+/// is `localhost`. It only shapes the URLs we hand out and the `iss` of minted tokens.
+fn request_host(headers: &HeaderMap) -> &str {
+    headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("https://{host}/{tenant}/v2.0")
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+        })
+        .unwrap_or("localhost")
+}
+
+fn issuer_url(headers: &HeaderMap, tenant: &str) -> String {
+    format!("https://{}/{tenant}/v2.0", request_host(headers))
 }
 
 async fn managed_identity(
@@ -258,6 +271,23 @@ async fn managed_identity(
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
     let policy = broker.auth.policy();
+    if headers.contains_key(header::ORIGIN) {
+        // A web page in a browser on this host is not a workload (identity reference §8).
+        audit_issue(
+            &broker,
+            "mi.issue",
+            false,
+            "browser_origin",
+            None,
+            None,
+            vec![],
+        );
+        return oauth_error(
+            StatusCode::FORBIDDEN,
+            "invalid_request",
+            "Requests from browsers are not served.",
+        );
+    }
     let secret = headers
         .get("x-identity-header")
         .and_then(|v| v.to_str().ok())
@@ -392,17 +422,35 @@ async fn token_endpoint(
     RawForm(form): RawForm,
 ) -> Response {
     let policy = broker.auth.policy();
-    if !tenant_ok(&policy, &tenant) {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_tenant",
-            &format!("Tenant '{tenant}' not found."),
-        );
-    }
     let fields: std::collections::HashMap<String, String> =
         form_urlencoded_pairs(&form).into_iter().collect();
     let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
+    if !tenant_ok(&policy, &tenant) {
+        audit_issue(
+            &broker,
+            "sts.issue",
+            false,
+            "unknown_tenant",
+            None,
+            Some(get("client_id")),
+            vec![],
+        );
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_tenant",
+            &format!("AADSTS90002: Tenant '{tenant}' not found."),
+        );
+    }
     if get("grant_type") != "client_credentials" {
+        audit_issue(
+            &broker,
+            "sts.issue",
+            false,
+            "unsupported_grant_type",
+            None,
+            Some(get("client_id")),
+            vec![],
+        );
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -562,11 +610,7 @@ async fn discovery(
     if !tenant_ok(&policy, &tenant) {
         return oauth_error(StatusCode::NOT_FOUND, "invalid_tenant", "Tenant not found.");
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let base = format!("https://{host}/{tenant}");
+    let base = format!("https://{}/{tenant}", request_host(&headers));
     axum::Json(json!({
         "issuer": format!("{base}/v2.0"),
         "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
