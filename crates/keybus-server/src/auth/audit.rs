@@ -157,6 +157,9 @@ struct SummaryKey {
     event: &'static str,
     reason: String,
     source: String,
+    /// The principal's id for decisions on authenticated callers (one principal's denials
+    /// do not hide another's), empty for refused credentials.
+    principal: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -203,6 +206,7 @@ impl Summarizer {
         let key = if !self.windows.contains_key(&key) && self.windows.len() >= self.max_keys {
             SummaryKey {
                 source: "*".into(),
+                principal: String::new(),
                 ..key
             }
         } else {
@@ -676,6 +680,9 @@ impl Sink {
     fn write_summary(&mut self, k: &SummaryKey, w: &Window, now: i64) {
         let mut obj = self.base(now, k.event, false, &k.reason);
         obj.insert("conn".into(), json!({ "peer": k.source }));
+        if !k.principal.is_empty() {
+            obj.insert("principal".into(), json!({ "id": k.principal }));
+        }
         obj.insert("summary".into(), json!(true));
         obj.insert("count".into(), json!(w.suppressed));
         obj.insert("first".into(), json!(rfc3339(w.first_ms)));
@@ -807,10 +814,18 @@ impl Audit {
         if !ev.allow
             && let Some(peer) = &ev.peer
         {
+            let principal = ev
+                .principal
+                .as_ref()
+                .and_then(|p| p.get("id"))
+                .and_then(Value::as_str)
+                .map(cut)
+                .unwrap_or_default();
             let key = SummaryKey {
                 event: ev.event,
                 reason: cut(&ev.reason),
                 source: source_of(peer),
+                principal,
             };
             let (write, due) = sink.summaries.admit(key, now);
             if let Some((k, w)) = due {
@@ -1308,6 +1323,7 @@ mod tests {
                 event: "http.token",
                 reason: "InvalidSignature".into(),
                 source: format!("10.0.{}.{}", i / 256, i % 256),
+                principal: String::new(),
             };
             if s.admit(key, T0).0 {
                 written += 1;

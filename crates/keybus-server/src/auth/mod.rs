@@ -224,7 +224,10 @@ impl Auth {
 
     /// Count a refused credential from `peer` and say whether its source is now limited.
     pub fn refuse(&self, peer: &str, description: String, now_ms: i64) -> Refusal {
-        match self.record_failure(peer, now_ms) {
+        // Limited already: this one is a further guess (30 refusals are answered as such).
+        let limited = self.rate_limited(peer, now_ms);
+        self.record_failure(peer, now_ms);
+        match limited {
             Some(ms) => Refusal::Limited(
                 format!(
                     "TooManyFailedAttempts: more than {MAX_FAILURES_PER_MINUTE} tokens from this address were refused in the last minute; valid tokens are still accepted, retry in {} s. ({description})",
@@ -425,7 +428,7 @@ mod tests {
         let good = crate::sas::make_token(aud, "root", "the-right-key", now / 1000 + 600);
         let bad = crate::sas::make_token(aud, "root", "a-wrong-key", now / 1000 + 600);
         let peer = "198.51.100.4:5555";
-        for _ in 0..MAX_FAILURES_PER_MINUTE - 1 {
+        for _ in 0..MAX_FAILURES_PER_MINUTE {
             let r = auth.verify_from(&bad, aud, &policies, peer, now);
             assert!(matches!(r, Err(Refusal::Invalid(_))), "{r:?}");
         }
