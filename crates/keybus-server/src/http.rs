@@ -1,13 +1,14 @@
 //! The HTTP listener: `GET /health` and `GET /ready` (200 when the broker accepts work, 503
 //! when the store cannot write), `GET /metrics` (Prometheus).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
@@ -46,8 +47,28 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(broker)
 }
 
+// ------------------------------------------------------------------ client address
+
+/// The client's address, as handlers extract it: the listeners put a `ConnectInfo` on every
+/// request (`serve` through axum's connect info, `serve_tls` through [`with_peer`]).
+pub type PeerInfo = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+/// The client's address as audit text (`ip:port`), `unknown` if the listener gave none.
+pub fn peer_text(p: &PeerInfo) -> String {
+    match p {
+        Some(Extension(ConnectInfo(addr))) => addr.to_string(),
+        None => "unknown".into(),
+    }
+}
+
+/// `app` with the client's address on every request (one connection's service).
+pub fn with_peer(app: Router, peer: SocketAddr) -> Router {
+    app.layer(Extension(ConnectInfo(peer)))
+}
+
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
-    if let Err(e) = axum::serve(listener, router(broker)).await {
+    let app = router(broker).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(%e, "HTTP server stopped");
     }
 }
@@ -69,7 +90,7 @@ pub async fn serve_tls(
             }
         };
         let acceptor = acceptor.clone();
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = hyper_util::service::TowerToHyperService::new(with_peer(app.clone(), peer));
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(
                 std::time::Duration::from_secs(30),

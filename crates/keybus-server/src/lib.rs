@@ -194,8 +194,20 @@ fn open_auth(opts: &ServeOptions) -> Result<auth::Auth, ServeError> {
         .or_else(|| policy.file.audit.path.clone())
         .or_else(|| (!opts.in_memory).then(|| opts.data_dir.join("audit.jsonl")));
     let audit = match &audit_path {
-        Some(p) => auth::audit::Audit::open(p)
-            .map_err(io_err(format!("opening the audit log {}", p.display())))?,
+        Some(p) => {
+            let a = &policy.file.audit;
+            let mut o = auth::audit::AuditOptions::default();
+            o.max_bytes = a.max_bytes.unwrap_or(o.max_bytes);
+            o.keep = a.keep.unwrap_or(o.keep);
+            if let Some(age) = &a.max_age {
+                o.max_age = auth::policy::parse_duration("audit.max_age", age)?;
+            }
+            // The chain's key lives outside the log (a broker without a data dir keeps a
+            // random one for its lifetime).
+            let key = (!opts.in_memory).then(|| opts.data_dir.join("audit-key"));
+            auth::audit::Audit::open(p, key.as_deref(), o)
+                .map_err(io_err(format!("opening the audit log {}", p.display())))?
+        }
         None => auth::audit::Audit::disabled(),
     };
     let sts = if opts.in_memory {

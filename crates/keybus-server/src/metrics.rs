@@ -332,7 +332,73 @@ pub fn render(broker: &Broker) -> Result<String, fmt::Error> {
         rows: rows(broker),
         connections: broker.connections.load(Ordering::Relaxed) as i64,
     }));
+    registry.register_collector(Box::new(AuditCollector::of(broker)));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
+}
+
+/// The audit log's counters and the failed-token rate limiter, read at scrape time.
+#[derive(Debug)]
+struct AuditCollector {
+    counters: [(&'static str, &'static str, u64); 4],
+    file_bytes: i64,
+    limited_sources: i64,
+}
+
+impl AuditCollector {
+    fn of(broker: &Broker) -> Self {
+        let s = &broker.auth.audit.stats;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        Self {
+            counters: [
+                (
+                    "keybus_audit_lines_written",
+                    "Audit lines written",
+                    get(&s.written),
+                ),
+                (
+                    "keybus_audit_lines_summarised",
+                    "Repeated denials not written one by one (counted in summary lines)",
+                    get(&s.summarised),
+                ),
+                (
+                    "keybus_audit_write_errors",
+                    "Audit lines that could not be written (the broker keeps serving)",
+                    get(&s.write_errors),
+                ),
+                (
+                    "keybus_audit_rotations",
+                    "Audit log rotations",
+                    get(&s.rotations),
+                ),
+            ],
+            file_bytes: i64::try_from(get(&s.file_bytes)).unwrap_or(i64::MAX),
+            limited_sources: i64::try_from(broker.auth.limited_sources(broker.now()))
+                .unwrap_or(i64::MAX),
+        }
+    }
+}
+
+impl Collector for AuditCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        for (name, help, v) in self.counters {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(v).encode(family)?;
+        }
+        let family = encoder.encode_descriptor(
+            "keybus_audit_file_bytes",
+            "Size of the current audit log file",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.file_bytes).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "keybus_auth_limited_sources",
+            "Client sources (IPv4 address, IPv6 /64) limited for too many refused tokens",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.limited_sources).encode(family)
+    }
 }

@@ -116,6 +116,7 @@ fn format_lock(t: LockToken) -> String {
 /// Serve a REST messaging request, or `None` when the path is not a messaging path.
 pub async fn dispatch(
     broker: &Arc<Broker>,
+    peer: &str,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -126,11 +127,13 @@ pub async fn dispatch(
         Ok(None) => return None,
         Err(e) => return Some(Err(e)),
     };
-    Some(serve(broker, method, uri, headers, body, &entity_path, op).await)
+    Some(serve(broker, peer, method, uri, headers, body, &entity_path, op).await)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     broker: &Arc<Broker>,
+    peer: &str,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -150,7 +153,7 @@ async fn serve(
             )));
         }
     };
-    authorize(broker, headers, &host, path, need)?;
+    authorize(broker, peer, headers, &host, path, need)?;
     let (base, dead_letter) = match path.strip_suffix("/$deadletterqueue") {
         Some(b) => (b, true),
         None => (path, false),

@@ -48,14 +48,8 @@ impl Conn {
         let now = self.broker.now();
         let auth = self.broker.auth.clone();
         let policy = auth.policy();
-        let verified = if auth.rate_limited(&self.peer, now) {
-            Err(format!(
-                "TooManyFailedAttempts: more than {} tokens from this address were refused in the last minute; try again later.",
-                crate::auth::MAX_FAILURES_PER_MINUTE
-            ))
-        } else {
-            auth.verify(token, audience, &self.broker.policies, now)
-        };
+        // A valid token is accepted even from a rate-limited address; only refusals count.
+        let verified = auth.verify(token, audience, &self.broker.policies, now);
         let resource = sas::resource_path(audience);
         match verified {
             Ok((principal, expires_at_ms)) => {
@@ -121,12 +115,9 @@ impl Conn {
             }
             Err(description) => {
                 self.failed_tokens += 1;
-                auth.record_failure(&self.peer, now);
-                let reason = description
-                    .split(':')
-                    .next()
-                    .unwrap_or("invalid_token")
-                    .to_string();
+                let refusal = auth.refuse(&self.peer, description, now);
+                let limited = matches!(refusal, crate::auth::Refusal::Limited(..));
+                let reason = refusal.reason();
                 auth.audit.record(Event {
                     event: "token.put",
                     allow: false,
@@ -152,10 +143,16 @@ impl Conn {
                         errors::UNAUTHORIZED,
                         format!("{MAX_FAILED_TOKENS} tokens were refused on this connection"),
                     ));
+                } else if limited {
+                    // A limited source pays a reconnect for each further guess.
+                    self.close_with = Some(error(
+                        errors::UNAUTHORIZED,
+                        "too many refused tokens from this address: a new connection is needed for each further attempt",
+                    ));
                 }
                 PutToken {
                     status: 401,
-                    description,
+                    description: refusal.description().to_string(),
                 }
             }
         }
@@ -200,7 +197,16 @@ impl Conn {
         let auth = &self.broker.auth;
         let mut first_denial = None;
         for b in self.covering(path, now) {
-            let d = auth.check(event, &b.principal, right, path, now, Some(&self.id), link);
+            let d = auth.check(
+                event,
+                &b.principal,
+                right,
+                path,
+                now,
+                Some(&self.id),
+                Some(&self.peer),
+                link,
+            );
             if d.allow {
                 return Ok(());
             }
@@ -251,6 +257,7 @@ impl Conn {
                 principal: Some(b.principal.audit_json(&[])),
                 entity: Some(b.resource.clone()),
                 conn: Some(self.id.clone()),
+                peer: Some(self.peer.clone()),
                 ..Default::default()
             });
         }
@@ -287,6 +294,7 @@ impl Conn {
                 entity: Some(path.clone()),
                 policy_version: Some(auth.policy().version.clone()),
                 conn: Some(self.id.clone()),
+                peer: Some(self.peer.clone()),
                 ..Default::default()
             });
             self.force_detach(ch, h, unauthorized(&path, right));

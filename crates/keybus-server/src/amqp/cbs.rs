@@ -19,6 +19,22 @@ pub fn body_value(msg: &Message) -> Option<Value> {
     }
 }
 
+/// A message id as audit text: UUIDs hyphenated, numbers in decimal, binary in hex, strings
+/// and symbols as they are (never Rust debug text).
+pub fn id_text(id: &Value) -> String {
+    match id {
+        Value::Uuid(b) => uuid::Uuid::from_bytes(*b).hyphenated().to_string(),
+        Value::String(s) => s.clone(),
+        Value::Symbol(s) => s.0.clone(),
+        Value::Ulong(n) => n.to_string(),
+        Value::Uint(n) => n.to_string(),
+        Value::Long(n) => n.to_string(),
+        Value::Int(n) => n.to_string(),
+        Value::Binary(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// Build a response message: correlation-id = the request's message-id (same AMQP type),
 /// the given application properties, and an optional `amqp-value` body.
 pub fn response(request: &Message, app: Vec<(Value, Value)>, body: Option<Value>) -> Bytes {
@@ -62,7 +78,7 @@ impl Conn {
                 .properties
                 .as_ref()
                 .and_then(|p| p.message_id.as_ref())
-                .map(|id| format!("{id:?}"));
+                .map(id_text);
             // Python sends `type = jwt` even for SAS tokens, so the token's own form decides.
             match (kind, token.as_ref().and_then(Value::as_str)) {
                 (_, None) => (
@@ -93,5 +109,22 @@ impl Conn {
         if let Some((ch, h)) = self.reply_link(channel, reply_to.as_deref(), "$cbs") {
             self.send_reply(ch, h, &bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_text() {
+        let u = Value::Uuid([74, 114, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+        assert_eq!(id_text(&u), "4a720001-0203-0405-0607-08090a0b0c0d");
+        assert_eq!(id_text(&Value::Ulong(7)), "7");
+        assert_eq!(id_text(&Value::String("m-1".into())), "m-1");
+        assert_eq!(
+            id_text(&Value::Binary(Bytes::from_static(b"\x01\xff"))),
+            "01ff"
+        );
     }
 }

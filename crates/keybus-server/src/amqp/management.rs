@@ -159,7 +159,7 @@ impl Conn {
             .properties
             .as_ref()
             .and_then(|p| p.message_id.as_ref())
-            .map(|id| format!("{id:?}"));
+            .map(super::cbs::id_text);
         let right = required_right(&op);
         let result = match self.check_audited("mgmt.op", &node, right, Some(&op), correlation) {
             Ok(()) => {

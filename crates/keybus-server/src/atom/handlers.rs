@@ -76,6 +76,7 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
 /// Serve one management request.
 pub async fn dispatch(
     broker: &Broker,
+    peer: &str,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -100,15 +101,15 @@ pub async fn dispatch(
             } else {
                 Need::Read
             };
-            authorize(broker, headers, &host, &path, need)?;
+            authorize(broker, peer, headers, &host, &path, need)?;
             get(broker, &ctx, &target, &query)
         }
         Method::PUT => {
-            let grant = authorize(broker, headers, &host, &path, Need::Manage)?;
+            let grant = authorize(broker, peer, headers, &host, &path, Need::Manage)?;
             put(broker, &ctx, headers, &grant, &target, &body).await
         }
         Method::DELETE => {
-            authorize(broker, headers, &host, &path, Need::Manage)?;
+            authorize(broker, peer, headers, &host, &path, Need::Manage)?;
             delete(broker, &target).await
         }
         _ => Err(AtomError::MethodNotAllowed(format!(

@@ -54,6 +54,9 @@ pub enum AtomError {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A refused token from a source that failed too often: `429`, retry after (seconds).
+    #[error("{0}")]
+    TooManyRequests(String, u64),
 }
 
 impl AtomError {
@@ -67,6 +70,7 @@ impl AtomError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -88,6 +92,10 @@ impl From<AdminError> for AtomError {
 impl IntoResponse for AtomError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            Self::TooManyRequests(_, s) => Some(*s),
+            _ => None,
+        };
         let body = xml::error(status.as_u16(), &self.to_string());
         let mut resp = (
             status,
@@ -99,6 +107,15 @@ impl IntoResponse for AtomError {
             && let Ok(v) = header::HeaderValue::from_str("GET, PUT, DELETE")
         {
             resp.headers_mut().insert(header::ALLOW, v);
+        }
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            // Each further guess costs the client a new connection.
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         resp
     }
@@ -117,19 +134,23 @@ pub fn routes() -> Router<Arc<Broker>> {
 
 async fn serve(
     State(broker): State<Arc<Broker>>,
+    peer: crate::http::PeerInfo,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let peer = crate::http::peer_text(&peer);
     let result = match body {
-        Ok(body) => match crate::rest::dispatch(&broker, &method, &uri, &headers, &body).await {
-            Some(r) => r,
-            None if body.len() > MAX_BODY => Err(AtomError::PayloadTooLarge(format!(
-                "the request body is larger than {MAX_BODY} bytes"
-            ))),
-            None => handlers::dispatch(&broker, &method, &uri, &headers, body).await,
-        },
+        Ok(body) => {
+            match crate::rest::dispatch(&broker, &peer, &method, &uri, &headers, &body).await {
+                Some(r) => r,
+                None if body.len() > MAX_BODY => Err(AtomError::PayloadTooLarge(format!(
+                    "the request body is larger than {MAX_BODY} bytes"
+                ))),
+                None => handlers::dispatch(&broker, &peer, &method, &uri, &headers, body).await,
+            }
+        }
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(AtomError::PayloadTooLarge(
             format!("the request body is larger than {MAX_BODY} bytes"),
         )),
@@ -329,9 +350,12 @@ pub enum Need {
 }
 
 /// Validate the token in `Authorization` (`SharedAccessSignature …` or `Bearer <jwt>`) for
-/// `path` and check, through the access policy, that its holder may do `need`. Audited.
+/// `path` and check, through the access policy, that its holder may do `need`. Audited with
+/// the client's address `peer`; refused tokens count against its rate limit (a limited source
+/// gets `429` for further refused tokens, a valid token is still accepted).
 pub fn authorize(
     broker: &Broker,
+    peer: &str,
     headers: &HeaderMap,
     host: &str,
     path: &str,
@@ -356,16 +380,24 @@ pub fn authorize(
     let now = broker.now();
     let auth = &broker.auth;
     let (principal, _) = auth
-        .verify(token, &audience, &broker.policies, now)
+        .verify_from(token, &audience, &broker.policies, peer, now)
         .map_err(|e| {
             auth.audit.record(crate::auth::audit::Event {
                 event: "http.token",
                 allow: false,
-                reason: e.split(':').next().unwrap_or("invalid_token").to_string(),
+                reason: e.reason(),
                 entity: Some(path.to_ascii_lowercase()),
+                peer: Some(peer.to_string()),
                 ..Default::default()
             });
-            AtomError::Unauthorized(format!("Unauthorized: {e}"))
+            match e {
+                crate::auth::Refusal::Limited(d, ms) => {
+                    AtomError::TooManyRequests(d, (ms.max(0) as u64).div_ceil(1000))
+                }
+                crate::auth::Refusal::Invalid(d) => {
+                    AtomError::Unauthorized(format!("Unauthorized: {d}"))
+                }
+            }
         })?;
     let lower = path.to_ascii_lowercase();
     let rights: &[Right] = match need {
@@ -395,7 +427,16 @@ pub fn authorize(
     } else {
         rights[0]
     };
-    let d = auth.check("http.authz", &principal, audited, &lower, now, None, None);
+    let d = auth.check(
+        "http.authz",
+        &principal,
+        audited,
+        &lower,
+        now,
+        None,
+        Some(peer),
+        None,
+    );
     if !d.allow {
         let needed = match need {
             Need::Manage => "the Manage right",

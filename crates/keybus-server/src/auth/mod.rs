@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod jwt;
 pub mod policy;
+pub mod ratelimit;
 pub mod sts;
 
 use std::path::PathBuf;
@@ -118,11 +119,36 @@ pub fn token_sha256(token: &str) -> String {
     format!("{:x}", Sha256::digest(token.as_bytes()))
 }
 
-/// Failed token presentations tolerated per client address and minute before every token
-/// from that address is refused until the minute is over (SAS and JWT brute force).
-pub const MAX_FAILURES_PER_MINUTE: u32 = 30;
-/// Addresses tracked at once; beyond this the oldest windows are forgotten.
-const MAX_TRACKED_PEERS: usize = 10_000;
+/// Failed token presentations tolerated per client source (IPv4 address or IPv6 /64) and
+/// minute before its further failing tokens are answered `TooManyFailedAttempts`.
+pub const MAX_FAILURES_PER_MINUTE: u32 = ratelimit::MAX_FAILURES;
+
+/// Why a token was refused by [`Auth::verify_from`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The token is not valid (Azure-style `Code: description`).
+    Invalid(String),
+    /// Not valid, and its source has failed too often: retry after this many ms.
+    Limited(String, i64),
+}
+
+impl Refusal {
+    /// The Azure-style description (`InvalidSignature: ...`, `TooManyFailedAttempts: ...`).
+    pub fn description(&self) -> &str {
+        match self {
+            Refusal::Invalid(d) | Refusal::Limited(d, _) => d,
+        }
+    }
+
+    /// The audit `reason`: the code before the first `:`.
+    pub fn reason(&self) -> String {
+        self.description()
+            .split(':')
+            .next()
+            .unwrap_or("invalid_token")
+            .to_string()
+    }
+}
 
 /// The broker's access state: the policy (atomically replaced on reload), the token
 /// validator, the token service and the audit log.
@@ -133,8 +159,8 @@ pub struct Auth {
     pub audit: Audit,
     pub jwt: jwt::Validator,
     pub sts: sts::TokenService,
-    /// Failed token presentations per client address: (window start ms, count).
-    failures: std::sync::Mutex<std::collections::HashMap<String, (i64, u32)>>,
+    /// Failed token presentations per client source (see [`ratelimit`]).
+    failures: std::sync::Mutex<ratelimit::RateLimiter>,
 }
 
 impl Auth {
@@ -158,33 +184,59 @@ impl Auth {
         }
     }
 
-    /// Is `peer` (a client address, port ignored) refused for too many failed tokens?
-    pub fn rate_limited(&self, peer: &str, now_ms: i64) -> bool {
-        let ip = peer_ip(peer);
-        let Ok(map) = self.failures.lock() else {
-            return false;
-        };
-        map.get(ip)
-            .is_some_and(|(start, n)| now_ms - start < 60_000 && *n >= MAX_FAILURES_PER_MINUTE)
+    /// Is `peer` (`ip:port` or an address) limited for too many failed tokens? `Some(ms)`
+    /// until its window ends.
+    pub fn rate_limited(&self, peer: &str, now_ms: i64) -> Option<i64> {
+        let src = ratelimit::Source::parse(peer)?;
+        self.failures.lock().ok()?.limited(src, now_ms)
     }
 
-    /// Count a failed token presentation from `peer`.
-    pub fn record_failure(&self, peer: &str, now_ms: i64) {
-        let ip = peer_ip(peer).to_string();
-        let Ok(mut map) = self.failures.lock() else {
-            return;
-        };
-        if map.len() >= MAX_TRACKED_PEERS {
-            map.retain(|_, (start, _)| now_ms - *start < 60_000);
-            if map.len() >= MAX_TRACKED_PEERS {
-                map.clear();
-            }
+    /// Count a failed token presentation from `peer`; returns [`Auth::rate_limited`] after it.
+    pub fn record_failure(&self, peer: &str, now_ms: i64) -> Option<i64> {
+        let src = ratelimit::Source::parse(peer)?;
+        self.failures.lock().ok()?.record_failure(src, now_ms)
+    }
+
+    /// Sources limited now (for `/metrics`).
+    pub fn limited_sources(&self, now_ms: i64) -> usize {
+        self.failures
+            .lock()
+            .map(|rl| rl.limited_count(now_ms))
+            .unwrap_or(0)
+    }
+
+    /// [`Auth::verify`] for a token from `peer`, rate limited: a valid token is accepted
+    /// even from a limited source (the limit slows guessing, it never denies service); a
+    /// refused one is counted, and from a limited source refused as `TooManyFailedAttempts`.
+    pub fn verify_from(
+        &self,
+        token: &str,
+        audience: &str,
+        sas_policies: &[crate::config::SasPolicy],
+        peer: &str,
+        now_ms: i64,
+    ) -> Result<(Principal, i64), Refusal> {
+        match self.verify(token, audience, sas_policies, now_ms) {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.refuse(peer, e, now_ms)),
         }
-        let entry = map.entry(ip).or_insert((now_ms, 0));
-        if now_ms - entry.0 >= 60_000 {
-            *entry = (now_ms, 0);
+    }
+
+    /// Count a refused credential from `peer` and say whether its source is now limited.
+    pub fn refuse(&self, peer: &str, description: String, now_ms: i64) -> Refusal {
+        // Limited already: this one is a further guess (30 refusals are answered as such).
+        let limited = self.rate_limited(peer, now_ms);
+        self.record_failure(peer, now_ms);
+        match limited {
+            Some(ms) => Refusal::Limited(
+                format!(
+                    "TooManyFailedAttempts: more than {MAX_FAILURES_PER_MINUTE} tokens from this address were refused in the last minute; valid tokens are still accepted, retry in {} s. ({description})",
+                    (ms + 999) / 1000
+                ),
+                ms,
+            ),
+            None => Refusal::Invalid(description),
         }
-        entry.1 += 1;
     }
 
     /// No policy file: SAS only, no audit file, a throw-away token service.
@@ -323,6 +375,7 @@ impl Auth {
         path: &str,
         now_ms: i64,
         conn: Option<&str>,
+        peer: Option<&str>,
         link: Option<&str>,
     ) -> Decision {
         let policy = self.policy();
@@ -337,20 +390,11 @@ impl Auth {
             rule: d.rule.clone(),
             policy_version: Some(policy.version.clone()),
             conn: conn.map(str::to_string),
+            peer: peer.map(str::to_string),
             link: link.map(str::to_string),
             ..Default::default()
         });
         d
-    }
-}
-
-/// The address part of `ip:port` / `[v6]:port`.
-fn peer_ip(peer: &str) -> &str {
-    match peer.rsplit_once(':') {
-        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => {
-            host.trim_start_matches('[').trim_end_matches(']')
-        }
-        _ => peer,
     }
 }
 
@@ -360,5 +404,50 @@ pub fn right_action(r: Right) -> &'static str {
         Right::Send => "send",
         Right::Listen => "receive",
         Right::Manage => "manage",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::config::SasPolicy;
+
+    #[test]
+    fn a_valid_token_passes_from_a_limited_source() {
+        let auth = Auth::sas_only();
+        let policies = [SasPolicy {
+            name: "root".into(),
+            key: "the-right-key".into(),
+            rights: vec![Right::Send],
+            scope: String::new(),
+        }];
+        let aud = "sb://localhost/q";
+        let now = 1_700_000_000_000;
+        let good = crate::sas::make_token(aud, "root", "the-right-key", now / 1000 + 600);
+        let bad = crate::sas::make_token(aud, "root", "a-wrong-key", now / 1000 + 600);
+        let peer = "198.51.100.4:5555";
+        for _ in 0..MAX_FAILURES_PER_MINUTE {
+            let r = auth.verify_from(&bad, aud, &policies, peer, now);
+            assert!(matches!(r, Err(Refusal::Invalid(_))), "{r:?}");
+        }
+        let r = auth.verify_from(&bad, aud, &policies, peer, now);
+        assert!(matches!(r, Err(Refusal::Limited(_, 60_000))), "{r:?}");
+        assert_eq!(
+            r.err().map(|e| e.reason()).as_deref(),
+            Some("TooManyFailedAttempts")
+        );
+        // Another port of the same address is the same source ...
+        assert!(auth.rate_limited("198.51.100.4:1", now + 1).is_some());
+        // ... and its valid token is still accepted.
+        let ok = auth.verify_from(&good, aud, &policies, "198.51.100.4:1", now + 1);
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(matches!(
+            auth.verify_from(&bad, aud, &policies, peer, now + 2),
+            Err(Refusal::Limited(..))
+        ));
+        assert_eq!(auth.limited_sources(now + 2), 1);
+        assert!(auth.rate_limited(peer, now + 60_000).is_none());
     }
 }

@@ -271,6 +271,15 @@ pub struct AuditConfig {
     /// Record allowed decisions too (denials are always recorded).
     #[serde(default = "yes")]
     pub log_allows: bool,
+    /// Rotate the file at this size in bytes (default 64 MiB).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Rotate the file at this age (`"1d"`, `"12h"`; default one day).
+    #[serde(default)]
+    pub max_age: Option<String>,
+    /// Compressed archives kept (`FILE.1.gz` newest; default 10).
+    #[serde(default)]
+    pub keep: Option<usize>,
 }
 
 impl Default for AuditConfig {
@@ -278,6 +287,9 @@ impl Default for AuditConfig {
         Self {
             path: None,
             log_allows: true,
+            max_bytes: None,
+            max_age: None,
+            keep: None,
         }
     }
 }

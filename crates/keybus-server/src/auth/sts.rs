@@ -216,8 +216,10 @@ fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
         .into_response()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn audit_issue(
     broker: &Broker,
+    peer: &str,
     event: &'static str,
     allow: bool,
     reason: &str,
@@ -232,9 +234,71 @@ fn audit_issue(
         reason: reason.to_string(),
         principal: principal.map(|p| json!({ "id": p, "client_id": client_id, "kind": "sts" })),
         policy_version: Some(policy.version.clone()),
+        peer: Some(peer.to_string()),
         extra,
         ..Default::default()
     });
+}
+
+/// A refused token request, for [`refuse`].
+struct Refused<'a> {
+    event: &'static str,
+    reason: &'a str,
+    principal: Option<&'a str>,
+    client_id: Option<&'a str>,
+    extra: Vec<(&'static str, Value)>,
+}
+
+/// Audit a refused token request, count it against the client address's rate limit, and
+/// answer it: the given error, or `429` with `Retry-After` once the address is limited (a
+/// valid request from it is still served).
+fn refuse(
+    broker: &Broker,
+    peer: &str,
+    r: Refused<'_>,
+    status: StatusCode,
+    code: &str,
+    description: &str,
+) -> Response {
+    let refusal = broker
+        .auth
+        .refuse(peer, format!("{code}: {description}"), broker.now());
+    let limited = match &refusal {
+        super::Refusal::Limited(_, ms) => Some(((*ms).max(0) as u64).div_ceil(1000)),
+        super::Refusal::Invalid(_) => None,
+    };
+    let reason = if limited.is_some() {
+        refusal.reason()
+    } else {
+        r.reason.to_string()
+    };
+    audit_issue(
+        broker,
+        peer,
+        r.event,
+        false,
+        &reason,
+        r.principal,
+        r.client_id,
+        r.extra,
+    );
+    match limited {
+        Some(secs) => {
+            let mut resp = oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                refusal.description(),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            resp
+        }
+        None => oauth_error(status, code, description),
+    }
 }
 
 fn resource_ok(resource: Option<&str>) -> bool {
@@ -267,22 +331,24 @@ fn issuer_url(headers: &HeaderMap, tenant: &str) -> String {
 
 async fn managed_identity(
     State(broker): State<Arc<Broker>>,
+    peer: crate::http::PeerInfo,
     headers: HeaderMap,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
+    let peer = crate::http::peer_text(&peer);
     let policy = broker.auth.policy();
     if headers.contains_key(header::ORIGIN) {
         // A web page in a browser on this host is not a workload (identity reference §8).
-        audit_issue(
+        return refuse(
             &broker,
-            "mi.issue",
-            false,
-            "browser_origin",
-            None,
-            None,
-            vec![],
-        );
-        return oauth_error(
+            &peer,
+            Refused {
+                event: "mi.issue",
+                reason: "browser_origin",
+                principal: None,
+                client_id: None,
+                extra: vec![],
+            },
             StatusCode::FORBIDDEN,
             "invalid_request",
             "Requests from browsers are not served.",
@@ -299,16 +365,16 @@ async fn managed_identity(
         .map(|(_, i)| *i)
         .collect();
     if bound.is_empty() {
-        audit_issue(
+        return refuse(
             &broker,
-            "mi.issue",
-            false,
-            "bad_identity_header",
-            None,
-            None,
-            vec![],
-        );
-        return oauth_error(
+            &peer,
+            Refused {
+                event: "mi.issue",
+                reason: "bad_identity_header",
+                principal: None,
+                client_id: None,
+                extra: vec![],
+            },
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "The X-IDENTITY-HEADER is missing or not known.",
@@ -316,16 +382,16 @@ async fn managed_identity(
     }
     let resource = q.get("resource").map(String::as_str);
     if !resource_ok(resource) {
-        audit_issue(
+        return refuse(
             &broker,
-            "mi.issue",
-            false,
-            "invalid_resource",
-            None,
-            None,
-            vec![],
-        );
-        return oauth_error(
+            &peer,
+            Refused {
+                event: "mi.issue",
+                reason: "invalid_resource",
+                principal: None,
+                client_id: None,
+                extra: vec![],
+            },
             StatusCode::BAD_REQUEST,
             "invalid_resource",
             "This endpoint issues tokens for https://servicebus.azure.net only.",
@@ -357,16 +423,16 @@ async fn managed_identity(
         }),
     };
     let Some(i) = chosen else {
-        audit_issue(
+        return refuse(
             &broker,
-            "mi.issue",
-            false,
-            "unknown_identity",
-            None,
-            None,
-            vec![],
-        );
-        return oauth_error(
+            &peer,
+            Refused {
+                event: "mi.issue",
+                reason: "unknown_identity",
+                principal: None,
+                client_id: None,
+                extra: vec![],
+            },
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "No managed identity found for the specified id.",
@@ -386,6 +452,7 @@ async fn managed_identity(
         Ok((token, exp)) => {
             audit_issue(
                 &broker,
+                &peer,
                 "mi.issue",
                 true,
                 "ok",
@@ -417,41 +484,43 @@ fn tenant_ok(policy: &Policy, tenant: &str) -> bool {
 
 async fn token_endpoint(
     State(broker): State<Arc<Broker>>,
+    peer: crate::http::PeerInfo,
     UrlPath(tenant): UrlPath<String>,
     headers: HeaderMap,
     RawForm(form): RawForm,
 ) -> Response {
+    let peer = crate::http::peer_text(&peer);
     let policy = broker.auth.policy();
     let fields: std::collections::HashMap<String, String> =
         form_urlencoded_pairs(&form).into_iter().collect();
     let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
     if !tenant_ok(&policy, &tenant) {
-        audit_issue(
+        return refuse(
             &broker,
-            "sts.issue",
-            false,
-            "unknown_tenant",
-            None,
-            Some(get("client_id")),
-            vec![],
-        );
-        return oauth_error(
+            &peer,
+            Refused {
+                event: "sts.issue",
+                reason: "unknown_tenant",
+                principal: None,
+                client_id: Some(get("client_id")),
+                extra: vec![],
+            },
             StatusCode::BAD_REQUEST,
             "invalid_tenant",
             &format!("AADSTS90002: Tenant '{tenant}' not found."),
         );
     }
     if get("grant_type") != "client_credentials" {
-        audit_issue(
+        return refuse(
             &broker,
-            "sts.issue",
-            false,
-            "unsupported_grant_type",
-            None,
-            Some(get("client_id")),
-            vec![],
-        );
-        return oauth_error(
+            &peer,
+            Refused {
+                event: "sts.issue",
+                reason: "unsupported_grant_type",
+                principal: None,
+                client_id: Some(get("client_id")),
+                extra: vec![],
+            },
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             "Only client_credentials is supported.",
@@ -464,16 +533,16 @@ async fn token_endpoint(
             || SERVICE_BUS_AUDIENCES.contains(&r.trim_end_matches('/'))
     });
     if !scope_ok {
-        audit_issue(
+        return refuse(
             &broker,
-            "sts.issue",
-            false,
-            "invalid_scope",
-            None,
-            None,
-            vec![],
-        );
-        return oauth_error(
+            &peer,
+            Refused {
+                event: "sts.issue",
+                reason: "invalid_scope",
+                principal: None,
+                client_id: None,
+                extra: vec![],
+            },
             StatusCode::BAD_REQUEST,
             "invalid_scope",
             "This token service issues tokens for https://servicebus.azure.net/.default only.",
@@ -487,32 +556,32 @@ async fn token_endpoint(
         .iter()
         .find(|c| c.client_id.eq_ignore_ascii_case(client_id))
     else {
-        audit_issue(
+        return refuse(
             &broker,
-            "sts.issue",
-            false,
-            "unknown_client",
-            None,
-            Some(client_id),
-            vec![],
-        );
-        return oauth_error(
+            &peer,
+            Refused {
+                event: "sts.issue",
+                reason: "unknown_client",
+                principal: None,
+                client_id: Some(client_id),
+                extra: vec![],
+            },
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
             &format!("Application with identifier '{client_id}' was not found."),
         );
     };
     if get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
-        audit_issue(
+        return refuse(
             &broker,
-            "sts.issue",
-            false,
-            "no_assertion",
-            Some(&client.principal),
-            Some(client_id),
-            vec![],
-        );
-        return oauth_error(
+            &peer,
+            Refused {
+                event: "sts.issue",
+                reason: "no_assertion",
+                principal: Some(&client.principal),
+                client_id: Some(client_id),
+                extra: vec![],
+            },
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "A client_assertion (jwt-bearer) is required: keybus has no client secrets.",
@@ -548,16 +617,16 @@ async fn token_endpoint(
         }
     }
     if !matched {
-        audit_issue(
+        return refuse(
             &broker,
-            "sts.issue",
-            false,
-            &last_error,
-            Some(&client.principal),
-            Some(client_id),
-            vec![("assertion_sha256", json!(super::token_sha256(assertion)))],
-        );
-        return oauth_error(
+            &peer,
+            Refused {
+                event: "sts.issue",
+                reason: &last_error,
+                principal: Some(&client.principal),
+                client_id: Some(client_id),
+                extra: vec![("assertion_sha256", json!(super::token_sha256(assertion)))],
+            },
             StatusCode::BAD_REQUEST,
             "invalid_client",
             &format!("AADSTS700213: {last_error}"),
@@ -575,6 +644,7 @@ async fn token_endpoint(
         Ok((token, exp)) => {
             audit_issue(
                 &broker,
+                &peer,
                 "sts.issue",
                 true,
                 "ok",
