@@ -240,6 +240,9 @@ impl Broker {
         mut def: EntityDefinition,
     ) -> Result<EntityDefinition, AdminError> {
         validate_entity_name(&def.name).map_err(AdminError::Invalid)?;
+        if !matches!(def.kind, EntityKind::Subscription(_)) {
+            crate::auth::scope::check_entity_name(&def.name).map_err(AdminError::Invalid)?;
+        }
         let now = self.now();
         let _admin = self.admin.lock().await;
         let key = def.key();

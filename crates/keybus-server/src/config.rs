@@ -770,6 +770,9 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
     let mut seen = std::collections::HashSet::new();
     for e in &cfg.entities {
         validate_entity_name(&e.name).map_err(ConfigError::Invalid)?;
+        if !matches!(e.kind, EntityKind::Subscription(_)) {
+            crate::auth::scope::check_entity_name(&e.name).map_err(ConfigError::Invalid)?;
+        }
         if !seen.insert(e.key()) {
             return Err(ConfigError::Invalid(format!(
                 "entity '{}' is declared twice",

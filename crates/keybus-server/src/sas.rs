@@ -27,8 +27,8 @@ pub enum TokenError {
     UnknownKey(String),
     #[error("InvalidSignature: The token has an invalid signature.")]
     BadSignature,
-    #[error("ExpiredToken: The token is expired.")]
-    Expired,
+    #[error("ExpiredToken: The token is expired. Expiration time: '{0}'")]
+    Expired(String),
     #[error("InvalidAudience: The token audience '{0}' is not valid for '{1}'.")]
     WrongAudience(String, String),
 }
@@ -44,8 +44,8 @@ impl TokenError {
 
 /// Largest token we parse; anything bigger is refused before any work.
 pub const MAX_TOKEN_LEN: usize = 4096;
-/// Allowed clock skew when checking `se`.
-const SKEW_MS: i64 = 5 * 60 * 1000;
+/// Default allowed clock skew when checking `se` (policy `namespace.sas_clock_skew_secs`).
+pub const DEFAULT_SKEW_MS: i64 = 30 * 1000;
 
 fn percent_decode(s: &str) -> Result<String, TokenError> {
     let b = s.as_bytes();
@@ -80,20 +80,22 @@ pub fn resource_path(uri: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// True if `resource` (a path) covers `target` (a path): equal, or a prefix on a `/` boundary.
+/// True if `resource` (a path) covers `target` (a path): the same entity, or one of its own
+/// sub-queues, subscriptions or rules ([`crate::auth::scope::covers`]); never another entity
+/// whose name merely starts with `resource/`.
 pub fn covers(resource: &str, target: &str) -> bool {
-    resource.is_empty()
-        || target == resource
-        || (target.starts_with(resource) && target.as_bytes().get(resource.len()) == Some(&b'/'))
+    crate::auth::scope::covers(resource, target)
 }
 
 /// Validate `SharedAccessSignature sr=..&sig=..&se=..&skn=..` against the policies.
-/// `audience` is the CBS `name` the token is put for.
+/// `audience` is the CBS `name` the token is put for; a token is accepted until `skew_ms`
+/// after its `se`.
 pub fn validate(
     token: &str,
     audience: &str,
     policies: &[SasPolicy],
     now_ms: i64,
+    skew_ms: i64,
 ) -> Result<Grant, TokenError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed("token too long".into()));
@@ -148,8 +150,11 @@ pub fn validate(
         .parse()
         .map_err(|_| TokenError::Malformed("se is not a number".into()))?;
     let expires_at_ms = se.saturating_mul(1000);
-    if expires_at_ms + SKEW_MS <= now_ms {
-        return Err(TokenError::Expired);
+    if expires_at_ms.saturating_add(skew_ms) <= now_ms {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(se.max(0) as u64);
+        return Err(TokenError::Expired(
+            humantime::format_rfc3339_seconds(t).to_string(),
+        ));
     }
     let target = resource_path(audience);
     if !covers(&resource, &target) {
@@ -213,40 +218,68 @@ mod tests {
             "secret",
             now / 1000 + 3600,
         );
-        let g = validate(&t, "sb://localhost:5672/q1", &policies(), now).unwrap();
+        let g = validate(
+            &t,
+            "sb://localhost:5672/q1",
+            &policies(),
+            now,
+            DEFAULT_SKEW_MS,
+        )
+        .unwrap();
         assert_eq!(g.resource, "q1");
-        assert!(validate(&t, "amqps://localhost/q1/$management", &policies(), now).is_ok());
+        assert!(
+            validate(
+                &t,
+                "amqps://localhost/q1/$management",
+                &policies(),
+                now,
+                DEFAULT_SKEW_MS
+            )
+            .is_ok()
+        );
         assert!(matches!(
-            validate(&t, "sb://localhost/q2", &policies(), now),
+            validate(&t, "sb://localhost/q2", &policies(), now, DEFAULT_SKEW_MS),
             Err(TokenError::WrongAudience(..))
         ));
         assert!(matches!(
-            validate(&t, "sb://localhost/q10", &policies(), now),
+            validate(&t, "sb://localhost/q10", &policies(), now, DEFAULT_SKEW_MS),
             Err(TokenError::WrongAudience(..))
         ));
         let bad = make_token("sb://localhost:5672/q1", "root", "wrong", now / 1000 + 3600);
         assert_eq!(
-            validate(&bad, "sb://localhost/q1", &policies(), now),
+            validate(&bad, "sb://localhost/q1", &policies(), now, DEFAULT_SKEW_MS),
             Err(TokenError::BadSignature)
         );
         let old = make_token("sb://localhost/q1", "root", "secret", now / 1000 - 3600);
         assert_eq!(
-            validate(&old, "sb://localhost/q1", &policies(), now),
-            Err(TokenError::Expired)
+            validate(&old, "sb://localhost/q1", &policies(), now, DEFAULT_SKEW_MS),
+            Err(TokenError::Expired("2023-11-14T21:13:20Z".into()))
         );
         let unknown = make_token("sb://localhost/q1", "nobody", "secret", now / 1000 + 60);
         assert!(matches!(
-            validate(&unknown, "sb://localhost/q1", &policies(), now),
+            validate(
+                &unknown,
+                "sb://localhost/q1",
+                &policies(),
+                now,
+                DEFAULT_SKEW_MS
+            ),
             Err(TokenError::UnknownKey(_))
         ));
         let ns = make_token("sb://localhost/", "root", "secret", now / 1000 + 60);
         assert_eq!(
-            validate(&ns, "sb://localhost/any/thing", &policies(), now)
-                .unwrap()
-                .resource,
+            validate(
+                &ns,
+                "sb://localhost/any/thing",
+                &policies(),
+                now,
+                DEFAULT_SKEW_MS
+            )
+            .unwrap()
+            .resource,
             ""
         );
-        assert!(validate("garbage", "x", &policies(), now).is_err());
+        assert!(validate("garbage", "x", &policies(), now, DEFAULT_SKEW_MS).is_err());
         // The JS management client signs the request URL with its query.
         let url = make_token(
             "https://localhost:5443/q1?api-version=2021-05",
@@ -255,7 +288,7 @@ mod tests {
             now / 1000 + 60,
         );
         assert_eq!(
-            validate(&url, "sb://localhost/q1", &policies(), now)
+            validate(&url, "sb://localhost/q1", &policies(), now, DEFAULT_SKEW_MS)
                 .unwrap()
                 .resource,
             "q1"
@@ -288,23 +321,25 @@ mod tests {
         let exp = now / 1000 + 60;
         // The entity rule's key works for its entity, with its rights ...
         let t = make_token("sb://h/orders", "app", "orders-key", exp);
-        let g = validate(&t, "sb://h/orders", &rules, now).unwrap();
+        let g = validate(&t, "sb://h/orders", &rules, now, DEFAULT_SKEW_MS).unwrap();
         assert_eq!(g.rights, vec![Right::Send]);
         // ... and the namespace rule of the same name keeps its own.
         let t = make_token("sb://h/orders", "app", "ns-key", exp);
         assert_eq!(
-            validate(&t, "sb://h/orders", &rules, now).unwrap().rights,
+            validate(&t, "sb://h/orders", &rules, now, DEFAULT_SKEW_MS)
+                .unwrap()
+                .rights,
             vec![Right::Manage]
         );
         // Not for another entity or the namespace.
         let t = make_token("sb://h/invoices", "app", "orders-key", exp);
         assert_eq!(
-            validate(&t, "sb://h/invoices", &rules, now),
+            validate(&t, "sb://h/invoices", &rules, now, DEFAULT_SKEW_MS),
             Err(TokenError::BadSignature)
         );
         let t = make_token("sb://h/", "listener", "events-key", exp);
         assert!(matches!(
-            validate(&t, "sb://h/", &rules, now),
+            validate(&t, "sb://h/", &rules, now, DEFAULT_SKEW_MS),
             Err(TokenError::UnknownKey(_))
         ));
         // A topic rule covers its subscriptions.
@@ -314,11 +349,68 @@ mod tests {
             "events-key",
             exp,
         );
-        assert!(validate(&t, "sb://h/events/Subscriptions/s1", &rules, now).is_ok());
+        assert!(
+            validate(
+                &t,
+                "sb://h/events/Subscriptions/s1",
+                &rules,
+                now,
+                DEFAULT_SKEW_MS
+            )
+            .is_ok()
+        );
+        // An entity rule for `orders` signs nothing for the queue `orders/archive`, and a
+        // token for `orders` is not valid for it either.
+        let t = make_token("sb://h/orders/archive", "app", "orders-key", exp);
+        assert_eq!(
+            validate(&t, "sb://h/orders/archive", &rules, now, DEFAULT_SKEW_MS),
+            Err(TokenError::BadSignature)
+        );
+        let t = make_token("sb://h/orders", "app", "orders-key", exp);
+        assert!(matches!(
+            validate(&t, "sb://h/orders/archive", &rules, now, DEFAULT_SKEW_MS),
+            Err(TokenError::WrongAudience(..))
+        ));
+        assert!(
+            validate(
+                &t,
+                "sb://h/Orders/$DeadLetterQueue",
+                &rules,
+                now,
+                DEFAULT_SKEW_MS
+            )
+            .is_ok()
+        );
         // Unknown names and bad signatures read the same.
         assert_eq!(
             TokenError::UnknownKey("x".into()).to_string(),
             TokenError::BadSignature.to_string()
         );
+    }
+
+    #[test]
+    fn expiry_allows_only_the_configured_skew() {
+        let now = 1_700_000_000_000;
+        let se = now / 1000;
+        let t = make_token("sb://h/q1", "root", "secret", se);
+        let at = |ms: i64, skew: i64| validate(&t, "sb://h/q1", &policies(), ms, skew);
+        // Up to the skew after `se` it is accepted, not a moment later.
+        assert!(at(now + 29_999, DEFAULT_SKEW_MS).is_ok());
+        let e = at(now + 30_000, DEFAULT_SKEW_MS)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("ExpiredToken: The token is expired. Expiration time: '2023-11-14T22:13:20Z'")
+        );
+        // Five minutes late: refused (it used to be accepted).
+        assert!(matches!(
+            at(now + 299_000, DEFAULT_SKEW_MS),
+            Err(TokenError::Expired(_))
+        ));
+        // No skew: refused at `se`; a larger configured skew: accepted.
+        assert!(at(now, 0).is_err());
+        assert!(at(now - 1, 0).is_ok());
+        assert!(at(now + 100_000, 120_000).is_ok());
     }
 }

@@ -74,6 +74,8 @@ pub struct Verified {
     pub issuer_id: String,
     pub kid: Option<String>,
     pub expires_at_ms: i64,
+    /// The issuer's clock skew (ms): the token is accepted until `expires_at_ms` + this.
+    pub leeway_ms: i64,
 }
 
 /// One issuer's cached keys.
@@ -139,7 +141,8 @@ impl Validator {
         self.caches.read().ok()?.get(id).cloned()
     }
 
-    /// Validate a token presented to the broker (audience: Service Bus).
+    /// Validate a token presented to the broker (audience: Service Bus): the principal and
+    /// until when it is accepted (`exp` plus the issuer's leeway), in ms.
     pub fn validate(
         &self,
         token: &str,
@@ -171,7 +174,7 @@ impl Validator {
             jti: c.jti.clone().or_else(|| c.uti.clone()),
             token_sha256: Some(token_sha256(token)),
         };
-        Ok((principal, v.expires_at_ms))
+        Ok((principal, v.expires_at_ms.saturating_add(v.leeway_ms)))
     }
 
     /// The whole pipeline. `audiences`: accept these instead of the issuer's own (the token
@@ -381,6 +384,7 @@ impl Validator {
             issuer_id: entry.id,
             kid,
             expires_at_ms: exp_ms,
+            leeway_ms: leeway,
         })
     }
 }
@@ -703,7 +707,7 @@ mod tests {
             check(&sign(claims(serde_json::json!({})))).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.subject.issuer_id.as_deref(), Some("ext"));
         assert_eq!(p.subject.sub.as_deref(), Some("s-1"));
-        assert_eq!(exp, NOW + 600_000);
+        assert_eq!(exp, NOW + 600_000 + 30_000, "exp plus the default leeway");
         assert!(p.token_sha256.is_some());
         // Audience as an array.
         let arr = sign(claims(
@@ -739,6 +743,24 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(e.contains(want), "{extra}: {e}");
+        }
+        // Expiry: accepted up to the default 30 s leeway after exp, refused past it (it used
+        // to be 60 s), with the real reason.
+        let exp = NOW / 1000 - 600;
+        let t = sign(claims(
+            serde_json::json!({"iat": exp - 600, "nbf": exp - 600, "exp": exp}),
+        ));
+        let at = |ms: i64| v.validate(&t, &sts, &policy, ms);
+        assert!(at(exp * 1000 + 29_999).is_ok());
+        for late in [30_000, 45_000, 60_000] {
+            let e = at(exp * 1000 + late)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.starts_with("ExpiredToken: The token is expired."),
+                "{late}: {e}"
+            );
         }
         // A token signed by another key with the issuer's kid: bad signature.
         let other = TokenService::in_memory();

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod jwt;
 pub mod policy;
 pub mod ratelimit;
+pub mod scope;
 pub mod sts;
 
 use std::path::PathBuf;
@@ -307,8 +308,9 @@ impl Auth {
         }
     }
 
-    /// Check a SAS token or a JWT presented for `audience`: the principal and when the
-    /// credential expires (ms), or the Azure-style reason it was refused.
+    /// Check a SAS token or a JWT presented for `audience`: the principal and until when the
+    /// credential is accepted (ms: its expiry plus the allowed clock skew), or the Azure-style
+    /// reason it was refused (`ExpiredToken: ...` for a token past expiry and skew).
     pub fn verify(
         &self,
         token: &str,
@@ -323,8 +325,12 @@ impl Auth {
                     "LocalAuthDisabled: SAS authentication is disabled for this namespace.".into(),
                 );
             }
-            crate::sas::validate(token, audience, sas_policies, now_ms)
-                .map(|g| (Principal::from_sas(&g, token), g.expires_at_ms))
+            let skew = policy.sas_skew_ms();
+            crate::sas::validate(token, audience, sas_policies, now_ms, skew)
+                .map(|g| {
+                    let until = g.expires_at_ms.saturating_add(skew);
+                    (Principal::from_sas(&g, token), until)
+                })
                 .map_err(|e| e.to_string())
         } else {
             self.jwt

@@ -55,11 +55,17 @@ pub struct NamespaceSection {
     /// Shared access signatures accepted (Azure's `disableLocalAuth = !local_auth`).
     #[serde(default = "yes")]
     pub local_auth: bool,
+    /// Seconds a SAS token is still accepted after its `se` (clock skew; at most 300).
+    #[serde(default = "default_leeway")]
+    pub sas_clock_skew_secs: u64,
 }
 
 impl Default for NamespaceSection {
     fn default() -> Self {
-        Self { local_auth: true }
+        Self {
+            local_auth: true,
+            sas_clock_skew_secs: default_leeway(),
+        }
     }
 }
 
@@ -100,7 +106,7 @@ pub struct IssuerConfig {
     /// Longest accepted `exp - iat`, e.g. "24h".
     #[serde(default)]
     pub max_token_lifetime: Option<String>,
-    /// Allowed clock skew in seconds (at most 300).
+    /// Allowed clock skew in seconds (default 30, at most 300).
     #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
     /// Allowed `tid` values (empty: any).
@@ -120,8 +126,11 @@ fn default_algorithms() -> Vec<String> {
         .map(|s| s.to_string())
         .collect()
 }
+/// Default clock skew for SAS `se` and JWT `exp`/`nbf`/`iat`, in seconds.
+pub const DEFAULT_CLOCK_SKEW_SECS: u64 = 30;
+
 fn default_leeway() -> u64 {
-    60
+    DEFAULT_CLOCK_SKEW_SECS
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -406,25 +415,31 @@ pub fn scope_path(scope: &str) -> Result<String, String> {
     {
         return bad("empty, '.' or '..' path segment");
     }
-    if let Some(rest) = s.strip_prefix("queues/") {
-        if rest.contains("/subscriptions/") {
-            return bad("queues have no subscriptions");
-        }
-        return Ok(rest.to_string());
-    }
-    if let Some(rest) = s.strip_prefix("topics/") {
-        return Ok(rest.to_string());
+    // The scope must name exactly one entity (or subscription): see `scope::resolve`.
+    let (rest, topic) = if let Some(rest) = s.strip_prefix("queues/") {
+        (rest, false)
+    } else if let Some(rest) = s.strip_prefix("topics/") {
+        (rest, true)
+    } else {
+        return bad("expected namespace, queues/<q>, topics/<t> or topics/<t>/subscriptions/<s>");
+    };
+    let Some(r) = super::scope::resolve(rest) else {
+        return bad("not an entity path");
+    };
+    match r.rest.as_slice() {
+        [] => return Ok(rest.to_string()),
+        [_, _] if topic && r.subscription().is_some() => return Ok(rest.to_string()),
+        [s, ..] if s == "subscriptions" && !topic => return bad("queues have no subscriptions"),
+        _ => {}
     }
     bad("expected namespace, queues/<q>, topics/<t> or topics/<t>/subscriptions/<s>")
 }
 
-/// Does `scope` (an entity path, `""` = namespace) contain `path`, on segment boundaries?
+/// Does `scope` (an entity path, `""` = namespace) contain `path`: the entity itself, its
+/// sub-queues and (topics) its subscriptions and rules, never another entity
+/// ([`super::scope::covers`])?
 pub fn scope_covers(scope: &str, path: &str) -> bool {
-    scope.is_empty()
-        || path == scope
-        || (path.len() > scope.len()
-            && path.starts_with(scope)
-            && path.as_bytes()[scope.len()] == b'/')
+    super::scope::covers(scope, path)
 }
 
 fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, String> {
@@ -598,6 +613,11 @@ impl Policy {
                 parse_duration("max_token_lifetime", l)?;
             }
         }
+        if file.namespace.sas_clock_skew_secs > 300 {
+            return Err(invalid(
+                "namespace.sas_clock_skew_secs is at most 300".into(),
+            ));
+        }
         let known = |p: &str| file.principals.iter().any(|x| x.id == p);
         let mut grants = Vec::new();
         for (i, g) in file.grants.iter().enumerate() {
@@ -666,6 +686,11 @@ impl Policy {
 
     pub fn local_auth(&self) -> bool {
         self.file.namespace.local_auth
+    }
+
+    /// How long after its `se` a SAS token is still accepted, in milliseconds.
+    pub fn sas_skew_ms(&self) -> i64 {
+        self.file.namespace.sas_clock_skew_secs.min(300) as i64 * 1000
     }
 
     /// The builtin issuer's configured id, if any.
@@ -1030,5 +1055,13 @@ mod tests {
         assert!(scope_covers("", "x"));
         assert!(scope_covers("a", "a/$deadletterqueue"));
         assert!(!scope_covers("a", "ab"));
+        // Another entity whose name starts with `a/` is not inside `a`.
+        assert!(!scope_covers("orders", "orders/archive"));
+        assert!(!scope_covers("orders", "orders/archive/$deadletterqueue"));
+        assert!(scope_covers("t", "t/subscriptions/s/rules/$default"));
+        assert!(scope_path("topics/t/subscriptions").is_err());
+        assert!(scope_path("topics/t/subscriptions/s/rules/r").is_err());
+        assert!(scope_path("queues/q/$deadletterqueue").is_err());
+        assert!(scope_path("queues/a/b/c").is_ok());
     }
 }
