@@ -6,7 +6,9 @@
 //! - Its future resolves `Ok` only once the batch is durable (fsync or database commit).
 //! - Batches submitted earlier are applied earlier (per store instance).
 //! - After any failed commit the store is poisoned: every later commit fails and `healthy()` is
-//!   false, so the broker stops acknowledging work it cannot keep.
+//!   false, so the broker stops acknowledging work it cannot keep. A backend may recover on
+//!   its own (the embedded store re-opens itself once writes succeed again, see
+//!   `keybus-store`): `healthy()` is then true again. [`Store::status`] names the cause.
 //!
 //! A subscription's record may refer to its topic's body instead of holding the message
 //! ([`MessageRecord::body_owner`]): `load_entity` returns such records with the body filled in.
@@ -94,6 +96,9 @@ pub enum StoreError {
     Io(String),
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+    /// The disk (or the file system quota) is full: writes fail until space is freed.
+    #[error("no space left on device: {0}")]
+    Full(String),
     #[error("store is poisoned after an earlier write failure; restart the broker")]
     Poisoned,
     #[error("store is closed")]
@@ -111,6 +116,14 @@ pub trait Store: Send + Sync + 'static {
     fn list_entities(&self) -> Result<Vec<EntityDefinition>, StoreError>;
     /// Everything stored for one entity (lower-case path). Blocking; called at start-up.
     fn load_entity(&self, entity: &str) -> Result<EntitySnapshot, StoreError>;
-    /// False once a write failed (the store refuses writes from then on).
+    /// False once a write failed (the store refuses writes from then on, until it recovers).
     fn healthy(&self) -> bool;
+    /// `Err` with the cause while the store refuses writes (the error later commits fail with).
+    fn status(&self) -> Result<(), StoreError> {
+        if self.healthy() {
+            Ok(())
+        } else {
+            Err(StoreError::Poisoned)
+        }
+    }
 }

@@ -145,6 +145,10 @@ impl Store for MeteredStore {
     fn healthy(&self) -> bool {
         self.inner.healthy()
     }
+
+    fn status(&self) -> Result<(), StoreError> {
+        self.inner.status()
+    }
 }
 
 /// One row of per-entity values, read at scrape time.

@@ -4,14 +4,25 @@
 //! writer takes everything queued (up to [`FjallOptions::max_group_ops`] /
 //! [`FjallOptions::max_group_bytes`]), writes it as ONE fjall write batch (one journal record,
 //! atomic across keyspaces), makes the journal durable with ONE `fdatasync`, and then resolves
-//! every waiting future. A failed write or sync poisons the store.
+//! every waiting future.
+//!
+//! A failed write or sync poisons the store: the failed batches, and every batch submitted
+//! while poisoned, fail (with [`StoreError::Full`] when the cause is a full disk) and are kept
+//! in order in a backlog. Every [`FjallOptions::retry_interval`] the writer drops the failed
+//! database, re-opens it (fjall's journal recovery truncates a torn tail), writes the backlog
+//! in order and syncs it; once that succeeds the store is healthy again. The backlog makes the
+//! disk catch up with what the broker already applied in memory (completes, expiries, lock
+//! and delivery updates), so no later batch is written on top of a state that lacks an
+//! earlier one. The broker refuses sends and settlements while the store is unhealthy, so the
+//! backlog holds only the batches in flight at the failure and housekeeping.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -34,6 +45,9 @@ pub struct FjallOptions {
     pub queue_depth: usize,
     /// fjall's block cache, in bytes.
     pub cache_bytes: u64,
+    /// While the store refuses writes after a failure, the writer tries to re-open it this
+    /// often (see the module documentation).
+    pub retry_interval: Duration,
 }
 
 impl Default for FjallOptions {
@@ -43,12 +57,34 @@ impl Default for FjallOptions {
             max_group_bytes: 4 * 1024 * 1024,
             queue_depth: 4096,
             cache_bytes: 32 * 1024 * 1024,
+            retry_interval: Duration::from_secs(1),
         }
     }
 }
 
-fn io(context: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(format!("{context}: {e}"))
+fn io(context: &str, e: impl std::error::Error + 'static) -> StoreError {
+    if is_full(&e) {
+        StoreError::Full(format!("{context}: {e}"))
+    } else {
+        StoreError::Io(format!("{context}: {e}"))
+    }
+}
+
+/// Whether an error (or one of its sources) is "no space left on device" or a quota.
+fn is_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && (matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) || io.raw_os_error() == Some(28))
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 fn corrupt(context: impl std::fmt::Display) -> StoreError {
@@ -145,14 +181,32 @@ struct Request {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// State shared by the store handle and its writer thread.
+struct Shared {
+    /// The open database, for reads; `None` while the writer re-opens it.
+    tables: Mutex<Option<Tables>>,
+    poisoned: AtomicBool,
+    /// Why writes are refused (set with `poisoned`).
+    cause: Mutex<Option<StoreError>>,
+    fail_next: AtomicBool,
+}
+
+impl Shared {
+    fn cause(&self) -> StoreError {
+        self.cause
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or(StoreError::Poisoned)
+    }
+}
+
 /// The embedded durable [`Store`], backed by fjall in one directory.
 pub struct FjallStore {
-    tables: Tables,
+    shared: Arc<Shared>,
     dir: PathBuf,
     queue: Option<SyncSender<Request>>,
     writer: Option<JoinHandle<()>>,
-    poisoned: Arc<AtomicBool>,
-    fail_next: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for FjallStore {
@@ -172,34 +226,39 @@ impl FjallStore {
 
     /// Open (or create) the store in `dir`.
     pub fn open_with(dir: &Path, options: FjallOptions) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io(&format!("creating {}", dir.display()), e))?;
+        create_private_dir(dir)?;
         let tables = Tables::open(dir, &options)?;
         let sequences = load_sequences(&tables)?;
-        let poisoned = Arc::new(AtomicBool::new(false));
-        let fail_next = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            tables: Mutex::new(Some(tables.clone())),
+            poisoned: AtomicBool::new(false),
+            cause: Mutex::new(None),
+            fail_next: AtomicBool::new(false),
+        });
         let (tx, rx) = std::sync::mpsc::sync_channel(options.queue_depth.max(1));
         let writer = Writer {
-            tables: tables.clone(),
+            tables: Some(tables),
+            dir: dir.to_path_buf(),
             rx,
-            poisoned: poisoned.clone(),
-            fail_next: fail_next.clone(),
+            shared: shared.clone(),
             sequences,
             max_ops: options.max_group_ops.max(1),
             max_bytes: options.max_group_bytes.max(1),
             key: Vec::with_capacity(300),
             value: BytesMut::with_capacity(64 * 1024),
+            backlog: Vec::new(),
+            next_attempt: Instant::now(),
+            options,
         };
         let handle = std::thread::Builder::new()
             .name("keybus-store-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| io("spawning the writer thread", e))?;
         Ok(Self {
-            tables,
+            shared,
             dir: dir.to_path_buf(),
             queue: Some(tx),
             writer: Some(handle),
-            poisoned,
-            fail_next,
         })
     }
 
@@ -207,13 +266,34 @@ impl FjallStore {
     /// failed, which poisons the store.
     #[doc(hidden)]
     pub fn fail_next_write_for_tests(&self) {
-        self.fail_next.store(true, Ordering::Release);
+        self.shared.fail_next.store(true, Ordering::Release);
     }
 
     /// The directory this store lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    fn tables(&self) -> Result<Tables, StoreError> {
+        self.shared
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| self.shared.cause())
+    }
+}
+
+/// Create `dir` (and its parents) readable by the owner only; tighten an existing `dir`.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io(&format!("creating {}", dir.display()), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io(&format!("restricting {} to its owner", dir.display()), e))
 }
 
 fn ready(result: Result<(), StoreError>) -> CommitFuture {
@@ -222,9 +302,8 @@ fn ready(result: Result<(), StoreError>) -> CommitFuture {
 
 impl Store for FjallStore {
     fn commit(&self, ops: Vec<StoreOp>) -> CommitFuture {
-        if self.poisoned.load(Ordering::Acquire) {
-            return ready(Err(StoreError::Poisoned));
-        }
+        // While poisoned the batch still goes to the writer, which keeps it (in order) for
+        // the re-open and fails it at once.
         let Some(queue) = &self.queue else {
             return ready(Err(StoreError::Closed));
         };
@@ -244,8 +323,9 @@ impl Store for FjallStore {
     }
 
     fn list_entities(&self) -> Result<Vec<EntityDefinition>, StoreError> {
+        let tables = self.tables()?;
         let mut out = Vec::new();
-        for item in self.tables.entities.iter() {
+        for item in tables.entities.iter() {
             let (key, value) = item.into_inner().map_err(|e| io("reading entities", e))?;
             let def: EntityDefinition = serde_json::from_slice(&value).map_err(|e| {
                 corrupt(format!(
@@ -259,9 +339,9 @@ impl Store for FjallStore {
     }
 
     fn load_entity(&self, entity: &str) -> Result<EntitySnapshot, StoreError> {
+        let tables = self.tables()?;
         let mut snap = EntitySnapshot::default();
-        if let Some(v) = self
-            .tables
+        if let Some(v) = tables
             .sequences
             .get(entity)
             .map_err(|e| io("reading sequence number", e))?
@@ -272,7 +352,7 @@ impl Store for FjallStore {
         codec::entity_prefix(&mut prefix, entity);
         let mut bodies: HashMap<(Arc<str>, i64), Arc<Message>> = HashMap::new();
         let mut key_buf = Vec::new();
-        for item in self.tables.messages.prefix(&prefix) {
+        for item in tables.messages.prefix(&prefix) {
             let (key, value) = item
                 .into_inner()
                 .map_err(|e| io(&format!("reading messages of '{entity}'"), e))?;
@@ -292,8 +372,7 @@ impl Store for FjallStore {
                     Some(m) => m.clone(),
                     None => {
                         codec::body_key(&mut key_buf, &owner, seq);
-                        let bytes = self
-                            .tables
+                        let bytes = tables
                             .bodies
                             .get(&key_buf)
                             .map_err(|e| io("reading a message body", e))?
@@ -319,7 +398,7 @@ impl Store for FjallStore {
                 )));
             }
         }
-        for item in self.tables.bodies.prefix(&prefix) {
+        for item in tables.bodies.prefix(&prefix) {
             let key = item
                 .key()
                 .map_err(|e| io(&format!("reading bodies of '{entity}'"), e))?;
@@ -327,7 +406,7 @@ impl Store for FjallStore {
                 .map_err(|e| corrupt(format!("body key of '{entity}': {e}")))?;
             snap.bodies.push(seq);
         }
-        for item in self.tables.sessions.prefix(&prefix) {
+        for item in tables.sessions.prefix(&prefix) {
             let (key, value) = item
                 .into_inner()
                 .map_err(|e| io(&format!("reading sessions of '{entity}'"), e))?;
@@ -339,7 +418,15 @@ impl Store for FjallStore {
     }
 
     fn healthy(&self) -> bool {
-        !self.poisoned.load(Ordering::Acquire)
+        !self.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    fn status(&self) -> Result<(), StoreError> {
+        if self.healthy() {
+            Ok(())
+        } else {
+            Err(self.shared.cause())
+        }
     }
 }
 
@@ -380,10 +467,12 @@ fn load_sequences(tables: &Tables) -> Result<HashMap<String, i64>, StoreError> {
 
 /// The writer thread's state.
 struct Writer {
-    tables: Tables,
+    /// The open database; `None` after a failure until it is re-opened.
+    tables: Option<Tables>,
+    dir: PathBuf,
+    options: FjallOptions,
     rx: Receiver<Request>,
-    poisoned: Arc<AtomicBool>,
-    fail_next: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     /// Stored high-water marks, so `PutSequence` needs no read to only ever raise them.
     sequences: HashMap<String, i64>,
     max_ops: usize,
@@ -391,6 +480,10 @@ struct Writer {
     /// Reused key and value buffers.
     key: Vec<u8>,
     value: BytesMut,
+    /// Batches that failed or came while poisoned, in order: written first on re-open.
+    backlog: Vec<Vec<StoreOp>>,
+    /// When to try the next re-open while poisoned.
+    next_attempt: Instant,
 }
 
 fn approx_bytes(ops: &[StoreOp]) -> usize {
@@ -406,10 +499,31 @@ fn approx_bytes(ops: &[StoreOp]) -> usize {
 }
 
 impl Writer {
+    fn poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+
     fn run(mut self) {
         let mut group: Vec<Request> = Vec::new();
-        // `recv` fails once every sender is gone and the queue is drained.
-        while let Ok(first) = self.rx.recv() {
+        loop {
+            // `recv` fails once every sender is gone and the queue is drained.
+            let first = if self.poisoned() {
+                let wait = self.next_attempt.saturating_duration_since(Instant::now());
+                match self.rx.recv_timeout(wait) {
+                    Ok(first) => Some(first),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(first) => Some(first),
+                    Err(_) => break,
+                }
+            };
+            if self.poisoned() && Instant::now() >= self.next_attempt {
+                self.try_reopen();
+            }
+            let Some(first) = first else { continue };
             let mut ops = first.ops.len();
             let mut bytes = approx_bytes(&first.ops);
             group.push(first);
@@ -423,12 +537,18 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let result = if self.poisoned.load(Ordering::Acquire) {
-                Err(StoreError::Poisoned)
+            let batches: Vec<Vec<StoreOp>> = group
+                .iter_mut()
+                .map(|r| std::mem::take(&mut r.ops))
+                .collect();
+            let result = if self.poisoned() {
+                self.backlog.extend(batches);
+                Err(self.shared.cause())
             } else {
-                let r = self.write_group(&group);
-                if r.is_err() {
-                    self.poisoned.store(true, Ordering::Release);
+                let r = self.write_batches(&batches);
+                if let Err(e) = &r {
+                    self.backlog.extend(batches);
+                    self.poison(e.clone());
                 }
                 r
             };
@@ -439,8 +559,88 @@ impl Writer {
         }
     }
 
-    /// Write every batch of the group as one atomic fjall batch and sync it.
-    fn write_group(&mut self, group: &[Request]) -> Result<(), StoreError> {
+    /// Refuse writes from now on, with `cause`, until a re-open succeeds.
+    fn poison(&mut self, cause: StoreError) {
+        tracing::error!(
+            store = %self.dir.display(),
+            %cause,
+            retry_ms = self.options.retry_interval.as_millis() as u64,
+            "store write failed: writes are refused until the store can be re-opened"
+        );
+        *self.shared.cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause);
+        self.shared.poisoned.store(true, Ordering::Release);
+        self.next_attempt = Instant::now() + self.options.retry_interval;
+    }
+
+    /// Drop the failed database, open it again, write the backlog and sync it; on success
+    /// the store is healthy again.
+    fn try_reopen(&mut self) {
+        self.next_attempt = Instant::now() + self.options.retry_interval;
+        // Every handle of the failed database must go (it holds the directory's lock).
+        self.tables = None;
+        *self.shared.tables.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let reopened = Tables::open(&self.dir, &self.options).and_then(|t| {
+            let sequences = load_sequences(&t)?;
+            Ok((t, sequences))
+        });
+        let (tables, sequences) = match reopened {
+            Ok(x) => x,
+            Err(e) => return self.still_failing(e),
+        };
+        self.tables = Some(tables.clone());
+        self.sequences = sequences;
+        let backlog = std::mem::take(&mut self.backlog);
+        let written = if backlog.is_empty() {
+            // Prove that a write and a sync succeed before accepting work again.
+            let mut batch = tables.db.batch();
+            batch.insert(
+                &tables.meta,
+                FORMAT_VERSION_KEY,
+                FORMAT_VERSION.to_be_bytes(),
+            );
+            batch
+                .commit()
+                .map_err(|e| io("writing to the journal", e))
+                .and_then(|()| {
+                    tables
+                        .db
+                        .persist(PersistMode::SyncData)
+                        .map_err(|e| io("syncing the journal", e))
+                })
+        } else {
+            backlog
+                .chunks(64)
+                .try_for_each(|chunk| self.write_batches(chunk))
+        };
+        if let Err(e) = written {
+            self.backlog = backlog;
+            self.tables = None;
+            return self.still_failing(e);
+        }
+        *self.shared.tables.lock().unwrap_or_else(|p| p.into_inner()) = Some(tables);
+        *self.shared.cause.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.shared.poisoned.store(false, Ordering::Release);
+        tracing::warn!(
+            store = %self.dir.display(),
+            replayed = backlog.len(),
+            "store re-opened after a write failure: writes are accepted again"
+        );
+    }
+
+    fn still_failing(&mut self, e: StoreError) {
+        tracing::debug!(store = %self.dir.display(), error = %e, "store re-open failed; will retry");
+        // A more precise cause (the disk is full) replaces a generic one.
+        let mut cause = self.shared.cause.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(e, StoreError::Full(_)) || cause.is_none() {
+            *cause = Some(e);
+        }
+    }
+
+    /// Write the batches as one atomic fjall batch and sync it.
+    fn write_batches(&mut self, group: &[Vec<StoreOp>]) -> Result<(), StoreError> {
+        let Some(tables) = &self.tables else {
+            return Err(StoreError::Poisoned);
+        };
         let Tables {
             db,
             entities,
@@ -449,11 +649,11 @@ impl Writer {
             sessions,
             bodies,
             ..
-        } = &self.tables;
-        let total: usize = group.iter().map(|r| r.ops.len()).sum();
+        } = tables;
+        let total: usize = group.iter().map(|r| r.len()).sum();
         let mut batch = fjall::OwnedWriteBatch::with_capacity(db.clone(), total);
         for (ri, request) in group.iter().enumerate() {
-            for (oi, op) in request.ops.iter().enumerate() {
+            for (oi, op) in request.iter().enumerate() {
                 match op {
                     StoreOp::PutEntity(def) => {
                         let json = serde_json::to_vec(def)
@@ -482,8 +682,8 @@ impl Writer {
                         // op on the same key in one batch wins.
                         let earlier = group[..ri]
                             .iter()
-                            .flat_map(|r| r.ops.iter())
-                            .chain(request.ops[..oi].iter());
+                            .flat_map(|r| r.iter())
+                            .chain(request[..oi].iter());
                         for op in earlier {
                             if let StoreOp::PutMessage {
                                 entity: e,
@@ -580,7 +780,7 @@ impl Writer {
         if batch.is_empty() {
             return Ok(());
         }
-        if self.fail_next.swap(false, Ordering::AcqRel) {
+        if self.shared.fail_next.swap(false, Ordering::AcqRel) {
             return Err(StoreError::Io("injected write failure".into()));
         }
         batch

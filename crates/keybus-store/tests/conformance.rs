@@ -116,22 +116,90 @@ mod fjall_durability {
         assert_eq!(store.load_entity("q").unwrap().next_sequence, 99);
     }
 
+    fn open_retrying_every(dir: &std::path::Path, retry: Duration) -> FjallStore {
+        let options = keybus_store::FjallOptions {
+            retry_interval: retry,
+            ..Default::default()
+        };
+        FjallStore::open_with(dir, options).unwrap()
+    }
+
+    fn wait_healthy(store: &FjallStore) {
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while !store.healthy() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the store did not recover"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn write_failure_poisons() {
         let dir = scratch_dir("poison");
-        let store = FjallStore::open(&dir).unwrap();
+        // No re-open within the test.
+        let store = open_retrying_every(&dir, Duration::from_secs(3600));
         conformance::commit(&store, vec![conformance::seq("q", 1)]).unwrap();
         store.fail_next_write_for_tests();
         let err = conformance::block_on(store.commit(vec![conformance::seq("q", 2)])).unwrap_err();
         assert!(matches!(err, keybus_core::StoreError::Io(_)), "{err}");
         assert!(!store.healthy());
+        // Later commits fail with the cause.
         let err = conformance::block_on(store.commit(vec![conformance::seq("q", 3)])).unwrap_err();
-        assert!(matches!(err, keybus_core::StoreError::Poisoned), "{err}");
+        assert!(err.to_string().contains("injected write failure"), "{err}");
+        assert!(store.status().is_err());
         assert!(conformance::block_on(store.commit(Vec::new())).is_err());
         drop(store);
+        // What failed was never written.
         let store = FjallStore::open(&dir).unwrap();
         assert!(store.healthy());
         assert_eq!(store.load_entity("q").unwrap().next_sequence, 1);
+    }
+
+    #[test]
+    fn poisoned_store_reopens_and_writes_the_backlog_in_order() {
+        use keybus_core::SubQueue;
+        let dir = scratch_dir("recover");
+        let store = open_retrying_every(&dir, Duration::from_millis(50));
+        let put = |seq| conformance::put("q", SubQueue::Main, conformance::record(seq, 1).unwrap());
+        conformance::commit(&store, vec![conformance::seq("q", 3), put(1), put(2)]).unwrap();
+        // The broker deleted message 1 in memory; the write fails...
+        store.fail_next_write_for_tests();
+        assert!(
+            conformance::block_on(store.commit(vec![conformance::del("q", SubQueue::Main, 1)]))
+                .is_err()
+        );
+        // ...and so does what comes while poisoned (kept for the re-open, in order).
+        let _ = conformance::block_on(store.commit(vec![
+            put(3),
+            conformance::seq("q", 4),
+            conformance::del("q", SubQueue::Main, 2),
+        ]));
+        wait_healthy(&store);
+        assert!(store.status().is_ok());
+        conformance::commit(&store, vec![conformance::seq("q", 5), put(4)]).unwrap();
+        let snap = store.load_entity("q").unwrap();
+        let seqs: Vec<i64> = snap.main.iter().map(|r| r.sequence_number).collect();
+        assert_eq!(seqs, vec![3, 4]);
+        assert_eq!(snap.next_sequence, 5);
+        drop(store);
+        let store = FjallStore::open(&dir).unwrap();
+        let snap = store.load_entity("q").unwrap();
+        let seqs: Vec<i64> = snap.main.iter().map(|r| r.sequence_number).collect();
+        assert_eq!(seqs, vec![3, 4]);
+        assert_eq!(snap.next_sequence, 5);
+    }
+
+    #[test]
+    fn store_dir_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch_dir("mode");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = FjallStore::open(&dir).unwrap();
+        let mode = std::fs::metadata(store.dir()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     const CHILD_ENV: &str = "KEYBUS_STORE_CRASH_CHILD_DIR";
