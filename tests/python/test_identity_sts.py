@@ -327,3 +327,99 @@ def test_token_endpoint_refuses_other_tenants_and_grants(sts: Dict[str, Any]) ->
     assert status == 200 and body["token_type"] == "Bearer" and body["expires_in"] > 3000, body
     reasons = {e["reason"] for e in _audit(b) if e["event"] == "sts.issue" and e["decision"] == "deny"}
     assert {"unknown_tenant", "unsupported_grant_type", "invalid_scope"} <= reasons, reasons
+
+
+# ----------------------------------------------------------------------------------------
+# The issuer comes from configuration, never from the request's Host; the token endpoint is
+# HTTPS only (hardening item 12).
+# ----------------------------------------------------------------------------------------
+
+
+def _form(issuer: Issuer) -> bytes:
+    from urllib.parse import urlencode
+
+    return urlencode(
+        {
+            "grant_type": "client_credentials",
+            "client_id": WI_CLIENT,
+            "scope": SCOPE,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": issuer.token(WI_SUBJECT, aud=EXCHANGE),
+        }
+    ).encode()
+
+
+FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def test_other_hosts_are_refused_and_the_issuer_is_configured(sts: Dict[str, Any]) -> None:
+    import ssl
+
+    b, issuer = sts["broker"], sts["issuer"]
+    ctx = ssl.create_default_context(cafile=b.ca_path)
+    https = f"https://localhost:{b.https_port}"
+    want_iss = f"https://localhost:{b.https_port}/{TENANT}/v2.0"
+    evil = {"Host": "evil.example"}
+    status, body = _http(f"{https}/{TENANT}/v2.0/.well-known/openid-configuration", evil, None, ctx)
+    assert status == 421 and body["error"] == "invalid_request", (status, body)
+    status, body = _http(f"{https}/{TENANT}/oauth2/v2.0/token", {**FORM_HEADERS, **evil}, _form(issuer), ctx)
+    assert status == 421, (status, body)
+    status, body = _http(
+        f"{https}/{TENANT}/oauth2/v2.0/token", {**FORM_HEADERS, "Host": f"evil.example:{b.https_port}"}, _form(issuer), ctx
+    )
+    assert status == 421, (status, body)
+    # Another name of this host (the development certificate's) is fine, and the issuer stays
+    # the configured one.
+    status, doc = _http(
+        f"{https}/{TENANT}/v2.0/.well-known/openid-configuration", {"Host": f"127.0.0.1:{b.https_port}"}, None, ctx
+    )
+    assert status == 200 and doc["issuer"] == want_iss, doc
+    status, body = _http(
+        f"{https}/{TENANT}/oauth2/v2.0/token", {**FORM_HEADERS, "Host": f"127.0.0.1:{b.https_port}"}, _form(issuer), ctx
+    )
+    assert status == 200, body
+    assert _claims(body["access_token"])["iss"] == want_iss
+    # The managed identity endpoint (plain HTTP on loopback) mints the same issuer, whatever
+    # the Host.
+    url = f"http://127.0.0.1:{b.http_port}/msi/token?api-version=2019-08-01&resource=https://servicebus.azure.net/"
+    status, body = _http(url, {"X-IDENTITY-HEADER": MI_SECRET, "Host": "evil.example"})
+    assert status == 200, body
+    assert _claims(body["access_token"])["iss"] == want_iss
+    reasons = {e["reason"] for e in _audit(b) if e["decision"] == "deny" and e["event"] in ("sts.issue", "sts.discovery")}
+    assert "unknown_host" in reasons, reasons
+
+
+def test_token_endpoint_refuses_plain_http(sts: Dict[str, Any]) -> None:
+    b, issuer = sts["broker"], sts["issuer"]
+    http = f"http://127.0.0.1:{b.http_port}"
+    status, body = _http(f"{http}/{TENANT}/oauth2/v2.0/token", FORM_HEADERS, _form(issuer))
+    assert status == 400 and "HTTPS only" in body["error_description"], (status, body)
+    assert "access_token" not in body
+    status, body = _http(f"{http}/{TENANT}/v2.0/.well-known/openid-configuration", {})
+    assert status == 400, (status, body)
+    assert any(e["event"] == "sts.issue" and e["reason"] == "plain_http" for e in _audit(b))
+
+
+def test_public_url_sets_the_issuer_and_the_accepted_host(broker_factory, tmp_path: Path) -> None:
+    import ssl
+
+    issuer = Issuer(tmp_path)
+    policy = tmp_path / "policy.toml"
+    text = policy_text(issuer).replace("[sts]\n", '[sts]\npublic_url = "https://sb.keybus.test:8443"\n', 1)
+    policy.write_text(text)
+    config = broker_factory.write_toml({"sts-q": {}}, name="sts-public.toml")
+    b = broker_factory.start(
+        config,
+        data_dir=tmp_path / "data",
+        name="keybus-sts-public",
+        extra_args=["--dev-tls", "--amqps-port", "0", "--https-port", "0", "--policy", str(policy)],
+    )
+    ctx = ssl.create_default_context(cafile=b.ca_path)
+    https = f"https://localhost:{b.https_port}"
+    status, _ = _http(f"{https}/{TENANT}/v2.0/.well-known/openid-configuration", {}, None, ctx)
+    assert status == 421
+    status, doc = _http(
+        f"{https}/{TENANT}/v2.0/.well-known/openid-configuration", {"Host": "sb.keybus.test:8443"}, None, ctx
+    )
+    assert status == 200 and doc["issuer"] == f"https://sb.keybus.test:8443/{TENANT}/v2.0", doc
+    assert doc["token_endpoint"] == f"https://sb.keybus.test:8443/{TENANT}/oauth2/v2.0/token"

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import jwt
 import pytest
 from azure.core.credentials import AccessToken, AzureNamedKeyCredential
-from azure.servicebus import ServiceBusClient, ServiceBusMessage, TransportType
+from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSubQueue, TransportType
 from azure.servicebus.exceptions import (
     ServiceBusAuthenticationError,
     ServiceBusAuthorizationError,
@@ -273,7 +273,8 @@ def test_link_is_detached_when_its_token_runs_out(env: Env) -> None:
     with env.client(StaticCredential(short, int(time.time()) + 3600)) as client:
         with client.get_queue_receiver("rbac-a", max_wait_time=2) as receiver:
             assert receiver.receive_messages(max_wait_time=1) == []
-            deadline = time.monotonic() + 20
+            # The token holds until exp plus the issuer's 30 s leeway.
+            deadline = time.monotonic() + 50
             with pytest.raises(ServiceBusError):
                 while time.monotonic() < deadline:
                     receiver.receive_messages(max_wait_time=1)
@@ -434,3 +435,179 @@ def test_management_api_with_bearer_tokens(env: Env) -> None:
     events = env.audit()
     assert any(e["event"] == "http.authz" and e["decision"] == "allow" and pid(e) == "owner" for e in events)
     assert any(e["event"] == "http.authz" and e["decision"] == "deny" and pid(e) == "receiver" for e in events)
+
+
+# ----------------------------------------------------------------------------------------
+# Scopes match one entity exactly: `orders` is not `orders/archive` (hardening item 4), and
+# expired tokens are refused at put-token with the real reason (item 10).
+# ----------------------------------------------------------------------------------------
+
+ORDERS_GRANTS = """
+[[grants]]
+principal = "sender"
+role = "Sender"
+scope = "queues/orders"
+
+[[grants]]
+principal = "receiver"
+role = "Receiver"
+scope = "queues/orders"
+
+[[grants]]
+principal = "owner"
+role = "Owner"
+scope = "queues/orders"
+"""
+
+
+@pytest.fixture
+def orders_env(broker_factory, tmp_path: Path) -> Env:
+    issuer = Issuer(tmp_path)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text(issuer, grants=ORDERS_GRANTS))
+    config = broker_factory.write_toml({"orders": {}, "orders/archive": {}}, name="orders.toml")
+    b = broker_factory.start(
+        config,
+        data_dir=tmp_path / "data",
+        name="keybus-orders",
+        extra_args=["--dev-tls", "--amqps-port", "0", "--https-port", "0", "--policy", str(policy)],
+    )
+    return Env(b, issuer, policy)
+
+
+def _refused(fn: Any) -> None:
+    """An authorisation or authentication refusal, whichever the SDK raises."""
+    with pytest.raises((ServiceBusAuthorizationError, ServiceBusAuthenticationError, ServiceBusError)) as info:
+        fn()
+    text = str(info.value).lower()
+    assert "unauthorized" in text or "claim" in text or "audience" in text or "auth" in text, info.value
+
+
+def test_queue_grant_does_not_reach_a_queue_named_below_it(orders_env: Env) -> None:
+    env = orders_env
+    with env.as_("sender") as client:
+        send_one(client, "orders", "ok")
+        _refused(lambda: send_one(client, "orders/archive", "not yours"))
+    with env.as_("receiver") as client:
+        [m] = receive_one(client, "orders")
+        assert body_bytes(m) == b"ok"
+        _refused(lambda: receive_one(client, "orders/archive"))
+
+        def peek() -> None:
+            with client.get_queue_receiver("orders/archive", max_wait_time=2) as r:
+                r.peek_messages(max_message_count=1)
+
+        _refused(peek)
+        # Its own dead-letter sub-queue is still covered.
+        with client.get_queue_receiver("orders", sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=2) as r:
+            assert r.receive_messages(max_wait_time=1) == []
+    denied = [e for e in env.audit() if e["event"] == "authz" and e["decision"] == "deny"]
+    assert any(e["resource"]["entity"] == "orders/archive" for e in denied), denied
+
+
+def test_queue_scoped_owner_cannot_create_or_delete_other_entities(orders_env: Env) -> None:
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+    from azure.servicebus.management import ServiceBusAdministrationClient
+
+    env = orders_env
+    with ServiceBusAdministrationClient(
+        f"localhost:{env.broker.https_port}",
+        StaticCredential(env.issuer.token("owner")),
+        connection_verify=env.broker.ca_path,
+        retry_total=0,
+    ) as a:
+        assert a.get_queue("orders").name == "orders"
+        with pytest.raises((ClientAuthenticationError, HttpResponseError)) as info:
+            a.create_queue("orders/anything")
+        assert getattr(info.value, "status_code", 401) in (401, 403)
+        with pytest.raises((ClientAuthenticationError, HttpResponseError)):
+            a.delete_queue("orders/archive")
+        with pytest.raises((ClientAuthenticationError, HttpResponseError)):
+            a.get_queue("orders/archive")
+    # Both still as they were: the namespace SAS key sees them.
+    with ServiceBusAdministrationClient.from_connection_string(
+        env.broker.admin_conn_str(), connection_verify=env.broker.ca_path
+    ) as a:
+        names = {q.name for q in a.list_queues()}
+        assert "orders/archive" in names and "orders/anything" not in names, names
+
+
+def _sas(uri: str, rule: str, key: str, expiry: int) -> str:
+    import base64
+    import hashlib
+    import hmac
+    import urllib.parse
+
+    sr = urllib.parse.quote(uri, safe="")
+    sig = base64.b64encode(hmac.new(key.encode(), f"{sr}\n{expiry}".encode(), hashlib.sha256).digest())
+    return f"SharedAccessSignature sr={sr}&sig={urllib.parse.quote(sig, safe='')}&se={expiry}&skn={rule}"
+
+
+ORDERS_KEY = "orders-rule-key-0123456789"
+
+
+def test_entity_sas_rule_does_not_sign_for_a_queue_named_below_it(broker_factory, tmp_path: Path) -> None:
+    import requests
+
+    text = kbutil.render_toml({"orders": {}, "orders/archive": {}}) + (
+        f'\n[[sas_policies]]\nname = "orders-rule"\nkey = "{ORDERS_KEY}"\nrights = ["Send", "Listen"]\nentity = "orders"\n'
+    )
+    config = tmp_path / "orders-sas.toml"
+    config.write_text(text)
+    b = broker_factory.start(config, name="keybus-orders-sas")
+    conn = kbutil.connection_string(b.amqp_port, key=ORDERS_KEY, policy="orders-rule")
+    with ServiceBusClient.from_connection_string(conn, retry_total=0) as client:
+        send_one(client, "orders", "entity rule")
+        [m] = receive_one(client, "orders")
+        assert body_bytes(m) == b"entity rule"
+        with kbutil.auth_refused():
+            send_one(client, "orders/archive", "wrong entity")
+        with kbutil.auth_refused():
+            receive_one(client, "orders/archive")
+        with kbutil.auth_refused():
+            with client.get_queue_receiver("orders/archive", max_wait_time=2) as r:
+                r.peek_messages(max_message_count=1)
+    # REST: a token for `orders` does not send to `orders/archive`.
+    base = f"http://127.0.0.1:{b.http_port}"
+    token = _sas(f"{base}/orders", "orders-rule", ORDERS_KEY, int(time.time()) + 600)
+    ok = requests.post(f"{base}/orders/messages", data=b"x", headers={"Authorization": token}, timeout=10)
+    assert ok.status_code == 201, ok.text
+    for path in ("orders/archive/messages", "orders%2Farchive/messages", "Orders/Archive/messages"):
+        r = requests.post(f"{base}/{path}", data=b"x", headers={"Authorization": token}, timeout=10)
+        assert r.status_code in (401, 403), (path, r.status_code, r.text)
+    # A token signed for `orders/archive` with the `orders` rule's key is refused too.
+    forged = _sas(f"{base}/orders/archive", "orders-rule", ORDERS_KEY, int(time.time()) + 600)
+    r = requests.post(f"{base}/orders/archive/messages", data=b"x", headers={"Authorization": forged}, timeout=10)
+    assert r.status_code in (401, 403), r.text
+
+
+def test_expired_sas_token_is_refused_at_put_token_with_the_reason(env: Env) -> None:
+    now = int(time.time())
+    uri = f"sb://localhost:{env.broker.amqps_port}/rbac-a"
+    # 2 minutes past `se` (beyond the 30 s skew; it used to be accepted up to 5 minutes).
+    late = _sas(uri, kbutil.SAS_POLICY, kbutil.SAS_KEY, now - 120)
+    with env.client(StaticCredential(late, now + 3600)) as client:
+        with pytest.raises(ServiceBusError) as info:
+            send_one(client, "rbac-a", "late")
+    # With custom_endpoint_address the SDK wraps the CBS authentication error (status 401 and
+    # its description) in a ServiceBusConnectionError.
+    inner = getattr(info.value, "inner_exception", None) or info.value.__cause__
+    text = f"{info.value!r} {inner!r} {getattr(inner, 'description', '')}"
+    assert "ExpiredToken" in text and "401" in text, text
+    refused = [e for e in env.audit() if e["event"] == "token.put" and e["decision"] == "deny"]
+    assert any(e["reason"] == "ExpiredToken" for e in refused), refused
+    # Within the skew it is accepted, and the link attaches (no "claims required").
+    recent = _sas(uri, kbutil.SAS_POLICY, kbutil.SAS_KEY, now - 5)
+    with env.client(StaticCredential(recent, now + 3600)) as client:
+        send_one(client, "rbac-a", "within skew")
+
+
+def test_jwt_past_the_default_leeway_is_refused(env: Env) -> None:
+    now = int(time.time())
+    old = env.issuer.token("owner", iat=now - 600, nbf=now - 600, exp=now - 45)
+    with env.client(StaticCredential(old, now + 3600)) as client:
+        with kbutil.auth_refused():
+            send_one(client, "rbac-a", "late jwt")
+    assert any(
+        e["event"] == "token.put" and e["decision"] == "deny" and e["reason"] == "ExpiredToken" for e in env.audit()
+    )

@@ -79,7 +79,8 @@ pub async fn serve_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     broker: Arc<Broker>,
 ) {
-    let app = router(broker);
+    // The token service's token endpoint and discovery answer over HTTPS only.
+    let app = router(broker).layer(axum::Extension(crate::auth::sts::OverTls));
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,

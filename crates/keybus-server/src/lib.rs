@@ -354,6 +354,12 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
             broker.clone(),
         )));
     }
+    // The token service's issuer and accepted hosts, unless the policy sets `sts.public_url`.
+    let https_port = https_addr.map_or(opts.https_port, |a| a.port());
+    broker
+        .auth
+        .sts
+        .set_default_public(auth::sts::PublicNames::for_bind(opts.bind, https_port));
     let forwarder = tokio::spawn(forwarding::run(broker.clone()));
     tasks.push(tokio::spawn(watch_policy(broker.clone())));
     let http_task = tokio::spawn(http::serve(http_listener, broker.clone()));

@@ -214,6 +214,11 @@ pub struct StsConfig {
     pub clients: Vec<StsClient>,
     #[serde(default)]
     pub managed_identities: Vec<ManagedIdentity>,
+    /// `https://host[:port]` clients use to reach the token service: the issuer of minted
+    /// tokens and the only `Host` the token endpoint and discovery answer. Default: from
+    /// `--bind` and the HTTPS port (`https://localhost:<port>` for a loopback bind).
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 impl Default for StsConfig {
@@ -223,6 +228,7 @@ impl Default for StsConfig {
             token_lifetime: default_lifetime(),
             clients: Vec::new(),
             managed_identities: Vec::new(),
+            public_url: None,
         }
     }
 }
@@ -612,6 +618,10 @@ impl Policy {
             if let Some(l) = &iss.max_token_lifetime {
                 parse_duration("max_token_lifetime", l)?;
             }
+        }
+        if let Some(url) = &file.sts.public_url {
+            super::sts::PublicNames::from_url(url)
+                .map_err(|e| invalid(format!("sts.public_url: {e}")))?;
         }
         if file.namespace.sas_clock_skew_secs > 300 {
             return Err(invalid(

@@ -8,9 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Path as UrlPath, Query, RawForm, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
@@ -30,7 +31,111 @@ pub struct TokenService {
     encoding: EncodingKey,
     jwk: Jwk,
     kid: String,
+    /// Names derived from the listeners (`--bind`, the HTTPS port), used unless the policy
+    /// sets `sts.public_url`.
+    default_public: std::sync::RwLock<PublicNames>,
 }
+
+/// Where clients reach the token service: the base URL of the issuer and of the discovery
+/// document, and the `Host` values accepted at the token endpoint and discovery. Never taken
+/// from a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicNames {
+    /// `https://host[:port]`, no trailing slash.
+    pub base: String,
+    /// Lower-case `host[:port]` values a request's `Host` must equal.
+    pub hosts: Vec<String>,
+}
+
+impl Default for PublicNames {
+    fn default() -> Self {
+        Self::from_url("https://localhost").unwrap_or(Self {
+            base: "https://localhost".into(),
+            hosts: vec!["localhost".into(), "localhost:443".into()],
+        })
+    }
+}
+
+impl PublicNames {
+    /// From `https://host[:port][/]` (the policy's `sts.public_url`).
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let authority = url
+            .strip_prefix("https://")
+            .ok_or_else(|| format!("'{url}' is not an https:// URL"))?
+            .trim_end_matches('/')
+            .to_ascii_lowercase();
+        if authority.is_empty()
+            || authority.len() > 255
+            || !authority
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+        {
+            return Err(format!(
+                "'{url}' must be https://host[:port] without a path"
+            ));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p))
+                if !h.is_empty()
+                    && !p.is_empty()
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && !p.contains(']') =>
+            {
+                (h.to_string(), Some(p.to_string()))
+            }
+            _ => (authority.clone(), None),
+        };
+        if host.starts_with('[') != host.ends_with(']') || host.is_empty() {
+            return Err(format!("'{url}' has an invalid host"));
+        }
+        let mut hosts = vec![authority.clone()];
+        match port.as_deref() {
+            None => hosts.push(format!("{host}:443")),
+            Some("443") => hosts.push(host.clone()),
+            Some(_) => {}
+        }
+        Ok(Self {
+            base: format!("https://{authority}"),
+            hosts,
+        })
+    }
+
+    /// The defaults for a server bound to `bind` with HTTPS on `https_port`: loopback and
+    /// unspecified binds answer as `localhost` (also `127.0.0.1` and `[::1]`, the names of the
+    /// development certificate); any other address as itself.
+    pub fn for_bind(bind: std::net::IpAddr, https_port: u16) -> Self {
+        let fmt = |ip: std::net::IpAddr| match ip {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        };
+        let mut names: Vec<String> = Vec::new();
+        if bind.is_loopback() || bind.is_unspecified() {
+            names.extend(["localhost".into(), "127.0.0.1".into(), "[::1]".into()]);
+        } else {
+            names.push(fmt(bind));
+        }
+        let mut hosts: Vec<String> = names.iter().map(|n| format!("{n}:{https_port}")).collect();
+        if https_port == 443 {
+            hosts.extend(names.iter().cloned());
+        }
+        let first = names.first().cloned().unwrap_or_else(|| "localhost".into());
+        let base = if https_port == 443 {
+            format!("https://{first}")
+        } else {
+            format!("https://{first}:{https_port}")
+        };
+        Self { base, hosts }
+    }
+
+    /// The issuer (`iss`) of tokens minted for `tenant`.
+    pub fn issuer(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/v2.0", self.base)
+    }
+}
+
+/// Marks requests that arrived over the HTTPS listener (set by `http::serve_tls`).
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
 
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
@@ -60,6 +165,7 @@ impl TokenService {
                 ),
             },
             kid: String::new(),
+            default_public: Default::default(),
         }
     }
 
@@ -119,7 +225,29 @@ impl TokenService {
             encoding: EncodingKey::from_ec_der(der),
             jwk,
             kid,
+            default_public: Default::default(),
         })
+    }
+
+    /// Set the names derived from the listeners (at start-up, once the HTTPS port is known).
+    pub fn set_default_public(&self, names: PublicNames) {
+        match self.default_public.write() {
+            Ok(mut g) => *g = names,
+            Err(p) => *p.into_inner() = names,
+        }
+    }
+
+    /// The names in force: the policy's `sts.public_url`, else the listeners' defaults.
+    pub fn public_names(&self, policy: &Policy) -> PublicNames {
+        if let Some(url) = &policy.file.sts.public_url
+            && let Ok(n) = PublicNames::from_url(url)
+        {
+            return n;
+        }
+        match self.default_public.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// The public keys, for validation and the JWKS endpoint.
@@ -310,23 +438,58 @@ fn lifetime(policy: &Policy) -> Duration {
         .unwrap_or(Duration::from_secs(3600))
 }
 
-/// The `Host` the client used (`name[:port]`, IPv6 in brackets); anything else, or nothing,
-/// is `localhost`. It only shapes the URLs we hand out and the `iss` of minted tokens.
-fn request_host(headers: &HeaderMap) -> &str {
+/// The `Host` the client addressed (the header, or the authority of an HTTP/2 request).
+fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
     headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.len() <= 255
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
-        })
-        .unwrap_or("localhost")
+        .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
-fn issuer_url(headers: &HeaderMap, tenant: &str) -> String {
-    format!("https://{}/{tenant}/v2.0", request_host(headers))
+/// Refuse requests over plain HTTP, or addressed to a host that is not one of the token
+/// service's configured names (421); otherwise the names in force.
+fn check_public(
+    broker: &Broker,
+    policy: &Policy,
+    headers: &HeaderMap,
+    uri: &Uri,
+    tls: bool,
+    event: &'static str,
+) -> Result<PublicNames, Box<Response>> {
+    let names = broker.auth.sts.public_names(policy);
+    if !tls {
+        audit_issue(broker, event, false, "plain_http", None, None, vec![]);
+        return Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!(
+                "This endpoint is served over HTTPS only: use {}.",
+                names.base
+            ),
+        )));
+    }
+    let host = request_host(headers, uri).unwrap_or("");
+    if !names.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        let shown: String = host.chars().take(100).collect();
+        audit_issue(
+            broker,
+            event,
+            false,
+            "unknown_host",
+            None,
+            None,
+            vec![("host", json!(shown))],
+        );
+        return Err(Box::new(oauth_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "invalid_request",
+            &format!(
+                "This token service answers as {} only, not as '{shown}'.",
+                names.base
+            ),
+        )));
+    }
+    Ok(names)
 }
 
 async fn managed_identity(
@@ -440,9 +603,9 @@ async fn managed_identity(
     };
     let mi = &mis[i];
     let tenant = &policy.file.sts.tenant;
-    let host_issuer = issuer_url(&headers, tenant);
+    let issuer = broker.auth.sts.public_names(&policy).issuer(tenant);
     match broker.auth.sts.mint(
-        &host_issuer,
+        &issuer,
         tenant,
         &mi.client_id,
         &mi.principal,
@@ -486,11 +649,17 @@ async fn token_endpoint(
     State(broker): State<Arc<Broker>>,
     peer: crate::http::PeerInfo,
     UrlPath(tenant): UrlPath<String>,
+    tls: Option<Extension<OverTls>>,
+    uri: Uri,
     headers: HeaderMap,
     RawForm(form): RawForm,
 ) -> Response {
     let peer = crate::http::peer_text(&peer);
     let policy = broker.auth.policy();
+    let names = match check_public(&broker, &policy, &headers, &uri, tls.is_some(), "sts.issue") {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
     let fields: std::collections::HashMap<String, String> =
         form_urlencoded_pairs(&form).into_iter().collect();
     let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
@@ -634,7 +803,7 @@ async fn token_endpoint(
     }
     let tenant = &policy.file.sts.tenant;
     match broker.auth.sts.mint(
-        &issuer_url(&headers, tenant),
+        &names.issuer(tenant),
         tenant,
         &client.client_id,
         &client.principal,
@@ -674,13 +843,26 @@ async fn token_endpoint(
 async fn discovery(
     State(broker): State<Arc<Broker>>,
     UrlPath(tenant): UrlPath<String>,
+    tls: Option<Extension<OverTls>>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let policy = broker.auth.policy();
+    let names = match check_public(
+        &broker,
+        &policy,
+        &headers,
+        &uri,
+        tls.is_some(),
+        "sts.discovery",
+    ) {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
     if !tenant_ok(&policy, &tenant) {
         return oauth_error(StatusCode::NOT_FOUND, "invalid_tenant", "Tenant not found.");
     }
-    let base = format!("https://{}/{tenant}", request_host(&headers));
+    let base = format!("{}/{tenant}", names.base);
     axum::Json(json!({
         "issuer": format!("{base}/v2.0"),
         "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
@@ -747,6 +929,33 @@ fn form_urlencoded_pairs(body: &[u8]) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_names() {
+        let lo = PublicNames::for_bind(std::net::IpAddr::from([127, 0, 0, 1]), 5443);
+        assert_eq!(lo.base, "https://localhost:5443");
+        assert_eq!(lo.issuer("t"), "https://localhost:5443/t/v2.0");
+        assert!(lo.hosts.contains(&"127.0.0.1:5443".to_string()));
+        assert!(lo.hosts.contains(&"[::1]:5443".to_string()));
+        assert!(!lo.hosts.iter().any(|h| h.contains("evil")));
+        let v6 = PublicNames::for_bind("fd00::1".parse().unwrap(), 443);
+        assert_eq!(v6.base, "https://[fd00::1]");
+        assert_eq!(v6.hosts, vec!["[fd00::1]:443", "[fd00::1]"]);
+        let u = PublicNames::from_url("https://SB.example.com/").unwrap();
+        assert_eq!(u.base, "https://sb.example.com");
+        assert_eq!(u.hosts, vec!["sb.example.com", "sb.example.com:443"]);
+        let p = PublicNames::from_url("https://sb.example.com:8443").unwrap();
+        assert_eq!(p.hosts, vec!["sb.example.com:8443"]);
+        for bad in [
+            "http://x",
+            "https://",
+            "https://x/path",
+            "https://x y",
+            "sb.example.com",
+        ] {
+            assert!(PublicNames::from_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn form_decoding() {
