@@ -26,6 +26,10 @@ pub async fn run(broker: Arc<Broker>) {
             _ = broker.forwarder.notified() => {}
             _ = tokio::time::sleep(SWEEP) => {}
         }
+        // Nothing moves while the store refuses writes (the sweep resumes once it is back).
+        if broker.store.status().is_err() {
+            continue;
+        }
         for entity in broker.entity_list() {
             if let Err(err) = forward_entity(&broker, &entity).await {
                 tracing::error!(%err, entity = %entity.name, "forwarding stopped: store commit failed");

@@ -13,11 +13,13 @@ use tokio::net::TcpListener;
 
 use crate::broker::Broker;
 
-async fn health(State(broker): State<Arc<Broker>>) -> (StatusCode, &'static str) {
-    if broker.store.healthy() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "store cannot write\n")
+async fn health(State(broker): State<Arc<Broker>>) -> (StatusCode, String) {
+    match broker.store.status() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store cannot write: {e}\n"),
+        ),
     }
 }
 

@@ -107,6 +107,56 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError 
     move |source| ServeError::Io { what, source }
 }
 
+/// Write a new file readable by its owner only (mode 0600 from creation on).
+fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+/// Create the data dir for its owner only (0700). An existing data dir that group or others
+/// can enter is restricted to 0700, with a warning (log and stdout) naming the command that
+/// also restricts what earlier versions left in it.
+fn prepare_data_dir(dir: &std::path::Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let what = || format!("creating {}", dir.display());
+    match std::fs::metadata(dir) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                let fix = format!("chmod -R go-rwx {}", dir.display());
+                tracing::warn!(
+                    data_dir = %dir.display(),
+                    mode = format!("{mode:04o}"),
+                    fix = %fix,
+                    "the data dir was accessible by group or others; restricted it to 0700"
+                );
+                println!(
+                    "keybus: WARNING: the data dir {} had mode {mode:04o} (group or others could \
+                     read keys and messages); it is now 0700. Files in it may still be \
+                     readable by others: run `{fix}`",
+                    dir.display()
+                );
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io_err(format!("restricting {}", dir.display())))?;
+            }
+            Ok(())
+        }
+        Err(_) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(what())),
+    }
+}
+
 /// The default policy when the config declares none: a generated key kept in the data dir.
 fn default_policies(opts: &ServeOptions) -> Result<Vec<SasPolicy>, ServeError> {
     let generate = || {
@@ -121,12 +171,19 @@ fn default_policies(opts: &ServeOptions) -> Result<Vec<SasPolicy>, ServeError> {
             Ok(k) if !k.trim().is_empty() => k.trim().to_string(),
             _ => {
                 let k = generate();
-                std::fs::write(&path, format!("{k}\n"))
+                write_private(&path, format!("{k}\n").as_bytes())
                     .map_err(io_err(format!("writing {}", path.display())))?;
                 k
             }
         }
     };
+    if !opts.in_memory {
+        // The namespace's root Manage key: for the owner only (earlier versions wrote 0644).
+        let path = opts.data_dir.join("sas-key");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err(format!("restricting {}", path.display())))?;
+    }
     Ok(vec![SasPolicy {
         name: config::EMULATOR_POLICY.into(),
         key,
@@ -267,8 +324,7 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
     let store: Arc<dyn Store> = if opts.in_memory {
         Arc::new(keybus_store::MemStore::new())
     } else {
-        std::fs::create_dir_all(&opts.data_dir)
-            .map_err(io_err(format!("creating {}", opts.data_dir.display())))?;
+        prepare_data_dir(&opts.data_dir)?;
         keybus_store::open_embedded(&opts.data_dir)?
     };
     let policies = if config.policies.is_empty() {

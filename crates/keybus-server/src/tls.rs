@@ -183,14 +183,26 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), TlsError> {
         path: path.to_path_buf(),
         source,
     };
-    std::fs::write(path, contents).map_err(err)?;
+    // Private keys are 0600 from creation on (never readable by others, not even briefly).
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    use std::io::Write;
+    options
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .map_err(err)?;
     #[cfg(unix)]
     if private {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     }
-    #[cfg(not(unix))]
-    let _ = private;
     Ok(())
 }
 
@@ -211,7 +223,14 @@ pub fn dev_files(dir: &Path, extra_hosts: &[String]) -> Result<TlsFiles, TlsErro
     if files.cert.exists() && files.key.exists() && ca_path.exists() {
         return Ok(files);
     }
-    std::fs::create_dir_all(&tls_dir).map_err(|source| TlsError::Write {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(&tls_dir).map_err(|source| TlsError::Write {
         path: tls_dir.clone(),
         source,
     })?;

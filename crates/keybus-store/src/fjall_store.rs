@@ -48,6 +48,10 @@ pub struct FjallOptions {
     /// While the store refuses writes after a failure, the writer tries to re-open it this
     /// often (see the module documentation).
     pub retry_interval: Duration,
+    /// After the disk filled up, the re-open waits until the file system has this much space
+    /// available (at most a tenth of its size), so that it does not flap between full and
+    /// healthy with every few bytes freed.
+    pub min_free_bytes: u64,
 }
 
 impl Default for FjallOptions {
@@ -58,6 +62,7 @@ impl Default for FjallOptions {
             queue_depth: 4096,
             cache_bytes: 32 * 1024 * 1024,
             retry_interval: Duration::from_secs(1),
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -576,6 +581,9 @@ impl Writer {
     /// the store is healthy again.
     fn try_reopen(&mut self) {
         self.next_attempt = Instant::now() + self.options.retry_interval;
+        if matches!(self.shared.cause(), StoreError::Full(_)) && !self.space_is_back() {
+            return;
+        }
         // Every handle of the failed database must go (it holds the directory's lock).
         self.tables = None;
         *self.shared.tables.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -625,6 +633,19 @@ impl Writer {
             replayed = backlog.len(),
             "store re-opened after a write failure: writes are accepted again"
         );
+    }
+
+    /// Whether the store's file system has `min_free_bytes` available (or a tenth of its
+    /// size, if that is less). Unknown counts as yes: the re-open itself is the real test.
+    fn space_is_back(&self) -> bool {
+        match rustix::fs::statvfs(&self.dir) {
+            Ok(v) => {
+                let available = v.f_bavail.saturating_mul(v.f_frsize);
+                let total = v.f_blocks.saturating_mul(v.f_frsize);
+                available >= self.options.min_free_bytes.min(total / 10)
+            }
+            Err(_) => true,
+        }
     }
 
     fn still_failing(&mut self, e: StoreError) {

@@ -20,9 +20,17 @@
 //! cost of a sync is shared. Key and value buffers are reused across ops; the only per-op
 //! allocations are the engine's own copies of key and value.
 //!
-//! **Poisoning.** A journal write or sync error fails the whole group with
-//! [`keybus_core::StoreError::Io`]; from then on `healthy()` is false and every commit fails
-//! with `Poisoned`. (After a failed fsync the page cache state is unknown: retrying is unsafe.)
+//! **Poisoning and recovery.** A journal write or sync error fails the whole group with
+//! [`keybus_core::StoreError::Io`] ([`keybus_core::StoreError::Full`] when the disk is full);
+//! from then on `healthy()` is false and every commit fails with that cause. The failed group
+//! and every batch submitted while poisoned are kept, in order, in a backlog. The write is
+//! never retried on the failed handles (after a failed fsync the state of the page cache is
+//! unknown): every `FjallOptions::retry_interval` (1 s) the writer drops the database and
+//! opens it again, as a restart would (fjall's journal recovery truncates a torn tail), then
+//! writes the backlog in order and syncs it; only then is the store healthy again. Batches
+//! acknowledged before the failure were synced before it, so they are not at stake. After a
+//! full disk the re-open waits until `min_free_bytes` (64 MiB, at most a tenth of the file
+//! system) are available, so the store does not flap with every few bytes freed.
 //!
 //! **Why fjall.** Measured on the project's machine (2 cores, ext4 on virtio disk) for the
 //! queue workload (each batch inserts N 1 KB records and deletes N older ones, durably):

@@ -124,6 +124,9 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    // Everything keybus creates (the store's files, keys, logs) is for its owner only: files
+    // 0600, directories 0700, including the files the storage engine creates itself.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -1,7 +1,7 @@
 //! AMQP error conditions used by the server, and the one mapping from domain errors.
 
 use keybus_amqp::{AmqpError, Symbol};
-use keybus_core::ErrorCondition;
+use keybus_core::{ErrorCondition, StoreError};
 
 pub const DECODE_ERROR: &str = "amqp:decode-error";
 pub const FRAMING_ERROR: &str = "amqp:connection:framing-error";
@@ -26,6 +26,32 @@ pub fn error(condition: &str, description: impl Into<String>) -> AmqpError {
 
 pub fn from_condition(c: ErrorCondition, description: impl Into<String>) -> AmqpError {
     error(c.symbol(), description)
+}
+
+/// The one mapping of a store failure (a commit that failed, or a store that refuses writes)
+/// to what a client sees. A full disk is `amqp:resource-limit-exceeded`, which the SDKs raise
+/// as their quota-exceeded error (Python: `ServiceBusQuotaExceededError`), naming the cause;
+/// anything else is an internal error.
+pub fn store_failure(e: &StoreError) -> (ErrorCondition, String) {
+    match e {
+        StoreError::Full(_) => (
+            ErrorCondition::QuotaExceeded,
+            "The broker cannot store anything: no space left on device (the broker's data \
+             volume is full). Sends and settlements are refused until space is freed; the \
+             broker then resumes on its own."
+                .to_string(),
+        ),
+        _ => (
+            ErrorCondition::InternalError,
+            format!("The broker's store cannot write: {e}"),
+        ),
+    }
+}
+
+/// [`store_failure`] as an AMQP error.
+pub fn from_store(e: &StoreError) -> AmqpError {
+    let (condition, description) = store_failure(e);
+    from_condition(condition, description)
 }
 
 /// The description the JS SDK needs to recognise a missing entity (wire reference §0 rule 19).

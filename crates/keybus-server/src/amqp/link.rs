@@ -1119,18 +1119,28 @@ impl Conn {
             pending = rest;
             let mut results = Vec::with_capacity(group.len());
             let mut pendings = Vec::new();
+            // A store that refuses writes refuses the sends before they touch the entity.
+            let refused = self
+                .broker
+                .store
+                .status()
+                .err()
+                .map(|e| errors::store_failure(&e));
             let fut = {
                 let mut st = entity.lock();
                 for p in group {
-                    let r = match p.result {
-                        Ok(msgs) => match st.send(msgs, now, false) {
+                    let r = match (p.result, &refused) {
+                        (Ok(_), Some((condition, description))) => {
+                            Err((condition.symbol(), description.clone()))
+                        }
+                        (Ok(msgs), None) => match st.send(msgs, now, false) {
                             Ok((_, pending)) => {
                                 pendings.push(pending);
                                 Ok(())
                             }
                             Err(e) => Err((e.condition().symbol(), e.to_string())),
                         },
-                        Err(e) => Err(e),
+                        (Err(e), _) => Err(e),
                     };
                     results.push((p.channel, p.delivery_id, p.settled, r));
                 }
@@ -1138,10 +1148,19 @@ impl Conn {
             };
             let tx = self.tx.clone();
             let entity = entity.clone();
+            let store = self.broker.store.clone();
             let finish = move |ok: Result<(), keybus_core::StoreError>| {
-                let failed = ok.as_ref().err().map(|e| e.to_string());
+                let failed = ok.as_ref().err().map(errors::store_failure);
                 {
                     let mut st = entity.lock();
+                    if failed.is_some() {
+                        // The store may still write the failed batch when it recovers (see
+                        // keybus-store): delete what the refused sends put, after it.
+                        let undo = undo_refused_sends(&st, &pendings);
+                        if !undo.is_empty() {
+                            tokio::spawn(store.commit(undo));
+                        }
+                    }
                     for p in &pendings {
                         st.finish(p, failed.is_none());
                     }
@@ -1152,10 +1171,9 @@ impl Conn {
                         continue;
                     }
                     let r = match (&failed, r) {
-                        (Some(e), Ok(())) => Err((
-                            errors::INTERNAL,
-                            format!("the message could not be stored: {e}"),
-                        )),
+                        (Some((condition, description)), Ok(())) => {
+                            Err((condition.symbol(), description.clone()))
+                        }
                         (_, r) => r,
                     };
                     match by_channel.iter_mut().find(|(c, _)| *c == ch) {
@@ -1272,7 +1290,28 @@ impl Conn {
         let mut results = Vec::with_capacity(ids.len());
         let mut futures = Vec::new();
         let mut touched = Vec::new();
+        // A store that refuses writes refuses settlements before they touch the entity: the
+        // message stays locked (settle again once the store is back) until its lock ends.
+        let refused = self
+            .broker
+            .store
+            .status()
+            .err()
+            .map(|e| errors::from_store(&e));
         for id in ids {
+            if let Some(error) = &refused {
+                if s.unsettled.contains_key(&id) {
+                    results.push((
+                        id,
+                        DeliveryState::Rejected {
+                            error: Some(error.clone()),
+                        },
+                    ));
+                } else if d.first == id || d.last.is_none() {
+                    results.push((id, lock_lost_state()));
+                }
+                continue;
+            }
             let Some((handle, token, entity, subscription)) = s.unsettled.remove(&id) else {
                 if d.first == id || d.last.is_none() {
                     results.push((id, lock_lost_state()));
@@ -1329,7 +1368,7 @@ impl Conn {
                                 (
                                     id,
                                     DeliveryState::Rejected {
-                                        error: Some(error(errors::INTERNAL, e.to_string())),
+                                        error: Some(errors::from_store(&e)),
                                     },
                                 )
                             })
@@ -1505,3 +1544,31 @@ pub fn write_transfer(
 
 #[allow(dead_code)]
 fn _assert_types(_: Source, _: Target, _: LockToken, _: Value) {}
+
+/// Deletes of the records that refused sends (`pendings`) put into the entity's queue or
+/// subscriptions. A topic body left without records is removed at the next start.
+fn undo_refused_sends(
+    st: &crate::broker::EntityState,
+    pendings: &[crate::broker::Pending],
+) -> Vec<keybus_core::StoreOp> {
+    use crate::broker::Pending;
+    let delete = |entity: &str, seq: i64| keybus_core::StoreOp::DeleteMessage {
+        entity: entity.to_string(),
+        sub: SubQueue::Main,
+        sequence_number: seq,
+    };
+    let mut ops = Vec::new();
+    for p in pendings {
+        match p {
+            Pending::Queue(seqs) => ops.extend(seqs.iter().map(|&seq| delete(st.name(), seq))),
+            Pending::Topic(fanout) => {
+                for (key, seqs) in fanout {
+                    if let Some(q) = st.receiver_ref(Some(key)) {
+                        ops.extend(seqs.iter().map(|&seq| delete(q.name(), seq)));
+                    }
+                }
+            }
+        }
+    }
+    ops
+}

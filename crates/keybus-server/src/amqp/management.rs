@@ -123,6 +123,19 @@ fn required_right(op: &str) -> Right {
     }
 }
 
+/// Whether an operation writes to the store (refused while the store refuses writes).
+fn writes(op: &str) -> bool {
+    matches!(
+        op,
+        "com.microsoft:schedule-message"
+            | "com.microsoft:cancel-scheduled-message"
+            | "com.microsoft:update-disposition"
+            | "com.microsoft:set-session-state"
+            | "com.microsoft:add-rule"
+            | "com.microsoft:remove-rule"
+    )
+}
+
 impl Conn {
     pub(super) fn on_management_request(
         &mut self,
@@ -165,7 +178,19 @@ impl Conn {
             Ok(()) => {
                 let body = body_value(&msg);
                 let fields = body.as_ref().and_then(Value::as_map).unwrap_or(&[]);
-                self.management_op(&op, &entity, subscription.as_deref(), sub, fields)
+                match self.broker.store.status() {
+                    // A store that refuses writes refuses the operations that write, before
+                    // they touch the entity.
+                    Err(e) if writes(&op) => {
+                        let (condition, description) = super::errors::store_failure(&e);
+                        Err(OpError(
+                            condition.status_code(),
+                            condition.symbol(),
+                            description,
+                        ))
+                    }
+                    _ => self.management_op(&op, &entity, subscription.as_deref(), sub, fields),
+                }
             }
             Err(e) => Err(OpError(
                 401,
@@ -210,13 +235,16 @@ impl Conn {
                     }
                     let bytes = match r {
                         Ok(()) => mgmt_response(&msg, status, "OK", None, body),
-                        Err(e) => mgmt_response(
-                            &msg,
-                            500,
-                            &e.to_string(),
-                            Some(ErrorCondition::InternalError.symbol()),
-                            None,
-                        ),
+                        Err(e) => {
+                            let (condition, description) = super::errors::store_failure(&e);
+                            mgmt_response(
+                                &msg,
+                                condition.status_code(),
+                                &description,
+                                Some(condition.symbol()),
+                                None,
+                            )
+                        }
                     };
                     let _ = tx.send(ConnEvent::Reply {
                         channel: ch,
