@@ -383,6 +383,8 @@ pub struct Broker {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub connections: AtomicUsize,
+    /// Every accepted socket's permit comes from here (see `admission.rs`).
+    pub admission: Arc<crate::admission::Admission>,
     seed: AtomicU64,
     holders: AtomicU64,
     /// Notified when an entity has messages to forward (see `forwarding.rs`).
@@ -508,7 +510,10 @@ impl Broker {
         if !cleanup.is_empty() {
             store.commit(cleanup).await?;
         }
+        let admission =
+            crate::admission::Admission::new(&config.limits, crate::admission::nofile());
         Ok(Arc::new(Broker {
+            admission,
             config,
             policies,
             entities: RwLock::new(entities),

@@ -53,25 +53,62 @@ pub struct SasPolicy {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
+    /// AMQP sockets (plain, TLS, WebSocket) open at once, counted from accept; 0 = derived
+    /// from the descriptor limit (see `admission.rs`).
     pub max_connections: usize,
+    /// Of those, sockets that have not yet put a valid token; 0 = a quarter of
+    /// `max_connections`.
+    pub max_unauthenticated_connections: usize,
+    /// Sockets without a token from one source address (IPv6: one /64); 0 = a quarter of
+    /// `max_unauthenticated_connections`.
+    pub max_unauthenticated_per_address: usize,
+    /// HTTP sockets (plain and TLS) open at once.
+    pub max_http_connections: usize,
+    /// HTTP sockets beyond `max_http_connections` that still serve `/health`, `/ready` and
+    /// `/metrics` (only those).
+    pub http_reserved_connections: usize,
     pub max_sessions_per_connection: usize,
     pub max_links_per_session: usize,
     pub max_unsettled_per_link: u32,
     pub max_frame_size: u32,
-    /// A connection that has put no valid token on `$cbs` within this many milliseconds is
-    /// closed (Service Bus: 20 s).
+    /// A connection that has put no valid token on `$cbs` within this many milliseconds of
+    /// its `open` is closed.
     pub token_timeout_ms: u64,
+    /// The first byte, the protocol header and SASL (and the TLS handshake) must be done
+    /// within this many milliseconds of accept.
+    pub handshake_timeout_ms: u64,
+    /// `open` must arrive within this many milliseconds of the end of the handshake.
+    pub open_timeout_ms: u64,
+    /// The idle time-out announced in `open`: a connection that sends no frame (not even an
+    /// empty one) for this long is closed.
+    pub idle_timeout_ms: u32,
+    /// A WebSocket upgrade request must be complete and answered within this long.
+    pub websocket_upgrade_timeout_ms: u64,
+    /// An HTTP request head must arrive within this long (also the keep-alive idle time).
+    pub http_header_timeout_ms: u64,
+    /// An HTTP request body must arrive within this long.
+    pub http_body_timeout_ms: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 1000,
+            max_connections: 0,
+            max_unauthenticated_connections: 0,
+            max_unauthenticated_per_address: 0,
+            max_http_connections: 128,
+            http_reserved_connections: 8,
             max_sessions_per_connection: 256,
             max_links_per_session: 256,
             max_unsettled_per_link: 5000,
             max_frame_size: 1024 * 1024,
-            token_timeout_ms: 20_000,
+            token_timeout_ms: 10_000,
+            handshake_timeout_ms: 10_000,
+            open_timeout_ms: 10_000,
+            idle_timeout_ms: 120_000,
+            websocket_upgrade_timeout_ms: 10_000,
+            http_header_timeout_ms: 10_000,
+            http_body_timeout_ms: 30_000,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP listener: `GET /health` and `GET /ready` (200 when the broker accepts work, 503
 //! when the store cannot write), `GET /metrics` (Prometheus).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -40,12 +41,16 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
 }
 
 pub fn router(broker: Arc<Broker>) -> Router {
+    let body_deadline = broker.admission.deadlines.http_body;
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(health))
         .route("/metrics", get(metrics))
         .merge(crate::auth::sts::routes())
         .merge(crate::atom::routes())
+        .layer(axum::middleware::from_fn(move |req, next| {
+            body_within(body_deadline, req, next)
+        }))
         .with_state(broker)
 }
 
@@ -68,10 +73,208 @@ pub fn with_peer(app: Router, peer: SocketAddr) -> Router {
     app.layer(Extension(ConnectInfo(peer)))
 }
 
+/// The routes served on the probe reserve (HTTP sockets past `max_http_connections`).
+fn probe_router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                "too many HTTP connections: only /health, /ready and /metrics are served\n",
+            )
+        })
+        .with_state(broker)
+}
+
+/// The largest request body buffered (the routes' own limits apply after).
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Read a request body within `limits.http_body_timeout_ms`, else answer 408.
+async fn body_within(
+    deadline: std::time::Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::body::HttpBody as _;
+    let (parts, body) = req.into_parts();
+    if body.is_end_stream() {
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
+    }
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
+            .await
+        }
+        Ok(Err(_)) => StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            [(header::CONNECTION, "close")],
+            "the request body did not arrive in time\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Serve one admitted HTTP connection: HTTP/1.1 (head within `http_header_timeout_ms`, also
+/// between keep-alive requests) or HTTP/2.
+async fn serve_conn<I>(
+    io: I,
+    broker: &Arc<Broker>,
+    permit: crate::admission::Permit,
+    peer: SocketAddr,
+    over_tls: bool,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let app = if permit.probe_only() {
+        probe_router(broker.clone())
+    } else {
+        router(broker.clone())
+    };
+    let app = with_peer(app, peer);
+    // The token service's token endpoint and discovery answer over HTTPS only.
+    let app = if over_tls {
+        app.layer(Extension(crate::auth::sts::OverTls))
+    } else {
+        app
+    };
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(broker.admission.deadlines.http_header);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(broker.admission.deadlines.http_header))
+        .keep_alive_timeout(broker.admission.deadlines.http_header);
+    let io = FirstBytes {
+        inner: io,
+        read: 0,
+        deadline: Some(Box::pin(tokio::time::sleep(
+            broker.admission.deadlines.http_header,
+        ))),
+    };
+    let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
+    drop(permit);
+}
+
+/// Bytes hyper reads to tell HTTP/1 from HTTP/2 (the HTTP/2 preface), before its own
+/// header time-out is in force.
+const PREFACE: usize = 24;
+
+/// A stream whose first [`PREFACE`] bytes must arrive within a deadline (reads fail with
+/// `TimedOut` after it); hyper's `header_read_timeout` covers the rest.
+struct FirstBytes<I> {
+    inner: I,
+    read: usize,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstBytes<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                self.read += buf.filled().len() - before;
+                if self.read >= PREFACE {
+                    self.deadline = None;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let expired = self
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no HTTP request in time",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstBytes<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Admit an accepted HTTP socket, or close it at once.
+fn admit(
+    broker: &Broker,
+    addr: std::net::SocketAddr,
+    listener: crate::admission::Listener,
+) -> Option<crate::admission::Permit> {
+    match broker.admission.admit(listener, addr.ip()) {
+        Ok(p) => Some(p),
+        Err(reason) => {
+            tracing::debug!(peer = %addr, reason = reason.as_str(), "HTTP connection refused");
+            None
+        }
+    }
+}
+
+/// Serve the routes over plain HTTP until the task is stopped.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
-    let app = router(broker).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(%e, "HTTP server stopped");
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(%e, "HTTP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(permit) = admit(&broker, peer, crate::admission::Listener::Http) else {
+            continue;
+        };
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            serve_conn(sock, &broker, permit, peer, false).await;
+        });
     }
 }
 
@@ -81,8 +284,6 @@ pub async fn serve_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     broker: Arc<Broker>,
 ) {
-    // The token service's token endpoint and discovery answer over HTTPS only.
-    let app = router(broker).layer(axum::Extension(crate::auth::sts::OverTls));
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -92,29 +293,21 @@ pub async fn serve_tls(
                 continue;
             }
         };
+        let Some(permit) = admit(&broker, peer, crate::admission::Listener::Https) else {
+            continue;
+        };
         let acceptor = acceptor.clone();
-        let service = hyper_util::service::TowerToHyperService::new(with_peer(app.clone(), peer));
+        let broker = broker.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(
-                std::time::Duration::from_secs(30),
-                acceptor.accept(sock),
-            )
-            .await
-            {
+            let deadline = broker.admission.deadlines.handshake;
+            let tls = match tokio::time::timeout(deadline, acceptor.accept(sock)).await {
                 Ok(Ok(s)) => s,
                 _ => {
                     tracing::debug!(%peer, "HTTPS TLS handshake failed");
                     return;
                 }
             };
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
-            }
+            serve_conn(tls, &broker, permit, peer, true).await;
         });
     }
 }

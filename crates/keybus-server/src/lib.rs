@@ -7,6 +7,7 @@
 //! schedules and TTL. [`serve`] is the whole server; `main` only parses flags.
 
 pub mod admin;
+pub mod admission;
 pub mod amqp;
 pub mod atom;
 pub mod auth;
@@ -230,6 +231,17 @@ pub async fn serve(
             ca.display()
         );
     }
+    let b = &running.broker.admission.budgets;
+    println!(
+        "keybus: open-file limit {} (soft raised to hard); max_connections {} ({} unauthenticated, {} per address), max_http_connections {} + {} for probes",
+        b.nofile
+            .map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+        b.max_connections,
+        b.max_unauthenticated,
+        b.max_unauthenticated_per_address,
+        b.max_http,
+        b.http_reserved
+    );
     println!("keybus: amqp listening on {}", running.amqp_addr);
     println!("keybus: http listening on {}", running.http_addr);
     println!("keybus: connection string: {}", running.connection_string);
@@ -321,6 +333,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
 
 /// [`start`] with an already loaded configuration (used by tests).
 pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, ServeError> {
+    admission::raise_nofile();
     let store: Arc<dyn Store> = if opts.in_memory {
         Arc::new(keybus_store::MemStore::new())
     } else {
@@ -424,10 +437,18 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
         tokio::spawn(async move {
             loop {
                 match amqp.accept().await {
-                    Ok((sock, peer)) => {
+                    Ok((sock, addr)) => {
+                        let Some(permit) =
+                            amqp::admit(&broker, &sock, addr, admission::Listener::Amqp)
+                        else {
+                            continue;
+                        };
                         let _ = sock.set_nodelay(true);
-                        let broker = broker.clone();
-                        tokio::spawn(amqp::serve_socket(broker, sock, peer.to_string()));
+                        let peer = amqp::Peer {
+                            permit: Some(Arc::new(permit)),
+                            ..amqp::Peer::new(addr.to_string())
+                        };
+                        tokio::spawn(amqp::serve_socket(broker.clone(), sock, peer));
                     }
                     Err(e) => {
                         tracing::warn!(%e, "accept failed");

@@ -170,6 +170,8 @@ struct EntityRow {
 struct EntityCollector {
     rows: Vec<EntityRow>,
     connections: i64,
+    admission: crate::admission::Snapshot,
+    budgets: crate::admission::Budgets,
 }
 
 type Gauges = [(&'static str, &'static str, fn(&EntityRow) -> u64)];
@@ -248,7 +250,81 @@ impl Collector for EntityCollector {
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(self.connections).encode(family)
+        ConstGauge::new(self.connections).encode(family)?;
+        self.encode_admission(&mut encoder)
+    }
+}
+
+impl EntityCollector {
+    fn encode_admission(&self, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+        let a = &self.admission;
+        let mut family = encoder.encode_descriptor(
+            "keybus_accepted_sockets",
+            "Sockets admitted, by listener",
+            None,
+            MetricType::Counter,
+        )?;
+        for (listener, n) in &a.accepted {
+            let labels = [("listener", *listener)];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "keybus_refused_sockets",
+            "Sockets refused at accept, by listener and the budget that was full",
+            None,
+            MetricType::Counter,
+        )?;
+        for (listener, reason, n) in &a.refused {
+            let labels = [("listener", *listener), ("reason", *reason)];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "keybus_open_sockets",
+            "Open sockets by stage (unauthenticated and authenticated AMQP, HTTP, HTTP probe reserve)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (stage, n) in [
+            ("unauthenticated", a.unauthenticated),
+            ("authenticated", a.authenticated),
+            ("http", a.http),
+            ("http_reserved", a.http_reserved),
+        ] {
+            let labels = [("stage", stage)];
+            let v = i64::try_from(n).unwrap_or(i64::MAX);
+            ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "keybus_socket_budget",
+            "Admission budgets in force, by name",
+            None,
+            MetricType::Gauge,
+        )?;
+        let b = &self.budgets;
+        for (name, n) in [
+            ("max_connections", b.max_connections),
+            ("max_unauthenticated_connections", b.max_unauthenticated),
+            (
+                "max_unauthenticated_per_address",
+                b.max_unauthenticated_per_address,
+            ),
+            ("max_http_connections", b.max_http),
+            ("http_reserved_connections", b.http_reserved),
+        ] {
+            let labels = [("budget", name)];
+            let v = i64::try_from(n).unwrap_or(i64::MAX);
+            ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+        }
+        let family = encoder.encode_descriptor(
+            "keybus_open_files_limit",
+            "The process's soft RLIMIT_NOFILE (file descriptors) at start",
+            None,
+            MetricType::Gauge,
+        )?;
+        let v = b
+            .nofile
+            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        ConstGauge::new(v).encode(family)
     }
 }
 
@@ -335,6 +411,8 @@ pub fn render(broker: &Broker) -> Result<String, fmt::Error> {
     registry.register_collector(Box::new(EntityCollector {
         rows: rows(broker),
         connections: broker.connections.load(Ordering::Relaxed) as i64,
+        admission: broker.admission.snapshot(),
+        budgets: broker.admission.budgets.clone(),
     }));
     registry.register_collector(Box::new(AuditCollector::of(broker)));
     let mut out = String::new();

@@ -26,8 +26,8 @@ async fn broker(limits: Limits) -> Running {
         ..ServeOptions::default()
     };
     let config = Config::parse(&format!(
-        "[[queues]]\nname = \"q\"\n[limits]\nmax_connections = {}\nmax_sessions_per_connection = {}\nmax_links_per_session = {}\nmax_frame_size = {}\n",
-        limits.max_connections, limits.max_sessions_per_connection, limits.max_links_per_session, limits.max_frame_size
+        "[[queues]]\nname = \"q\"\n[limits]\nmax_connections = {}\nmax_unauthenticated_connections = {}\nmax_unauthenticated_per_address = {}\nmax_sessions_per_connection = {}\nmax_links_per_session = {}\nmax_frame_size = {}\n",
+        limits.max_connections, limits.max_unauthenticated_connections, limits.max_unauthenticated_per_address, limits.max_sessions_per_connection, limits.max_links_per_session, limits.max_frame_size
     ))
     .unwrap();
     keybus_server::start_with(opts, config).await.unwrap()
@@ -253,12 +253,16 @@ async fn frame_below_minimum_size_closes_with_framing_error() {
 async fn connection_limit() {
     let b = broker(Limits {
         max_connections: 2,
+        max_unauthenticated_connections: 2,
+        max_unauthenticated_per_address: 2,
         ..Limits::default()
     })
     .await;
     let _c1 = Client::open(&b).await;
     let _c2 = Client::open(&b).await;
-    let mut c3 = Client::open(&b).await;
+    // Refused at accept: our AMQP header, open, close(resource-limit-exceeded).
+    let mut c3 = Client::connect(&b).await;
+    assert_eq!(c3.read_exact(8).await.unwrap(), AMQP_HEADER);
     c3.expect_close("amqp:resource-limit-exceeded").await;
     drop(_c1);
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -7,6 +7,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc, with background threads purging dirty pages after `dirty_decay_ms` (10 s), gives
+/// freed memory back to the OS, so RSS falls back after bursts of connections (glibc malloc
+/// kept hundreds of MB of freed per-connection buffers; mimalloc purged only when the owning
+/// worker thread allocated again).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "keybus",

@@ -78,6 +78,9 @@ impl Conn {
                     expires_at_ms,
                 });
                 self.authenticated = true;
+                if let Some(p) = &self.permit {
+                    p.authenticate();
+                }
                 // A refreshed token may carry another identity: links are checked again.
                 self.auth_checked.0 = 0;
                 PutToken {

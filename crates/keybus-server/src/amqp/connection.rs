@@ -19,8 +19,6 @@ use super::link::{Link, PendingSend};
 use crate::auth::Principal;
 use crate::broker::{Broker, ConnEvent};
 
-/// Idle time-out we announce; clients send empty frames at half of it.
-pub const IDLE_TIMEOUT_MS: u32 = 120_000;
 /// We send an empty frame when we have been silent this long (JS/.NET need < 60 s).
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Sessions advertise a window this large and re-open it when half is used.
@@ -92,6 +90,9 @@ pub struct Conn {
     /// connection that presents none within `limits.token_timeout_ms` is closed).
     pub opened_at: Instant,
     pub authenticated: bool,
+    /// The socket's admission permit: it leaves the unauthenticated budget with the first
+    /// valid token.
+    pub permit: Option<Arc<crate::admission::Permit>>,
     /// For audit lines: a connection id and the peer address.
     pub id: String,
     pub peer: String,
@@ -399,13 +400,24 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut inbuf = BytesMut::with_capacity(64 * 1024);
-    match handshake(&mut io, &mut inbuf).await {
-        Ok(true) => {}
-        Ok(false) | Err(_) => {
+    let deadline = broker.admission.deadlines.handshake;
+    match tokio::time::timeout(deadline, handshake(&mut io, &mut inbuf)).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false) | Err(_)) => {
             tracing::debug!(%peer, "handshake failed");
             let _ = io.shutdown().await;
             return;
         }
+        Err(_) => {
+            tracing::debug!(%peer, "protocol header and SASL not done within the deadline");
+            let _ = io.shutdown().await;
+            return;
+        }
+    }
+    if peer.spiffe.is_some()
+        && let Some(p) = &peer.permit
+    {
+        p.authenticate();
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let max_frame = broker.config.limits.max_frame_size;
@@ -431,6 +443,7 @@ where
         close_with: None,
         opened_at: Instant::now(),
         authenticated: peer.spiffe.is_some(),
+        permit: peer.permit.clone(),
         id: format!("c-{}", NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)),
         peer: peer.addr.clone(),
         tx,
@@ -439,9 +452,8 @@ where
         pending_sends: Vec::new(),
         closed: false,
     };
-    let over_limit =
-        broker.connections.fetch_add(1, Ordering::SeqCst) >= broker.config.limits.max_connections;
-    let result = run(&mut conn, &mut io, &mut inbuf, rx, over_limit).await;
+    broker.connections.fetch_add(1, Ordering::SeqCst);
+    let result = run(&mut conn, &mut io, &mut inbuf, rx).await;
     broker.connections.fetch_sub(1, Ordering::SeqCst);
     if let Err(ConnError(err)) = result {
         tracing::debug!(%peer, condition = %err.condition.as_str(), "closing connection with error");
@@ -458,12 +470,12 @@ async fn run<S>(
     io: &mut S,
     inbuf: &mut BytesMut,
     mut rx: mpsc::UnboundedReceiver<ConnEvent>,
-    over_limit: bool,
 ) -> Result<(), ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    // The first frame must be `open`.
+    // The first frame must be `open`, within `limits.open_timeout_ms`.
+    let open_deadline = tokio::time::Instant::now() + conn.broker.admission.deadlines.open;
     let open = loop {
         match next_frame(inbuf, conn.max_frame)? {
             Some(Frame {
@@ -484,11 +496,16 @@ where
                     "the first frame must be open",
                 )));
             }
-            None => read_more(io, inbuf)
-                .await
-                .map_err(|_| ConnError(error(errors::FRAMING_ERROR, "eof")))?,
+            None => match tokio::time::timeout_at(open_deadline, read_more(io, inbuf)).await {
+                Ok(r) => r.map_err(|_| ConnError(error(errors::FRAMING_ERROR, "eof")))?,
+                Err(_) => {
+                    tracing::debug!(peer = %conn.peer, "no open within the deadline");
+                    return Ok(());
+                }
+            },
         }
     };
+    let idle_ms = conn.broker.config.limits.idle_timeout_ms;
     conn.peer_max_frame = open.max_frame_size.max(512);
     conn.hostname = open.hostname.clone().unwrap_or_else(|| "localhost".into());
     conn.write(
@@ -500,24 +517,16 @@ where
             channel_max: 65_535
                 .min(conn.broker.config.limits.max_sessions_per_connection as u32 * 4)
                 as u16,
-            idle_time_out: Some(IDLE_TIMEOUT_MS),
+            idle_time_out: (idle_ms > 0).then_some(idle_ms),
             ..Default::default()
         }),
     );
-    if over_limit {
-        return Err(ConnError(error(
-            errors::RESOURCE_LIMIT,
-            format!(
-                "the broker already has the maximum of {} connections",
-                conn.broker.config.limits.max_connections
-            ),
-        )));
-    }
     let peer_idle = open
         .idle_time_out
         .filter(|t| *t > 0)
         .map(|t| Duration::from_millis(u64::from(t)));
-    let our_idle = Duration::from_millis(u64::from(IDLE_TIMEOUT_MS) * 2);
+    // We close a connection that stays silent for the idle time-out we announced.
+    let our_idle = (idle_ms > 0).then(|| Duration::from_millis(u64::from(idle_ms)));
     let heartbeat_every = peer_idle.map_or(HEARTBEAT, |p| (p / 2).min(HEARTBEAT));
     // Tick at half the heartbeat period so silence never exceeds 1.5 periods.
     // At least every second, so expired tokens and policy changes detach links promptly.
@@ -563,7 +572,7 @@ where
                 }
             }
             _ = ticker.tick() => {
-                if last_in.elapsed() > our_idle {
+                if our_idle.is_some_and(|idle| last_in.elapsed() > idle) {
                     return Err(ConnError(error("amqp:resource-limit-exceeded", "idle timeout: no frames received")));
                 }
                 if last_out.elapsed() >= heartbeat_every {

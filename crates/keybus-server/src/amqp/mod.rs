@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::{Listener, Permit};
 use crate::broker::Broker;
 
 /// Who is on the other end of a connection: its address and, with mTLS, the SPIFFE ID of its
@@ -40,6 +41,8 @@ use crate::broker::Broker;
 pub struct Peer {
     pub addr: String,
     pub spiffe: Option<String>,
+    /// The socket's admission permit (freed when the last clone is dropped).
+    pub permit: Option<Arc<Permit>>,
 }
 
 impl Peer {
@@ -47,6 +50,28 @@ impl Peer {
         Self {
             addr: addr.into(),
             spiffe: None,
+            permit: None,
+        }
+    }
+}
+
+/// Admit a socket accepted on an AMQP listener: `Some(permit)`, or `None` after refusing it
+/// at once (our header, `open` and `close` with `amqp:resource-limit-exceeded`, written
+/// without waiting, then the socket is closed).
+pub fn admit(
+    broker: &Broker,
+    sock: &TcpStream,
+    addr: std::net::SocketAddr,
+    listener: Listener,
+) -> Option<Permit> {
+    match broker.admission.admit(listener, addr.ip()) {
+        Ok(p) => Some(p),
+        Err(reason) => {
+            tracing::debug!(peer = %addr, reason = reason.as_str(), listener = listener.as_str(), "connection refused");
+            if listener == Listener::Amqp {
+                let _ = sock.try_write(&crate::admission::amqp_refusal(reason));
+            }
+            None
         }
     }
 }
@@ -56,9 +81,6 @@ impl std::fmt::Display for Peer {
         f.write_str(&self.addr)
     }
 }
-
-/// How long a client may take to finish the TLS handshake.
-const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Accept AMQPS connections (and AMQP over secure WebSockets) until the task is stopped.
 pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, broker: Arc<Broker>) {
@@ -71,12 +93,16 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, broker: Arc
                 continue;
             }
         };
+        let Some(permit) = admit(&broker, &sock, peer, Listener::Amqps) else {
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         let acceptor = acceptor.clone();
         let broker = broker.clone();
         tokio::spawn(async move {
             let peer = peer.to_string();
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(sock)).await {
+            let deadline = tokio::time::Instant::now() + permit.deadlines().handshake;
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(sock)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -103,24 +129,24 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, broker: Arc
                     return;
                 }
             };
-            serve_stream(broker, tls, Peer { addr: peer, spiffe }).await;
+            let peer = Peer {
+                addr: peer,
+                spiffe,
+                permit: Some(Arc::new(permit)),
+            };
+            serve_stream(broker, tls, peer, deadline).await;
         });
     }
 }
 
 /// Serve a (decrypted) stream: AMQP, or AMQP over WebSockets when it opens with an HTTP
 /// request. The first byte tells them apart (`A` of `AMQP` against `G` of `GET`).
-async fn serve_stream<S>(broker: Arc<Broker>, mut io: S, peer: Peer)
+async fn serve_stream<S>(broker: Arc<Broker>, mut io: S, peer: Peer, deadline: tokio::time::Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut first = [0u8; 1];
-    match tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        io.read_exact(&mut first),
-    )
-    .await
-    {
+    match tokio::time::timeout_at(deadline, io.read_exact(&mut first)).await {
         Ok(Ok(_)) => {}
         _ => return,
     }
@@ -178,15 +204,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
 /// Serve an accepted socket of the AMQP listener: AMQP, or AMQP over WebSockets when the
 /// client opens with an HTTP request.
-pub async fn serve_socket(broker: Arc<Broker>, sock: TcpStream, peer: String) {
-    let peer = Peer::new(peer);
+/// Nothing is served to a socket that sends no byte within `limits.handshake_timeout_ms`.
+pub async fn serve_socket(broker: Arc<Broker>, sock: TcpStream, peer: Peer) {
+    let handshake = broker.admission.deadlines.handshake;
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(std::time::Duration::from_secs(30), sock.peek(&mut first))
+    let peeked = tokio::time::timeout(handshake, sock.peek(&mut first))
         .await
         .ok()
         .and_then(Result::ok)
         .unwrap_or(0);
-    if peeked == 1 && first[0] == b'G' {
+    if peeked == 0 {
+        tracing::debug!(%peer, "no byte within the handshake deadline");
+        return;
+    }
+    if first[0] == b'G' {
         websocket::serve_upgrade(broker, sock, peer).await;
     } else {
         serve_connection(broker, sock, peer).await;

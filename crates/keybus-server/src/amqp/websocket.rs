@@ -72,12 +72,15 @@ where
     let config = WebSocketConfig::default()
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
-    let ws = match tokio_tungstenite::accept_hdr_async_with_config(io, check_request, Some(config))
-        .await
-    {
-        Ok(ws) => ws,
-        Err(e) => {
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(io, check_request, Some(config));
+    let ws = match tokio::time::timeout(broker.admission.deadlines.websocket, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "WebSocket handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "WebSocket upgrade not done within the deadline");
             return;
         }
     };

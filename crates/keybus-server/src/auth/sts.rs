@@ -450,6 +450,7 @@ fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
 /// service's configured names (421); otherwise the names in force.
 fn check_public(
     broker: &Broker,
+    peer: &str,
     policy: &Policy,
     headers: &HeaderMap,
     uri: &Uri,
@@ -458,7 +459,7 @@ fn check_public(
 ) -> Result<PublicNames, Box<Response>> {
     let names = broker.auth.sts.public_names(policy);
     if !tls {
-        audit_issue(broker, event, false, "plain_http", None, None, vec![]);
+        audit_issue(broker, peer, event, false, "plain_http", None, None, vec![]);
         return Err(Box::new(oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -473,6 +474,7 @@ fn check_public(
         let shown: String = host.chars().take(100).collect();
         audit_issue(
             broker,
+            peer,
             event,
             false,
             "unknown_host",
@@ -656,7 +658,15 @@ async fn token_endpoint(
 ) -> Response {
     let peer = crate::http::peer_text(&peer);
     let policy = broker.auth.policy();
-    let names = match check_public(&broker, &policy, &headers, &uri, tls.is_some(), "sts.issue") {
+    let names = match check_public(
+        &broker,
+        &peer,
+        &policy,
+        &headers,
+        &uri,
+        tls.is_some(),
+        "sts.issue",
+    ) {
         Ok(n) => n,
         Err(r) => return *r,
     };
@@ -844,12 +854,15 @@ async fn discovery(
     State(broker): State<Arc<Broker>>,
     UrlPath(tenant): UrlPath<String>,
     tls: Option<Extension<OverTls>>,
+    peer: crate::http::PeerInfo,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let policy = broker.auth.policy();
+    let peer = crate::http::peer_text(&peer);
     let names = match check_public(
         &broker,
+        &peer,
         &policy,
         &headers,
         &uri,
