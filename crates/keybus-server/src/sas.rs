@@ -80,6 +80,20 @@ pub fn resource_path(uri: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// The path of a token's `sr` or of the audience it is checked for: a URI, or (as the
+/// JavaScript SDK signs the management API's supplementary tokens, and as Azure's examples
+/// write it) a scheme-less `host[:port][/path]`, whose first segment is the host.
+fn token_path(uri: &str) -> String {
+    let uri = uri.split_once('?').map_or(uri, |(path, _)| path);
+    if uri.contains("://") {
+        return resource_path(uri);
+    }
+    uri.split_once('/')
+        .map_or("", |(_host, path)| path)
+        .trim_end_matches('/')
+        .to_ascii_lowercase()
+}
+
 /// True if `resource` (a path) covers `target` (a path): the same entity, or one of its own
 /// sub-queues, subscriptions or rules ([`crate::auth::scope::covers`]); never another entity
 /// whose name merely starts with `resource/`.
@@ -122,7 +136,7 @@ pub fn validate(
         skn.ok_or_else(|| missing("skn"))?,
     );
     let key_name = percent_decode(skn)?;
-    let resource = resource_path(&percent_decode(sr)?);
+    let resource = token_path(&percent_decode(sr)?);
     // Rules of that name on the token's entity or an ancestor (the namespace) may have signed
     // it; an unknown name gets the same answer as a bad signature.
     let candidates: Vec<&SasPolicy> = policies
@@ -156,7 +170,7 @@ pub fn validate(
             humantime::format_rfc3339_seconds(t).to_string(),
         ));
     }
-    let target = resource_path(audience);
+    let target = token_path(audience);
     if !covers(&resource, &target) {
         return Err(TokenError::WrongAudience(resource, target));
     }

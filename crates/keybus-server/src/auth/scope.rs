@@ -96,7 +96,9 @@ pub fn resolve(path: &str) -> Option<Resolved> {
 /// Does `scope` (a host-less path, `""` = the namespace) cover `path`?
 pub fn covers(scope: &str, path: &str) -> bool {
     let scope = scope.trim_matches('/');
-    if scope.is_empty() {
+    if scope.is_empty() || scope.eq_ignore_ascii_case(path.trim_matches('/')) {
+        // The namespace, or exactly the path (also a namespace-level resource such as
+        // `$Resources/queues` or `$namespaceinfo`, which belongs to no entity).
         return true;
     }
     let (Some(s), Some(p)) = (resolve(scope), resolve(path)) else {
@@ -133,6 +135,10 @@ mod tests {
     #[test]
     fn examples() {
         assert!(covers("", "anything/at/all"));
+        assert!(covers("$Resources/queues", "$resources/queues"));
+        assert!(covers("$namespaceinfo", "$NamespaceInfo"));
+        assert!(!covers("$resources/queues", "$resources/topics"));
+        assert!(!covers("$resources", "$resources/queues"));
         assert!(covers("orders", "orders"));
         assert!(covers("orders", "Orders"));
         assert!(covers("orders", "orders/$DeadLetterQueue"));
