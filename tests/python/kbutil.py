@@ -291,7 +291,8 @@ class Broker:
                 m = _CA_RE.search(line)
                 if m:
                     self.ca_path = m.group(1)
-                if self.amqp_port and self.http_port:
+                # The connection string is the last line `keybus serve` prints at start.
+                if self.amqp_port and self.http_port and self.printed_connection_string:
                     self._ports_ready.set()
         proc.stdout.close()
 

@@ -479,7 +479,12 @@ mod tests {
             Refusal::Connections
         );
         drop(p3);
-        assert!(a.admit(Listener::Amqp, ip).is_ok());
+        // The freed slot was an authenticated one: the unauthenticated budget is still full.
+        assert!(a.admit(Listener::Amqp, ip).is_err());
+        assert!(
+            a.admit(Listener::Amqp, "10.0.0.2".parse().unwrap())
+                .is_err()
+        );
         let s = a.snapshot();
         assert_eq!((s.authenticated, s.unauthenticated), (1, 2));
     }
