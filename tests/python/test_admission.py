@@ -16,7 +16,9 @@ import urllib.request
 from pathlib import Path
 from typing import List
 
+import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
+from azure.servicebus.exceptions import ServiceBusError
 
 import kbutil
 from kbutil import receive_n
@@ -96,9 +98,11 @@ def test_sdk_client_works_while_hundreds_of_token_less_sockets_are_held(broker_f
                 s.sendall(SASL_HEADER)
             (held if i < 300 else refused).append(s)
         for s in refused:
+            # Refused in SASL (what every SDK speaks first): header, mechanisms, and an
+            # outcome whose additional data names the full budget.
             data = _closed_within(s, 5)
-            assert data.startswith(AMQP_HEADER), data[:16]
-            assert b"amqp:resource-limit-exceeded" in data
+            assert data.startswith(SASL_HEADER), data[:16]
+            assert b"max_unauthenticated_per_address" in data, data
         text = _metrics(b)
         assert _metric(text, 'keybus_open_sockets{stage="unauthenticated"}') == 300
         assert (
@@ -125,6 +129,26 @@ def test_sdk_client_works_while_hundreds_of_token_less_sockets_are_held(broker_f
         assert _metric(_metrics(b), 'keybus_open_sockets{stage="unauthenticated"}') == 300
     finally:
         for s in held + refused:
+            s.close()
+
+
+def test_a_refused_sdk_client_is_told_which_budget_is_full(broker_factory, tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        "max_unauthenticated_per_address = 2\nhandshake_timeout_ms = 60000\n",
+    )
+    b = broker_factory.start(config, name="keybus-admission-told")
+    # Two silent sockets from the SDK's own address fill its unauthenticated budget.
+    held = [_connect_from("127.0.0.1", b.amqp_port) for _ in range(2)]
+    try:
+        with ServiceBusClient.from_connection_string(b.conn_str, retry_total=0) as client:
+            with pytest.raises(ServiceBusError) as refused:
+                with client.get_queue_sender("adm-q") as sender:
+                    sender.send_messages(ServiceBusMessage(b"refused"))
+        text = str(refused.value)
+        assert "max_unauthenticated_per_address" in text and "budget is full" in text, text
+    finally:
+        for s in held:
             s.close()
 
 

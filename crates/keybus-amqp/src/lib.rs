@@ -28,8 +28,30 @@
 //! * **Lenient where peers differ.** Multi-valued symbol fields accept a
 //!   single symbol or an array, symbolic descriptors are mapped to codes,
 //!   unknown trailing fields of a list are skipped.
+//! * **Declared once.** Every composite type (performatives, error,
+//!   terminus, delivery states, message header and properties, SASL
+//!   bodies) is one `composite!` declaration: descriptor name and code, then
+//!   the fields in wire order with their wire types and defaults. The
+//!   macro generates the struct, its `Default`, its encoder and its decoder.
+//! * **No indexing.** `clippy::indexing_slicing` is denied crate-wide, so
+//!   "never panics on input" does not rest on reviewed index arithmetic.
+//!
+//! # Layout
+//!
+//! * `codec/`: the primitives, one idea per file: the read cursor, value
+//!   decoding, primitive / value / array / compound encoding, described
+//!   lists with typed fields and the wire types of those fields;
+//! * `composite.rs`: the `composite!` and `composite_choice!` macros;
+//! * `value.rs`: [`Value`], [`Symbol`], [`Descriptor`];
+//! * `performative/`: the performatives and the composites they carry;
+//! * `sasl.rs`, `message.rs`, `frame.rs`: SASL bodies, message sections,
+//!   frames and protocol headers;
+//! * `error.rs`: [`DecodeError`].
+
+#![deny(clippy::indexing_slicing)]
 
 mod codec;
+mod composite;
 mod error;
 mod frame;
 mod message;

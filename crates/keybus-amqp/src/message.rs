@@ -3,10 +3,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::codec::{self, DescribedList, F, Fields};
-use crate::{Dec, DecodeError, Symbol, Value};
+use crate::codec::{self, Address, Any, Bin, Bool, Dec, Result, Str, Sym, Timestamp, Ubyte, Uint};
+use crate::composite::composite;
+use crate::{DecodeError, Symbol, Value};
 
-type Result<T> = std::result::Result<T, DecodeError>;
 type Fieldmap = Vec<(Value, Value)>;
 
 /// `message-format` of Service Bus batches: the body is one `data` section per
@@ -27,116 +27,38 @@ fn invalid(msg: impl Into<String>) -> DecodeError {
     DecodeError::InvalidMessage(msg.into())
 }
 
-/// `header` section (0x70).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Header {
-    pub durable: Option<bool>,
-    pub priority: Option<u8>,
-    /// Milliseconds.
-    pub ttl: Option<u32>,
-    pub first_acquirer: Option<bool>,
-    pub delivery_count: Option<u32>,
-}
-
-impl DescribedList for Header {
-    fn code(&self) -> u64 {
-        SECTION_HEADER
-    }
-    fn with_fields(&self, f: &mut dyn FnMut(&[F<'_>])) {
-        f(&[
-            self.durable.map_or(F::Null, F::Bool),
-            self.priority.map_or(F::Null, F::Ubyte),
-            self.ttl.map_or(F::Null, F::Uint),
-            self.first_acquirer.map_or(F::Null, F::Bool),
-            self.delivery_count.map_or(F::Null, F::Uint),
-        ])
+composite! {
+    /// `header` section (0x70).
+    pub struct Header("header", SECTION_HEADER) {
+        pub durable("durable"): Option<bool> => Bool, optional;
+        pub priority("priority"): Option<u8> => Ubyte, optional;
+        /// Milliseconds.
+        pub ttl("ttl"): Option<u32> => Uint, optional;
+        pub first_acquirer("first-acquirer"): Option<bool> => Bool, optional;
+        pub delivery_count("delivery-count"): Option<u32> => Uint, optional;
     }
 }
 
-fn decode_header(dec: &mut Dec<'_>) -> Result<Header> {
-    let mut f = Fields::open(dec, "header")?;
-    let h = Header {
-        durable: f.bool("durable")?,
-        priority: f.ubyte("priority")?,
-        ttl: f.uint("ttl")?,
-        first_acquirer: f.bool("first-acquirer")?,
-        delivery_count: f.uint("delivery-count")?,
-    };
-    f.finish()?;
-    Ok(h)
-}
-
-/// `properties` section (0x73). `message_id` / `correlation_id` keep their
-/// original AMQP type.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Properties {
-    pub message_id: Option<Value>,
-    pub user_id: Option<Bytes>,
-    pub to: Option<String>,
-    pub subject: Option<String>,
-    pub reply_to: Option<String>,
-    pub correlation_id: Option<Value>,
-    pub content_type: Option<Symbol>,
-    pub content_encoding: Option<Symbol>,
-    /// Milliseconds since the Unix epoch.
-    pub absolute_expiry_time: Option<i64>,
-    /// Milliseconds since the Unix epoch.
-    pub creation_time: Option<i64>,
-    pub group_id: Option<String>,
-    pub group_sequence: Option<u32>,
-    pub reply_to_group_id: Option<String>,
-}
-
-impl DescribedList for Properties {
-    fn code(&self) -> u64 {
-        SECTION_PROPERTIES
+composite! {
+    /// `properties` section (0x73). `message_id` / `correlation_id` keep their
+    /// original AMQP type.
+    pub struct Properties("properties", SECTION_PROPERTIES) {
+        pub message_id("message-id"): Option<Value> => Any, optional;
+        pub user_id("user-id"): Option<Bytes> => Bin, optional;
+        pub to("to"): Option<String> => Address, optional;
+        pub subject("subject"): Option<String> => Str, optional;
+        pub reply_to("reply-to"): Option<String> => Address, optional;
+        pub correlation_id("correlation-id"): Option<Value> => Any, optional;
+        pub content_type("content-type"): Option<Symbol> => Sym, optional;
+        pub content_encoding("content-encoding"): Option<Symbol> => Sym, optional;
+        /// Milliseconds since the Unix epoch.
+        pub absolute_expiry_time("absolute-expiry-time"): Option<i64> => Timestamp, optional;
+        /// Milliseconds since the Unix epoch.
+        pub creation_time("creation-time"): Option<i64> => Timestamp, optional;
+        pub group_id("group-id"): Option<String> => Str, optional;
+        pub group_sequence("group-sequence"): Option<u32> => Uint, optional;
+        pub reply_to_group_id("reply-to-group-id"): Option<String> => Str, optional;
     }
-    fn with_fields(&self, f: &mut dyn FnMut(&[F<'_>])) {
-        f(&[
-            self.message_id.as_ref().map_or(F::Null, F::Val),
-            self.user_id.as_deref().map_or(F::Null, F::Bin),
-            s(&self.to),
-            s(&self.subject),
-            s(&self.reply_to),
-            self.correlation_id.as_ref().map_or(F::Null, F::Val),
-            sym(&self.content_type),
-            sym(&self.content_encoding),
-            self.absolute_expiry_time.map_or(F::Null, F::Ts),
-            self.creation_time.map_or(F::Null, F::Ts),
-            s(&self.group_id),
-            self.group_sequence.map_or(F::Null, F::Uint),
-            s(&self.reply_to_group_id),
-        ])
-    }
-}
-
-fn decode_properties(dec: &mut Dec<'_>) -> Result<Properties> {
-    let mut f = Fields::open(dec, "properties")?;
-    let p = Properties {
-        message_id: f.value()?,
-        user_id: f.binary("user-id")?,
-        to: f.address("to")?,
-        subject: f.string("subject")?,
-        reply_to: f.address("reply-to")?,
-        correlation_id: f.value()?,
-        content_type: f.symbol("content-type")?,
-        content_encoding: f.symbol("content-encoding")?,
-        absolute_expiry_time: f.timestamp("absolute-expiry-time")?,
-        creation_time: f.timestamp("creation-time")?,
-        group_id: f.string("group-id")?,
-        group_sequence: f.uint("group-sequence")?,
-        reply_to_group_id: f.string("reply-to-group-id")?,
-    };
-    f.finish()?;
-    Ok(p)
-}
-
-fn s(o: &Option<String>) -> F<'_> {
-    o.as_deref().map_or(F::Null, F::Str)
-}
-
-fn sym(o: &Option<Symbol>) -> F<'_> {
-    o.as_ref().map_or(F::Null, |x| F::Sym(x.as_str()))
 }
 
 /// An annotated message: header, annotations, properties and application
@@ -208,14 +130,14 @@ impl Message {
             }
             stage = rank;
             match code {
-                SECTION_HEADER => msg.header = Some(decode_header(&mut dec)?),
+                SECTION_HEADER => msg.header = Some(Header::decode_fields(&mut dec)?),
                 SECTION_DELIVERY_ANNOTATIONS => {
                     msg.delivery_annotations = section_map(&mut dec, "delivery-annotations")?
                 }
                 SECTION_MESSAGE_ANNOTATIONS => {
                     msg.message_annotations = section_map(&mut dec, "message-annotations")?
                 }
-                SECTION_PROPERTIES => msg.properties = Some(decode_properties(&mut dec)?),
+                SECTION_PROPERTIES => msg.properties = Some(Properties::decode_fields(&mut dec)?),
                 SECTION_APPLICATION_PROPERTIES => {
                     msg.application_properties = section_map(&mut dec, "application-properties")?
                 }

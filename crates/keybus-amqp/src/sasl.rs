@@ -1,12 +1,11 @@
-//! SASL frame bodies (AMQP 1.0 §5.3).
+//! SASL frame bodies (AMQP 1.0 §5.3), each declared once with
+//! [`composite!`](crate::composite::composite).
 
 use bytes::{Bytes, BytesMut};
 
-use crate::codec::{self, DescribedList, F, Fields};
-use crate::performative::req;
-use crate::{Dec, DecodeError, Symbol};
-
-type Result<T> = std::result::Result<T, DecodeError>;
+use crate::codec::{self, Bin, Dec, DescribedList, Result, Str, Sym, Syms, Ubyte};
+use crate::composite::composite;
+use crate::{DecodeError, Symbol};
 
 pub const SASL_MECHANISMS: u64 = 0x40;
 pub const SASL_INIT: u64 = 0x41;
@@ -14,24 +13,41 @@ pub const SASL_CHALLENGE: u64 = 0x42;
 pub const SASL_RESPONSE: u64 = 0x43;
 pub const SASL_OUTCOME: u64 = 0x44;
 
-/// `sasl-mechanisms`; always encoded as an array of symbols.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct SaslMechanisms {
-    pub mechanisms: Vec<Symbol>,
+composite! {
+    /// `sasl-mechanisms`; always encoded as an array of symbols.
+    pub struct SaslMechanisms("sasl-mechanisms", SASL_MECHANISMS) {
+        pub mechanisms("sasl-server-mechanisms"): Vec<Symbol> => Syms, required;
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct SaslInit {
-    pub mechanism: Symbol,
-    pub initial_response: Option<Bytes>,
-    pub hostname: Option<String>,
+composite! {
+    pub struct SaslInit("sasl-init", SASL_INIT) {
+        pub mechanism("mechanism"): Symbol => Sym, required;
+        pub initial_response("initial-response"): Option<Bytes> => Bin, optional;
+        pub hostname("hostname"): Option<String> => Str, optional;
+    }
 }
 
-/// `sasl-outcome`; `code` 0 = ok, 1 = auth, 2 = sys, 3 = sys-perm, 4 = sys-temp.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct SaslOutcome {
-    pub code: u8,
-    pub additional_data: Option<Bytes>,
+composite! {
+    /// `sasl-challenge`; carried by [`SaslFrameBody::Challenge`].
+    pub struct SaslChallenge("sasl-challenge", SASL_CHALLENGE) {
+        pub challenge("challenge"): Bytes => Bin, required;
+    }
+}
+
+composite! {
+    /// `sasl-response`; carried by [`SaslFrameBody::Response`].
+    pub struct SaslResponse("sasl-response", SASL_RESPONSE) {
+        pub response("response"): Bytes => Bin, required;
+    }
+}
+
+composite! {
+    /// `sasl-outcome`; `code` 0 = ok, 1 = auth, 2 = sys, 3 = sys-perm, 4 = sys-temp.
+    pub struct SaslOutcome("sasl-outcome", SASL_OUTCOME) {
+        pub code("code"): u8 => Ubyte, required;
+        pub additional_data("additional-data"): Option<Bytes> => Bin, optional;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,40 +59,29 @@ pub enum SaslFrameBody {
     Outcome(SaslOutcome),
 }
 
-impl DescribedList for SaslFrameBody {
-    fn code(&self) -> u64 {
-        match self {
-            SaslFrameBody::Mechanisms(_) => SASL_MECHANISMS,
-            SaslFrameBody::Init(_) => SASL_INIT,
-            SaslFrameBody::Challenge(_) => SASL_CHALLENGE,
-            SaslFrameBody::Response(_) => SASL_RESPONSE,
-            SaslFrameBody::Outcome(_) => SASL_OUTCOME,
-        }
-    }
-    fn with_fields(&self, f: &mut dyn FnMut(&[F<'_>])) {
-        match self {
-            SaslFrameBody::Mechanisms(m) => f(&[F::Syms(&m.mechanisms)]),
-            SaslFrameBody::Init(i) => f(&[
-                F::Sym(i.mechanism.as_str()),
-                i.initial_response.as_deref().map_or(F::Null, F::Bin),
-                i.hostname.as_deref().map_or(F::Null, F::Str),
-            ]),
-            SaslFrameBody::Challenge(b) | SaslFrameBody::Response(b) => f(&[F::Bin(b)]),
-            SaslFrameBody::Outcome(o) => f(&[
-                F::Ubyte(o.code),
-                o.additional_data.as_deref().map_or(F::Null, F::Bin),
-            ]),
-        }
-    }
-}
-
 impl SaslFrameBody {
+    /// Calls `f` with the body as a described list (challenge and response
+    /// bytes wrapped in their composite types; a reference-count bump).
+    fn with_list<R>(&self, f: impl FnOnce(&dyn DescribedList) -> R) -> R {
+        match self {
+            SaslFrameBody::Mechanisms(m) => f(m),
+            SaslFrameBody::Init(i) => f(i),
+            SaslFrameBody::Challenge(b) => f(&SaslChallenge {
+                challenge: b.clone(),
+            }),
+            SaslFrameBody::Response(b) => f(&SaslResponse {
+                response: b.clone(),
+            }),
+            SaslFrameBody::Outcome(o) => f(o),
+        }
+    }
+
     pub fn encode(&self, buf: &mut BytesMut) {
-        codec::encode_described_list(self, buf);
+        self.with_list(|l| codec::encode_described_list(l, buf))
     }
 
     pub fn encoded_size(&self) -> usize {
-        codec::described_list_size(self)
+        self.with_list(codec::described_list_size)
     }
 
     /// Decode a SASL frame body from the front of `input`, advancing it.
@@ -99,55 +104,13 @@ impl SaslFrameBody {
             .code()
             .ok_or(DecodeError::InvalidDescriptor { offset: offset + 1 })?;
         Ok(match code {
-            SASL_MECHANISMS => {
-                const P: &str = "sasl-mechanisms";
-                let mut f = Fields::open(dec, P)?;
-                let mechanisms = req(
-                    f.symbols("sasl-server-mechanisms")?,
-                    P,
-                    "sasl-server-mechanisms",
-                )?;
-                f.finish()?;
-                SaslFrameBody::Mechanisms(SaslMechanisms { mechanisms })
-            }
-            SASL_INIT => {
-                const P: &str = "sasl-init";
-                let mut f = Fields::open(dec, P)?;
-                let mechanism = req(f.symbol("mechanism")?, P, "mechanism")?;
-                let initial_response = f.binary("initial-response")?;
-                let hostname = f.string("hostname")?;
-                f.finish()?;
-                SaslFrameBody::Init(SaslInit {
-                    mechanism,
-                    initial_response,
-                    hostname,
-                })
-            }
+            SASL_MECHANISMS => SaslFrameBody::Mechanisms(SaslMechanisms::decode_fields(dec)?),
+            SASL_INIT => SaslFrameBody::Init(SaslInit::decode_fields(dec)?),
             SASL_CHALLENGE => {
-                const P: &str = "sasl-challenge";
-                let mut f = Fields::open(dec, P)?;
-                let c = req(f.binary("challenge")?, P, "challenge")?;
-                f.finish()?;
-                SaslFrameBody::Challenge(c)
+                SaslFrameBody::Challenge(SaslChallenge::decode_fields(dec)?.challenge)
             }
-            SASL_RESPONSE => {
-                const P: &str = "sasl-response";
-                let mut f = Fields::open(dec, P)?;
-                let r = req(f.binary("response")?, P, "response")?;
-                f.finish()?;
-                SaslFrameBody::Response(r)
-            }
-            SASL_OUTCOME => {
-                const P: &str = "sasl-outcome";
-                let mut f = Fields::open(dec, P)?;
-                let code = req(f.ubyte("code")?, P, "code")?;
-                let additional_data = f.binary("additional-data")?;
-                f.finish()?;
-                SaslFrameBody::Outcome(SaslOutcome {
-                    code,
-                    additional_data,
-                })
-            }
+            SASL_RESPONSE => SaslFrameBody::Response(SaslResponse::decode_fields(dec)?.response),
+            SASL_OUTCOME => SaslFrameBody::Outcome(SaslOutcome::decode_fields(dec)?),
             c => return Err(DecodeError::UnknownPerformative(c)),
         })
     }

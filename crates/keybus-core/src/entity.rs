@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::filter::{CorrelationFilter, SimpleValue};
+
 /// Largest message size an entity may allow (100 MB, the Premium limit).
 pub const MAX_MESSAGE_SIZE_LIMIT: u64 = 100 * 1024 * 1024;
 /// Azure Standard's message size limit: the default.
@@ -227,45 +229,14 @@ pub struct SubscriptionDefinition {
     pub rules: Vec<RuleDefinition>,
 }
 
-/// A simple value in a correlation filter's properties.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum SimpleValue {
-    String(String),
-    Long(i64),
-    Double(f64),
-    Bool(bool),
-}
-
-impl SimpleValue {
-    /// The AMQP value a message property must equal.
-    pub fn to_value(&self) -> keybus_amqp::Value {
-        use keybus_amqp::Value;
-        match self {
-            SimpleValue::String(s) => Value::String(s.clone()),
-            SimpleValue::Long(n) => Value::Long(*n),
-            SimpleValue::Double(d) => Value::Double(*d),
-            SimpleValue::Bool(b) => Value::Bool(*b),
-        }
-    }
-}
-
 /// A rule's filter as declared (compiled when the subscription is loaded).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FilterDefinition {
     True,
     False,
     Sql(String),
-    Correlation {
-        correlation_id: Option<String>,
-        message_id: Option<String>,
-        to: Option<String>,
-        reply_to: Option<String>,
-        label: Option<String>,
-        session_id: Option<String>,
-        reply_to_session_id: Option<String>,
-        content_type: Option<String>,
-        properties: Vec<(String, SimpleValue)>,
-    },
+    /// Stored as the struct variant it was (`{"Correlation": {fields}}`).
+    Correlation(CorrelationFilter),
 }
 
 /// A subscription rule: a filter and an optional SQL action.

@@ -13,6 +13,8 @@ pub mod duplicates;
 pub mod entity;
 pub mod error;
 pub mod filter;
+pub mod message_id;
+pub mod messaging;
 pub mod queue;
 pub mod record;
 pub mod store;
@@ -21,11 +23,13 @@ pub mod topic;
 pub use address::{NodeAddress, NodeKind, SubQueue};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use entity::{
-    DEFAULT_MAX_MESSAGE_SIZE, EntityDefinition, EntityKind, EntityMeta, EntityStatus,
-    FilterDefinition, MAX_MESSAGE_SIZE_LIMIT, QueueProperties, RuleDefinition, SimpleValue,
-    SubscriptionDefinition, TopicProperties, validate_entity_name,
+    CorrelationFilter, DEFAULT_MAX_MESSAGE_SIZE, EntityDefinition, EntityKind, EntityMeta,
+    EntityStatus, FilterDefinition, MAX_MESSAGE_SIZE_LIMIT, QueueProperties, RuleDefinition,
+    SimpleValue, SubscriptionDefinition, TopicProperties, validate_entity_name,
 };
 pub use error::{ErrorCondition, ManagementError, SendError, SessionError, SettleError};
+pub use message_id::with_message_id;
+pub use messaging::{MessagingEntity, PendingSend};
 pub use queue::{
     Delivery, IncomingMessage, LockToken, Outcome, Queue, QueueCounts, QueueStats, ReceiveMode,
     encode_delivery,

@@ -20,9 +20,7 @@ use crate::entity::{
     FilterDefinition, QueueProperties, RuleDefinition, SubscriptionDefinition, TopicProperties,
 };
 use crate::error::SendError;
-use crate::filter::{
-    CorrelationFilter, Filter, FilterError, MessageView, SqlFilter, SqlRuleAction, SystemProps,
-};
+use crate::filter::{Filter, FilterError, MessageView, SqlFilter, SqlRuleAction, SystemProps};
 use crate::queue::{
     IncomingMessage, Queue, check_sizes, message_id_key, scheduled_time, strip_broker_annotations,
 };
@@ -41,30 +39,7 @@ pub fn compile_rule(def: &RuleDefinition) -> Result<(Filter, Option<SqlRuleActio
         FilterDefinition::True => Filter::True,
         FilterDefinition::False => Filter::False,
         FilterDefinition::Sql(text) => Filter::Sql(SqlFilter::parse(text)?),
-        FilterDefinition::Correlation {
-            correlation_id,
-            message_id,
-            to,
-            reply_to,
-            label,
-            session_id,
-            reply_to_session_id,
-            content_type,
-            properties,
-        } => Filter::Correlation(CorrelationFilter {
-            correlation_id: correlation_id.clone(),
-            message_id: message_id.clone(),
-            to: to.clone(),
-            reply_to: reply_to.clone(),
-            label: label.clone(),
-            session_id: session_id.clone(),
-            reply_to_session_id: reply_to_session_id.clone(),
-            content_type: content_type.clone(),
-            properties: properties
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_value()))
-                .collect(),
-        }),
+        FilterDefinition::Correlation(c) => Filter::Correlation(c.clone()),
     };
     let action = def
         .action

@@ -3,8 +3,8 @@
 
 use keybus_amqp::{Bytes, Descriptor, Header, Message, Properties, Symbol, Value};
 use keybus_core::filter::{
-    CorrelationFilter, EvalError, Filter, FilterError, MAX_DEPTH, MessageView, SqlFilter,
-    SqlRuleAction, SystemProps,
+    CorrelationFilter, EvalError, Filter, FilterError, MAX_DEPTH, MessageView, SimpleValue,
+    SqlFilter, SqlRuleAction, SystemProps,
 };
 
 const SYS: SystemProps = SystemProps {
@@ -1084,18 +1084,27 @@ fn correlation_filter_system_fields() {
 fn correlation_filter_properties() {
     let msg = message();
     let view = MessageView::new(&msg, &SYS);
-    let with = |props: Vec<(&str, Value)>| CorrelationFilter {
+    let with = |props: Vec<(&str, SimpleValue)>| CorrelationFilter {
         properties: props.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         ..Default::default()
     };
-    assert!(with(vec![("color", Value::String("red".into()))]).matches(&view));
-    assert!(with(vec![("quantity", Value::Long(10))]).matches(&view));
-    assert!(with(vec![("color", "red".into()), ("quantity", Value::Int(10))]).matches(&view));
-    assert!(!with(vec![("color", "Red".into())]).matches(&view));
+    let text = |s: &str| SimpleValue::String(s.into());
+    assert!(with(vec![("color", text("red"))]).matches(&view));
+    assert!(with(vec![("quantity", SimpleValue::Long(10))]).matches(&view));
+    assert!(with(vec![("quantity", SimpleValue::Double(10.0))]).matches(&view));
+    assert!(
+        with(vec![
+            ("color", text("red")),
+            ("quantity", SimpleValue::Long(10))
+        ])
+        .matches(&view)
+    );
+    assert!(!with(vec![("color", text("Red"))]).matches(&view));
     // A string never equals a number.
-    assert!(!with(vec![("quantity", "10".into())]).matches(&view));
-    assert!(!with(vec![("missing", "x".into())]).matches(&view));
-    assert!(with(vec![("nothing", Value::Null)]).matches(&view));
+    assert!(!with(vec![("quantity", text("10"))]).matches(&view));
+    assert!(!with(vec![("missing", text("x"))]).matches(&view));
+    // A property that is present but null equals no simple value.
+    assert!(!with(vec![("nothing", text(""))]).matches(&view));
 }
 
 #[test]
@@ -1237,4 +1246,20 @@ fn hostile_nesting_is_rejected_not_overflowed() {
         assert!(SqlFilter::parse(&text).is_err());
         assert!(SqlRuleAction::parse(&format!("SET a = {text}")).is_err());
     }
+}
+
+/// Stores written before `CorrelationFilter` became the definition (a struct variant with
+/// the same fields) still read, and the form written is the same.
+#[test]
+fn correlation_definitions_keep_their_stored_form() {
+    use keybus_core::FilterDefinition;
+    let stored = r#"{"Correlation":{"correlation_id":"c","message_id":null,"to":null,"reply_to":null,"label":"l","session_id":null,"reply_to_session_id":null,"content_type":null,"properties":[["n",{"Long":2}]]}}"#;
+    let def: FilterDefinition = serde_json::from_str(stored).unwrap();
+    let FilterDefinition::Correlation(c) = &def else {
+        panic!("{def:?}")
+    };
+    assert_eq!(c.correlation_id.as_deref(), Some("c"));
+    assert_eq!(c.label.as_deref(), Some("l"));
+    assert_eq!(c.properties, vec![("n".to_string(), SimpleValue::Long(2))]);
+    assert_eq!(serde_json::to_string(&def).unwrap(), stored);
 }

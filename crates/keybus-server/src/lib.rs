@@ -1,24 +1,22 @@
 //! keybus-server: the running broker.
 //!
 //! # Design
-//! Wires the pieces together: configuration, the store backend, the [`broker::Broker`]
+//! Wires the pieces together: configuration, the store backend, the [`runtime::Broker`]
 //! (entity registry over the sans-I/O core), the AMQP listener with one task per connection,
 //! the HTTP listener (`/health`), and the housekeeping ticker that drives lock expiry,
 //! schedules and TTL. [`serve`] is the whole server; `main` only parses flags.
 
-pub mod admin;
-pub mod admission;
-pub mod amqp;
-pub mod atom;
-pub mod auth;
-pub mod broker;
+// Modules are not public by default: what is `pub` is what other crates and the integration
+// tests use.
+#![warn(unreachable_pub)]
+
+pub(crate) mod amqp;
 pub mod config;
-pub mod forwarding;
 pub mod http;
-pub mod metrics;
-pub mod rest;
-pub mod sas;
-pub mod tls;
+pub(crate) mod http_metrics;
+pub mod runtime;
+
+use runtime::{admission, tls};
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -30,11 +28,9 @@ use base64::Engine;
 use keybus_core::{Store, SystemClock};
 use tokio::net::TcpListener;
 
-use crate::broker::Broker;
-use crate::config::{Config, Right, SasPolicy};
-
-/// How often lock expiry, schedules and TTL are checked.
-const TICK: Duration = Duration::from_millis(50);
+use crate::config::Config;
+use crate::runtime::{Broker, forwarding, housekeeping};
+use keybus_auth::{Right, SasPolicy, audit, policy, sts};
 
 /// Where TLS certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +91,7 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
-    Policy(#[from] auth::policy::PolicyError),
+    Policy(#[from] policy::PolicyError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -252,10 +248,10 @@ pub async fn serve(
 }
 
 /// The access policy, audit log and token service the options ask for.
-fn open_auth(opts: &ServeOptions) -> Result<auth::Auth, ServeError> {
+fn open_auth(opts: &ServeOptions) -> Result<keybus_auth::Auth, ServeError> {
     let policy = match &opts.policy {
-        Some(p) => auth::policy::Policy::load(p)?,
-        None => auth::policy::Policy::default(),
+        Some(p) => policy::Policy::load(p)?,
+        None => policy::Policy::default(),
     };
     let audit_path = opts
         .audit_log
@@ -265,27 +261,32 @@ fn open_auth(opts: &ServeOptions) -> Result<auth::Auth, ServeError> {
     let audit = match &audit_path {
         Some(p) => {
             let a = &policy.file.audit;
-            let mut o = auth::audit::AuditOptions::default();
+            let mut o = audit::AuditOptions::default();
             o.max_bytes = a.max_bytes.unwrap_or(o.max_bytes);
             o.keep = a.keep.unwrap_or(o.keep);
             if let Some(age) = &a.max_age {
-                o.max_age = auth::policy::parse_duration("audit.max_age", age)?;
+                o.max_age = policy::parse_duration("audit.max_age", age)?;
             }
             // The chain's key lives outside the log (a broker without a data dir keeps a
             // random one for its lifetime).
             let key = (!opts.in_memory).then(|| opts.data_dir.join("audit-key"));
-            auth::audit::Audit::open(p, key.as_deref(), o)
+            audit::Audit::open(p, key.as_deref(), o)
                 .map_err(io_err(format!("opening the audit log {}", p.display())))?
         }
-        None => auth::audit::Audit::disabled(),
+        None => audit::Audit::disabled(),
     };
     let sts = if opts.in_memory {
-        auth::sts::TokenService::in_memory()
+        sts::TokenService::in_memory()
     } else {
-        auth::sts::TokenService::open(&opts.data_dir.join("sts"))
+        sts::TokenService::open(&opts.data_dir.join("sts"))
             .map_err(io_err("opening the token service keys"))?
     };
-    Ok(auth::Auth::new(policy, opts.policy.clone(), audit, sts))
+    Ok(keybus_auth::Auth::new(
+        policy,
+        opts.policy.clone(),
+        audit,
+        sts,
+    ))
 }
 
 /// Reload the policy on SIGHUP and whenever its file changes (checked every second).
@@ -380,17 +381,7 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
         "keybus started"
     );
 
-    let ticker = {
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            let mut iv = tokio::time::interval(TICK);
-            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                iv.tick().await;
-                broker.tick();
-            }
-        })
-    };
+    let ticker = tokio::spawn(housekeeping::run(broker.clone()));
     let mut tasks = Vec::new();
     let (mut amqps_addr, mut https_addr, mut tls_files) = (None, None, None);
     if let Some(source) = &opts.tls {
@@ -428,7 +419,7 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
     broker
         .auth
         .sts
-        .set_default_public(auth::sts::PublicNames::for_bind(opts.bind, https_port));
+        .set_default_public(sts::PublicNames::for_bind(opts.bind, https_port));
     let forwarder = tokio::spawn(forwarding::run(broker.clone()));
     tasks.push(tokio::spawn(watch_policy(broker.clone())));
     let http_task = tokio::spawn(http::serve(http_listener, broker.clone()));
@@ -438,8 +429,8 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
             loop {
                 match amqp.accept().await {
                     Ok((sock, addr)) => {
-                        let Some(permit) =
-                            amqp::admit(&broker, &sock, addr, admission::Listener::Amqp)
+                        let Some((sock, permit)) =
+                            amqp::admit(&broker, sock, addr, admission::Listener::Amqp)
                         else {
                             continue;
                         };

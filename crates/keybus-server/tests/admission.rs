@@ -82,6 +82,19 @@ fn frames(bytes: &[u8]) -> Vec<Performative> {
     out
 }
 
+/// The code and additional data (as text) of the `sasl-outcome` after our SASL header.
+fn sasl_outcome(bytes: &[u8]) -> Option<(u8, String)> {
+    let mut rest = bytes.strip_prefix(&SASL_HEADER[..])?;
+    while let Ok(Some((frame, used))) = keybus_amqp::decode_frame(rest, 1 << 20) {
+        rest = &rest[used..];
+        if let FrameBody::Sasl(keybus_amqp::SaslFrameBody::Outcome(o)) = frame.body {
+            let data = o.additional_data.unwrap_or_default();
+            return Some((o.code, String::from_utf8_lossy(&data).into_owned()));
+        }
+    }
+    None
+}
+
 fn close_condition(bytes: &[u8]) -> Option<String> {
     let body = bytes.strip_prefix(&AMQP_HEADER[..]).unwrap_or(bytes);
     frames(body).into_iter().find_map(|p| match p {
@@ -149,14 +162,15 @@ fn put_token(b: &Running) -> Vec<u8> {
         &[],
         &mut out,
     );
-    let policy = &b.broker.policies[0];
+    let policy = &b.broker.policies()[0];
     let audience = format!("sb://127.0.0.1:{}/", b.amqp_addr.port());
     let expires = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
         + 3600;
-    let token = keybus_server::sas::make_token(&audience, &policy.name, &policy.key, expires);
+    let token =
+        keybus_client::sas::token(&audience, &policy.name, &policy.key, expires.max(0) as u64);
     let s = |v: &str| Value::String(v.to_string());
     let msg = Message {
         application_properties: Some(vec![
@@ -315,9 +329,9 @@ async fn token_less_sockets_cannot_take_the_slots_of_authenticated_ones() {
         "max_connections = 6\nmax_unauthenticated_connections = 3\nmax_unauthenticated_per_address = 2\nhandshake_timeout_ms = 60000\ntoken_timeout_ms = 60000\nopen_timeout_ms = 60000\n",
     )
     .await;
-    let adm = b.broker.admission.clone();
-    // One source address may hold two token-less sockets; the third is refused at once
-    // with our header, open and close(resource-limit-exceeded).
+    let adm = b.broker.admission().clone();
+    // One source address may hold two token-less sockets; the third is refused at once in
+    // SASL: our header, the mechanisms and a sys-temp outcome naming the full budget.
     let mut squat = vec![
         connect_from("127.0.0.2", b.amqp_addr).await,
         connect_from("127.0.0.2", b.amqp_addr).await,
@@ -328,8 +342,13 @@ async fn token_less_sockets_cannot_take_the_slots_of_authenticated_ones() {
     .await;
     let mut refused = connect_from("127.0.0.2", b.amqp_addr).await;
     let (bytes, _) = closed_within(&mut refused, Duration::from_secs(2)).await;
-    let cond = close_condition(&bytes);
-    assert_eq!(cond.as_deref(), Some("amqp:resource-limit-exceeded"));
+    assert_eq!(
+        sasl_outcome(&bytes),
+        Some((
+            4,
+            "connection refused (amqp:resource-limit-exceeded): the broker's max_unauthenticated_per_address budget is full".to_string()
+        ))
+    );
     // Another address takes the last unauthenticated slot; then every address is refused.
     squat.push(connect_from("127.0.0.3", b.amqp_addr).await);
     wait_for("three unauthenticated", || {
@@ -386,7 +405,7 @@ async fn health_answers_while_the_amqp_and_http_listeners_are_saturated() {
         "max_connections = 4\nmax_http_connections = 2\nhttp_reserved_connections = 1\nhandshake_timeout_ms = 60000\nhttp_header_timeout_ms = 60000\n",
     )
     .await;
-    let adm = b.broker.admission.clone();
+    let adm = b.broker.admission().clone();
     let mut held = Vec::new();
     for i in 0..4 {
         held.push(connect_from(&format!("127.0.1.{i}"), b.amqp_addr).await);

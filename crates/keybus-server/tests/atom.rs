@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keybus_amqp::Message;
+use keybus_auth::{Right, SasPolicy};
 use keybus_core::{
     EntityDefinition, EntityKind, FilterDefinition, IncomingMessage, QueueProperties,
     RuleDefinition, Store, SubscriptionDefinition, SystemClock, TopicProperties,
 };
-use keybus_server::broker::Broker;
-use keybus_server::config::{Config, Right, SasPolicy};
+use keybus_server::config::Config;
+use keybus_server::runtime::Broker;
 use keybus_server::{Running, ServeOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -70,7 +71,7 @@ fn token(policy: &str, key: &str, resource: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    keybus_server::sas::make_token(resource, policy, key, now + 3600)
+    keybus_client::sas::token(resource, policy, key, (now + 3600).max(0) as u64)
 }
 
 fn root() -> String {
@@ -292,7 +293,7 @@ async fn refused_input_stores_nothing() {
     .await;
     assert_eq!(r.status, 400);
     // Too large.
-    let big = vec![b' '; keybus_server::atom::MAX_BODY + 10];
+    let big = vec![b' '; keybus_server::http::atom::MAX_BODY + 10];
     let r = http(b.http_addr, "PUT", "/bad-q", Some(&root()), &[], &big).await;
     assert!(r.status == 413 || r.status == 0, "{}", r.status);
     // Forbidden names and path tricks.
@@ -668,7 +669,7 @@ async fn lifecycle_changes_are_durable() {
 
     // A new broker over the same store sees what the API made.
     let b2 = open(store.clone()).await;
-    let Some(keybus_server::admin::EntityView::Queue(q)) = b2.entity_view("dq") else {
+    let Some(keybus_server::runtime::lifecycle::EntityView::Queue(q)) = b2.entity_view("dq") else {
         panic!("the queue is gone")
     };
     assert_eq!(q.name, "Dq");

@@ -66,7 +66,7 @@ impl Client {
     }
 
     async fn fill(&mut self) -> bool {
-        let mut tmp = [0u8; 65536];
+        let mut tmp = vec![0u8; 65536];
         match tokio::time::timeout(Duration::from_secs(5), self.sock.read(&mut tmp)).await {
             Ok(Ok(0)) | Ok(Err(_)) => false,
             Ok(Ok(n)) => {
@@ -260,10 +260,26 @@ async fn connection_limit() {
     .await;
     let _c1 = Client::open(&b).await;
     let _c2 = Client::open(&b).await;
-    // Refused at accept: our AMQP header, open, close(resource-limit-exceeded).
+    // Refused at accept, in SASL (what every SDK speaks first): our SASL header, the
+    // mechanisms, and a sys-temp outcome naming the full budget.
     let mut c3 = Client::connect(&b).await;
-    assert_eq!(c3.read_exact(8).await.unwrap(), AMQP_HEADER);
-    c3.expect_close("amqp:resource-limit-exceeded").await;
+    c3.send(&SASL_HEADER).await;
+    assert_eq!(c3.read_exact(8).await.unwrap(), SASL_HEADER);
+    assert!(matches!(
+        c3.frame().await.map(|f| f.body),
+        Some(FrameBody::Sasl(SaslFrameBody::Mechanisms(_)))
+    ));
+    let Some(FrameBody::Sasl(SaslFrameBody::Outcome(outcome))) = c3.frame().await.map(|f| f.body)
+    else {
+        panic!("no sasl-outcome");
+    };
+    assert_eq!(outcome.code, 4);
+    let text = String::from_utf8_lossy(&outcome.additional_data.unwrap_or_default()).into_owned();
+    assert!(text.contains("max_connections budget is full"), "{text}");
+    assert!(
+        c3.frame().await.is_none(),
+        "the socket is closed after the outcome"
+    );
     drop(_c1);
     tokio::time::sleep(Duration::from_millis(200)).await;
     still_serving(&b).await;
@@ -500,7 +516,7 @@ async fn health_is_200_and_503_when_the_store_cannot_write() {
             .starts_with("HTTP/1.1 200")
     );
 
-    let broken = keybus_server::broker::Broker::open(
+    let broken = keybus_server::runtime::Broker::open(
         Config::default(),
         Vec::new(),
         std::sync::Arc::new(BrokenStore),

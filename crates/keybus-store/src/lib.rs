@@ -3,7 +3,8 @@
 //! - [`MemStore`]: everything in memory (`--in-memory`, tests).
 //! - [`FjallStore`] (feature `embedded`, on by default): a durable store in one directory,
 //!   built on the fjall LSM-tree engine; [`open_embedded`] opens it as an `Arc<dyn Store>`.
-//! - [`conformance`]: the suite every backend must pass (run from `tests/conformance.rs`).
+//! - `conformance` (feature `conformance`, tests only): the suite every backend must pass
+//!   (run from `tests/conformance.rs`).
 //!
 //! # Design
 //! The core emits batches of [`keybus_core::StoreOp`]s and awaits their commit before it
@@ -47,6 +48,7 @@
 //! the AMQP encoding of the message. A store of an unknown format version is refused on open.
 //! The transfer dead-letter queue shares the dead-letter set (as in the core's queue).
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod mem;
 

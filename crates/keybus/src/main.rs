@@ -51,7 +51,7 @@ enum AuditCommand {
 }
 
 fn audit_verify(file: &std::path::Path, key: Option<PathBuf>) -> Result<(), String> {
-    use keybus_server::auth::audit;
+    use keybus_auth::audit;
     let key_path = key.unwrap_or_else(|| {
         file.parent()
             .unwrap_or_else(|| std::path::Path::new("."))
@@ -131,6 +131,11 @@ struct ServeArgs {
     audit_log: Option<PathBuf>,
 }
 
+/// The log filter unless `KEYBUS_LOG` or `RUST_LOG` sets one: keybus's own lines at `info`,
+/// its dependencies' (the storage engine's start-up chatter) from `warn` on.
+const DEFAULT_LOG: &str =
+    "warn,keybus=info,keybus_server=info,keybus_store=info,keybus_core=info,keybus_auth=info";
+
 fn main() -> ExitCode {
     // Everything keybus creates (the store's files, keys, logs) is for its owner only: files
     // 0600, directories 0700, including the files the storage engine creates itself.
@@ -139,7 +144,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYBUS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .init();
     let cli = Cli::parse();

@@ -17,14 +17,13 @@
 //! each phase; the client's own CPU time per message is reported too, since client and
 //! broker usually share the machine.
 
-pub mod client;
 mod stats;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::{
+use keybus_client::{
     ClientError, Connection, Endpoint, LinkId, MessageTemplate, Pacing, RecvWork, SendWork, Tally,
 };
 use stats::{Fanout, PhaseRun, Summary};
@@ -749,7 +748,8 @@ fn parse_topics(specs: &[String]) -> Result<Vec<TopicScenario>, BenchError> {
 
 /// Entry point of `keybus bench`.
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
-    let endpoint = Endpoint::parse(&args.connection_string).map_err(BenchError::Usage)?;
+    let endpoint =
+        Endpoint::parse(&args.connection_string).map_err(|e| BenchError::Usage(e.to_string()))?;
     let queues: Vec<String> = args
         .queues
         .iter()

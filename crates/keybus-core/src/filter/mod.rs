@@ -33,7 +33,7 @@ mod value;
 use keybus_amqp::{Message, Value};
 
 pub use ast::SysProp;
-pub use correlation::CorrelationFilter;
+pub use correlation::{CorrelationFilter, SimpleValue};
 pub use error::{EvalError, FilterError};
 
 /// Longest filter or action expression, in characters (Service Bus quota).

@@ -6,18 +6,18 @@ use std::sync::Arc;
 
 use keybus_amqp::AmqpError;
 
-use super::connection::{Binding, Conn, MAX_FAILED_TOKENS};
 use super::errors::{self, error};
-use crate::auth::audit::Event;
-use crate::auth::right_action;
-use crate::config::Right;
-use crate::sas;
+use super::state::{Binding, Conn, MAX_FAILED_TOKENS};
+use keybus_auth::audit::Event;
+
+use keybus_auth::Right;
+use keybus_auth::sas;
 
 /// Credentials kept per connection; the oldest is dropped beyond this.
 const MAX_BINDINGS: usize = 1024;
 
 /// The `amqp:unauthorized-access` error for a missing right, in Service Bus's words.
-pub fn unauthorized(path: &str, right: Right) -> AmqpError {
+pub(crate) fn unauthorized(path: &str, right: Right) -> AmqpError {
     let claim = match right {
         Right::Send => "Send",
         Right::Listen => "Listen",
@@ -32,7 +32,7 @@ pub fn unauthorized(path: &str, right: Right) -> AmqpError {
 }
 
 /// Outcome of a `put-token`: CBS status code and description.
-pub struct PutToken {
+pub(crate) struct PutToken {
     pub status: i32,
     pub description: String,
 }
@@ -119,7 +119,7 @@ impl Conn {
             Err(description) => {
                 self.failed_tokens += 1;
                 let refusal = auth.refuse(&self.peer, description, now);
-                let limited = matches!(refusal, crate::auth::Refusal::Limited(..));
+                let limited = matches!(refusal, keybus_auth::Refusal::Limited(..));
                 let reason = refusal.reason();
                 auth.audit.record(Event {
                     event: "token.put",
@@ -162,7 +162,7 @@ impl Conn {
     }
 
     /// Does this connection carry a client certificate whose SPIFFE ID is a policy principal?
-    fn mtls_principal_known(&self, policy: &crate::auth::policy::Policy) -> bool {
+    fn mtls_principal_known(&self, policy: &keybus_auth::policy::Policy) -> bool {
         self.bindings.iter().any(|b| {
             b.audience == "mtls" && !policy.principals_for(&b.principal.subject).is_empty()
         })
@@ -177,7 +177,7 @@ impl Conn {
     }
 
     /// Does a live credential on this connection allow `right` on `path`? (Not audited.)
-    pub fn authorized(&self, path: &str, right: Right) -> bool {
+    pub(crate) fn authorized(&self, path: &str, right: Right) -> bool {
         let now = self.broker.now();
         self.covering(path, now).any(|b| {
             self.broker
@@ -188,7 +188,7 @@ impl Conn {
     }
 
     /// [`Conn::authorized`], audited as `event` (`authz` for attaches, `mgmt.op`, ...).
-    pub fn check_audited(
+    pub(crate) fn check_audited(
         &self,
         event: &'static str,
         path: &str,
@@ -220,7 +220,7 @@ impl Conn {
                 event,
                 allow: false,
                 reason: "no_token".into(),
-                action: Some(right_action(right).into()),
+                action: Some(right.action().into()),
                 entity: Some(path.to_string()),
                 conn: Some(self.id.clone()),
                 peer: Some(self.peer.clone()),
@@ -234,7 +234,7 @@ impl Conn {
 
     /// Drop expired credentials, and detach every link that lost its access: the token ran
     /// out, the policy was reloaded, or a time-bounded grant began or ended.
-    pub fn check_access(&mut self) {
+    pub(crate) fn check_access(&mut self) {
         let deadline = self.broker.config.limits.token_timeout_ms;
         if !self.authenticated && self.opened_at.elapsed().as_millis() > u128::from(deadline) {
             self.close_with = Some(error(
@@ -293,7 +293,7 @@ impl Conn {
                     "expired_token".into()
                 },
                 principal,
-                action: Some(right_action(right).into()),
+                action: Some(right.action().into()),
                 entity: Some(path.clone()),
                 policy_version: Some(auth.policy().version.clone()),
                 conn: Some(self.id.clone()),

@@ -3,15 +3,15 @@
 
 use keybus_amqp::{Bytes, BytesMut, Message, Properties, Value};
 
-use super::connection::Conn;
+use super::state::Conn;
 
 /// Read `name` from a message's application properties as text.
-pub fn app_prop<'a>(msg: &'a Message, name: &str) -> Option<&'a Value> {
+pub(crate) fn app_prop<'a>(msg: &'a Message, name: &str) -> Option<&'a Value> {
     keybus_amqp::map_get(msg.application_properties.as_deref()?, name)
 }
 
 /// The single `amqp-value` body of a message.
-pub fn body_value(msg: &Message) -> Option<Value> {
+pub(crate) fn body_value(msg: &Message) -> Option<Value> {
     let mut input: &[u8] = &msg.body_raw;
     match Value::decode(&mut input).ok()? {
         Value::Described(d, v) if matches!(*d, keybus_amqp::Descriptor::Code(0x77)) => Some(*v),
@@ -21,7 +21,7 @@ pub fn body_value(msg: &Message) -> Option<Value> {
 
 /// A message id as audit text: UUIDs hyphenated, numbers in decimal, binary in hex, strings
 /// and symbols as they are (never Rust debug text).
-pub fn id_text(id: &Value) -> String {
+pub(crate) fn id_text(id: &Value) -> String {
     match id {
         Value::Uuid(b) => uuid::Uuid::from_bytes(*b).hyphenated().to_string(),
         Value::String(s) => s.clone(),
@@ -37,7 +37,7 @@ pub fn id_text(id: &Value) -> String {
 
 /// Build a response message: correlation-id = the request's message-id (same AMQP type),
 /// the given application properties, and an optional `amqp-value` body.
-pub fn response(request: &Message, app: Vec<(Value, Value)>, body: Option<Value>) -> Bytes {
+pub(crate) fn response(request: &Message, app: Vec<(Value, Value)>, body: Option<Value>) -> Bytes {
     let correlation_id = request
         .properties
         .as_ref()

@@ -7,107 +7,24 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use keybus_amqp::{
-    AMQP_HEADER, AmqpError, Begin, Bytes, BytesMut, Close, DecodeError, End, Flow, Frame,
-    FrameBody, Open, Performative, ProtocolHeader, SASL_HEADER, SaslFrameBody, SaslMechanisms,
-    SaslOutcome, Symbol,
+    AMQP_HEADER, Begin, Bytes, BytesMut, Close, End, Flow, Frame, FrameBody, Open, Performative,
+    ProtocolHeader, SASL_HEADER, SaslFrameBody, SaslMechanisms, SaslOutcome, Symbol,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::errors::{self, error};
-use super::link::{Link, PendingSend};
-use crate::auth::Principal;
-use crate::broker::{Broker, ConnEvent};
+use super::events::ConnEvent;
+use super::state::{Binding, Conn, ConnError, Peer, SESSION_WINDOW, Session, session_flow};
+use crate::runtime::Broker;
+use keybus_auth::Principal;
 
 /// We send an empty frame when we have been silent this long (JS/.NET need < 60 s).
 const HEARTBEAT: Duration = Duration::from_secs(15);
-/// Sessions advertise a window this large and re-open it when half is used.
-pub const SESSION_WINDOW: u32 = 1 << 20;
-
-/// A fatal connection error: we send `close` with it and hang up.
-#[derive(Debug)]
-pub struct ConnError(pub AmqpError);
-
-impl From<DecodeError> for ConnError {
-    fn from(e: DecodeError) -> Self {
-        ConnError(error(errors::DECODE_ERROR, e.to_string()))
-    }
-}
-
-/// One AMQP session.
-pub struct Session {
-    pub channel: u16,
-    pub next_outgoing_id: u32,
-    pub next_incoming_id: u32,
-    pub incoming_window: u32,
-    pub remote_incoming_window: u32,
-    pub links: HashMap<u32, Link>,
-    pub next_delivery_id: u32,
-    /// Deliveries sent unsettled on this session: delivery-id → (link handle, lock token).
-    pub unsettled: HashMap<u32, Unsettled>,
-}
-
-/// A delivery sent unsettled: (link handle, lock token, entity, subscription).
-pub type Unsettled = (
-    u32,
-    keybus_core::LockToken,
-    Arc<crate::broker::Entity>,
-    Option<String>,
-);
-
-/// Failed `put-token`s tolerated on one connection before it is closed (brute force).
-pub const MAX_FAILED_TOKENS: u32 = 20;
-
-/// A verified credential on a connection, good for `resource` and below until it expires.
-#[derive(Debug, Clone)]
-pub struct Binding {
-    /// The CBS `name` it was put for.
-    pub audience: String,
-    /// Lower-case host-less path it covers (`""` = the namespace).
-    pub resource: String,
-    pub principal: Arc<Principal>,
-    pub expires_at_ms: i64,
-}
 
 static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// The connection state owned by its task.
-pub struct Conn {
-    pub broker: Arc<Broker>,
-    pub out: BytesMut,
-    pub peer_max_frame: u32,
-    pub max_frame: u32,
-    pub sessions: HashMap<u16, Session>,
-    /// Credentials put on `$cbs` (and the client certificate's identity), by audience.
-    pub bindings: Vec<Binding>,
-    /// The auth generation and time the links were last checked against.
-    pub auth_checked: (u64, i64),
-    /// Failed `put-token`s on this connection (it is closed after [`MAX_FAILED_TOKENS`]).
-    pub failed_tokens: u32,
-    /// Set to close the connection with this error after the current frame.
-    pub close_with: Option<keybus_amqp::AmqpError>,
-    /// When the connection opened, and whether a token was ever accepted on it (a
-    /// connection that presents none within `limits.token_timeout_ms` is closed).
-    pub opened_at: Instant,
-    pub authenticated: bool,
-    /// The socket's admission permit: it leaves the unauthenticated budget with the first
-    /// valid token.
-    pub permit: Option<Arc<crate::admission::Permit>>,
-    /// For audit lines: a connection id and the peer address.
-    pub id: String,
-    pub peer: String,
-    pub tx: mpsc::UnboundedSender<ConnEvent>,
-    pub next_generation: u64,
-    pub hostname: String,
-    pub pending_sends: Vec<PendingSend>,
-    pub closed: bool,
-}
-
 impl Conn {
-    pub fn write(&mut self, channel: u16, p: Performative) {
-        keybus_amqp::encode_amqp_frame(channel, &p, &[], &mut self.out);
-    }
-
     fn handle_frame(&mut self, frame: Frame) -> Result<(), ConnError> {
         match frame.body {
             FrameBody::Empty => Ok(()),
@@ -198,7 +115,7 @@ impl Conn {
     }
 
     /// Session-level part of an incoming `flow`.
-    pub fn on_session_flow(&mut self, channel: u16, f: &Flow) {
+    pub(crate) fn on_session_flow(&mut self, channel: u16, f: &Flow) {
         let mut unblocked = Vec::new();
         if let Some(s) = self.sessions.get_mut(&channel) {
             let was_blocked = s.remote_incoming_window == 0;
@@ -221,7 +138,7 @@ impl Conn {
     }
 
     /// Count an incoming transfer frame against our session window; re-open it when low.
-    pub fn count_incoming_transfer(&mut self, channel: u16) {
+    pub(crate) fn count_incoming_transfer(&mut self, channel: u16) {
         let mut reopen = None;
         if let Some(s) = self.sessions.get_mut(&channel) {
             s.next_incoming_id = s.next_incoming_id.wrapping_add(1);
@@ -263,16 +180,37 @@ impl Conn {
             } => self.on_session_timeout(channel, handle, generation),
         }
     }
-}
 
-/// A session `flow` frame (no link fields).
-pub fn session_flow(s: &Session) -> Flow {
-    Flow {
-        next_incoming_id: Some(s.next_incoming_id),
-        incoming_window: s.incoming_window,
-        next_outgoing_id: s.next_outgoing_id,
-        outgoing_window: SESSION_WINDOW,
-        ..Default::default()
+    pub(super) fn on_session_frame(
+        &mut self,
+        channel: u16,
+        p: Performative,
+        payload: Bytes,
+    ) -> Result<(), ConnError> {
+        match p {
+            Performative::Attach(a) => self.on_attach(channel, a),
+            Performative::Detach(d) => {
+                self.on_detach(channel, d);
+                Ok(())
+            }
+            Performative::Flow(f) => {
+                self.on_session_flow(channel, &f);
+                self.on_link_flow(channel, &f);
+                Ok(())
+            }
+            Performative::Transfer(t) => {
+                self.count_incoming_transfer(channel);
+                self.on_transfer(channel, t, payload)
+            }
+            Performative::Disposition(d) => {
+                self.on_disposition(channel, d);
+                Ok(())
+            }
+            _ => Err(ConnError(error(
+                errors::NOT_ALLOWED,
+                "unexpected performative",
+            ))),
+        }
     }
 }
 
@@ -395,7 +333,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Serve one accepted connection until it closes. Never panics on peer input.
-pub async fn serve_connection<S>(broker: Arc<Broker>, mut io: S, peer: super::Peer)
+pub(crate) async fn serve_connection<S>(broker: Arc<Broker>, mut io: S, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {

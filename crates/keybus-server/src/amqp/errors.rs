@@ -3,20 +3,18 @@
 use keybus_amqp::{AmqpError, Symbol};
 use keybus_core::{ErrorCondition, StoreError};
 
-pub const DECODE_ERROR: &str = "amqp:decode-error";
-pub const FRAMING_ERROR: &str = "amqp:connection:framing-error";
-pub const RESOURCE_LIMIT: &str = "amqp:resource-limit-exceeded";
-pub const NOT_ALLOWED: &str = "amqp:not-allowed";
-pub const NOT_FOUND: &str = "amqp:not-found";
-pub const UNAUTHORIZED: &str = "amqp:unauthorized-access";
-pub const INTERNAL: &str = "amqp:internal-error";
-pub const NOT_IMPLEMENTED: &str = "amqp:not-implemented";
-pub const INVALID_FIELD: &str = "amqp:invalid-field";
-pub const UNATTACHED_HANDLE: &str = "amqp:session:unattached-handle";
-pub const MESSAGE_SIZE_EXCEEDED: &str = "amqp:link:message-size-exceeded";
-pub const TIMEOUT: &str = "com.microsoft:timeout";
+pub(crate) const DECODE_ERROR: &str = "amqp:decode-error";
+pub(crate) const FRAMING_ERROR: &str = "amqp:connection:framing-error";
+pub(crate) const RESOURCE_LIMIT: &str = "amqp:resource-limit-exceeded";
+pub(crate) const NOT_ALLOWED: &str = "amqp:not-allowed";
+pub(crate) const NOT_FOUND: &str = "amqp:not-found";
+pub(crate) const UNAUTHORIZED: &str = "amqp:unauthorized-access";
+pub(crate) const INTERNAL: &str = "amqp:internal-error";
+pub(crate) const INVALID_FIELD: &str = "amqp:invalid-field";
+pub(crate) const UNATTACHED_HANDLE: &str = "amqp:session:unattached-handle";
+pub(crate) const MESSAGE_SIZE_EXCEEDED: &str = "amqp:link:message-size-exceeded";
 
-pub fn error(condition: &str, description: impl Into<String>) -> AmqpError {
+pub(crate) fn error(condition: &str, description: impl Into<String>) -> AmqpError {
     AmqpError {
         condition: Symbol::from(condition),
         description: Some(description.into()),
@@ -24,7 +22,7 @@ pub fn error(condition: &str, description: impl Into<String>) -> AmqpError {
     }
 }
 
-pub fn from_condition(c: ErrorCondition, description: impl Into<String>) -> AmqpError {
+pub(crate) fn from_condition(c: ErrorCondition, description: impl Into<String>) -> AmqpError {
     error(c.symbol(), description)
 }
 
@@ -32,7 +30,7 @@ pub fn from_condition(c: ErrorCondition, description: impl Into<String>) -> Amqp
 /// to what a client sees. A full disk is `amqp:resource-limit-exceeded`, which the SDKs raise
 /// as their quota-exceeded error (Python: `ServiceBusQuotaExceededError`), naming the cause;
 /// anything else is an internal error.
-pub fn store_failure(e: &StoreError) -> (ErrorCondition, String) {
+pub(crate) fn store_failure(e: &StoreError) -> (ErrorCondition, String) {
     match e {
         StoreError::Full(_) => (
             ErrorCondition::QuotaExceeded,
@@ -49,13 +47,13 @@ pub fn store_failure(e: &StoreError) -> (ErrorCondition, String) {
 }
 
 /// [`store_failure`] as an AMQP error.
-pub fn from_store(e: &StoreError) -> AmqpError {
+pub(crate) fn from_store(e: &StoreError) -> AmqpError {
     let (condition, description) = store_failure(e);
     from_condition(condition, description)
 }
 
 /// The description the JS SDK needs to recognise a missing entity (wire reference §0 rule 19).
-pub fn entity_not_found(host: &str, path: &str) -> AmqpError {
+pub(crate) fn entity_not_found(host: &str, path: &str) -> AmqpError {
     error(
         NOT_FOUND,
         format!(

@@ -11,10 +11,11 @@ use keybus_core::{
 };
 
 use super::cbs::{app_prop, body_value, response};
-use super::connection::Conn;
+use super::events::ConnEvent;
 use super::rules;
-use crate::broker::{ConnEvent, Entity, EntityState};
-use crate::config::Right;
+use super::state::Conn;
+use crate::runtime::{Entity, EntityState};
+use keybus_auth::Right;
 
 /// A failed operation: status code, error condition, description.
 struct OpError(i32, &'static str, String);
@@ -270,8 +271,8 @@ impl Conn {
         let mut st = entity.lock();
         let gone = st.deleted
             || subscription.is_some_and(|s| match &st.machine {
-                crate::broker::Machine::Topic(t) => t.subscription(s).is_none(),
-                crate::broker::Machine::Queue(_) => true,
+                keybus_core::MessagingEntity::Topic(t) => t.subscription(s).is_none(),
+                keybus_core::MessagingEntity::Queue(_) => true,
             });
         if gone {
             return Err(OpError(
@@ -341,7 +342,7 @@ impl Conn {
                         bad(format!("the scheduled message could not be decoded: {e}"))
                     })?;
                     incoming.push(IncomingMessage::new(
-                        super::link::with_message_id(message),
+                        keybus_core::with_message_id(message, rand::random()),
                         bytes.len() as u32,
                     ));
                 }
@@ -361,7 +362,7 @@ impl Conn {
                 })
             }
             "com.microsoft:cancel-scheduled-message" => {
-                st.cancel_scheduled(&sequence_numbers(body)?);
+                st.machine.cancel_scheduled(&sequence_numbers(body)?);
                 let commit = entity.submit(&mut st);
                 Ok(Done {
                     status: 200,
@@ -411,7 +412,7 @@ impl Conn {
                         "rules belong to subscriptions".into(),
                     ));
                 };
-                let crate::broker::Machine::Topic(topic) = &mut st.machine else {
+                let keybus_core::MessagingEntity::Topic(topic) = &mut st.machine else {
                     return Err(OpError(
                         400,
                         ErrorCondition::NotAllowed.symbol(),

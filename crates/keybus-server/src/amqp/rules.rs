@@ -2,7 +2,7 @@
 //! described types of `enumerate-rules` responses.
 
 use keybus_amqp::{Descriptor, Value};
-use keybus_core::{FilterDefinition, RuleDefinition, SimpleValue};
+use keybus_core::{CorrelationFilter, FilterDefinition, RuleDefinition, SimpleValue};
 
 const RULE_DESCRIPTION: u64 = 0x0000_0137_0000_0004;
 const SQL_FILTER: u64 = 0x0000_0013_7000_0006;
@@ -26,7 +26,7 @@ fn opt(s: &Option<String>) -> Value {
 }
 
 /// `{ "rule-description": described(rule, [filter, action, name, created-at]) }`.
-pub fn describe(rule: &RuleDefinition) -> Value {
+pub(crate) fn describe(rule: &RuleDefinition) -> Value {
     let filter = match &rule.filter {
         FilterDefinition::True => described(
             TRUE_FILTER,
@@ -40,29 +40,19 @@ pub fn describe(rule: &RuleDefinition) -> Value {
             SQL_FILTER,
             vec![Value::String(expr.clone()), Value::Int(COMPATIBILITY_LEVEL)],
         ),
-        FilterDefinition::Correlation {
-            correlation_id,
-            message_id,
-            to,
-            reply_to,
-            label,
-            session_id,
-            reply_to_session_id,
-            content_type,
-            properties,
-        } => described(
+        FilterDefinition::Correlation(c) => described(
             CORRELATION_FILTER,
             vec![
-                opt(correlation_id),
-                opt(message_id),
-                opt(to),
-                opt(reply_to),
-                opt(label),
-                opt(session_id),
-                opt(reply_to_session_id),
-                opt(content_type),
+                opt(&c.correlation_id),
+                opt(&c.message_id),
+                opt(&c.to),
+                opt(&c.reply_to),
+                opt(&c.label),
+                opt(&c.session_id),
+                opt(&c.reply_to_session_id),
+                opt(&c.content_type),
                 Value::Map(
-                    properties
+                    c.properties
                         .iter()
                         .map(|(k, v)| (Value::String(k.clone()), v.to_value()))
                         .collect(),
@@ -112,7 +102,7 @@ fn simple(v: &Value) -> Result<SimpleValue, String> {
 }
 
 /// Parse an `add-rule` request body into a rule definition.
-pub fn parse_add_rule(body: &[(Value, Value)], now: i64) -> Result<RuleDefinition, String> {
+pub(crate) fn parse_add_rule(body: &[(Value, Value)], now: i64) -> Result<RuleDefinition, String> {
     let name = text(body, "rule-name")
         .filter(|n| !n.is_empty())
         .ok_or("missing rule-name")?;
@@ -138,7 +128,7 @@ pub fn parse_add_rule(body: &[(Value, Value)], now: i64) -> Result<RuleDefinitio
                     properties.push((k.to_string(), simple(v)?));
                 }
             }
-            FilterDefinition::Correlation {
+            FilterDefinition::Correlation(CorrelationFilter {
                 correlation_id: text(c, "correlation-id"),
                 message_id: text(c, "message-id"),
                 to: text(c, "to"),
@@ -148,7 +138,7 @@ pub fn parse_add_rule(body: &[(Value, Value)], now: i64) -> Result<RuleDefinitio
                 reply_to_session_id: text(c, "reply-to-session-id"),
                 content_type: text(c, "content-type"),
                 properties,
-            }
+            })
         }
         _ => {
             return Err(

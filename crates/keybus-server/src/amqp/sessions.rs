@@ -8,10 +8,12 @@ use std::time::Duration;
 use keybus_amqp::{Attach, Symbol, Value};
 use keybus_core::SessionError;
 
-use super::connection::Conn;
 use super::errors::error;
-use super::link::{LinkKind, SESSION_FILTER, SessionBinding, SessionGuard, dotnet_ticks};
-use crate::broker::{ConnEvent, Entity, Waiter, Wants};
+use super::events::{ConnEvent, LinkWaker};
+use super::state::Conn;
+use super::state::{LinkKind, SessionBinding, SessionGuard};
+use super::terms::{SESSION_FILTER, dotnet_ticks};
+use crate::runtime::{Entity, Waiter, Wants};
 
 /// How long a next-available receiver waits when it names no `com.microsoft:timeout`.
 const DEFAULT_ACCEPT_TIMEOUT_MS: u64 = 60_000;
@@ -57,15 +59,13 @@ impl Conn {
         };
         let (entity, subscription, sub) = (entity.clone(), subscription.clone(), *sub);
         let first_try = session.is_none();
-        let waiter = |wants| Waiter {
+        let waker = Arc::new(LinkWaker {
             tx: tx.clone(),
-            subscription: subscription.clone(),
-            sub,
-            wants,
             channel,
             handle: a.handle,
             generation,
-        };
+        });
+        let waiter = |wants| Waiter::new(waker.clone(), subscription.clone(), sub, wants);
         let (result, max_size) = {
             let mut st = entity.lock();
             let max_size = st.max_message_size();
@@ -75,10 +75,10 @@ impl Conn {
             };
             match &result {
                 Ok(_) => {
-                    st.session_links.insert(holder, waiter(Wants::Message));
+                    st.add_session_link(holder, waiter(Wants::Message));
                 }
                 Err(SessionError::NoneAvailable) if requested.is_none() => {
-                    st.waiters.push(waiter(Wants::FreeSession));
+                    st.add_waiter(waiter(Wants::FreeSession));
                 }
                 Err(_) => {}
             }

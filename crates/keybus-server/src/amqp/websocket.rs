@@ -17,12 +17,12 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::broker::Broker;
+use crate::runtime::Broker;
 
 /// The path the SDKs request.
-pub const PATH: &str = "/$servicebus/websocket";
+pub(crate) const PATH: &str = "/$servicebus/websocket";
 /// The WebSocket subprotocol of AMQP 1.0 over WebSockets.
-pub const SUBPROTOCOL: &str = "AMQPWSB10";
+pub(crate) const SUBPROTOCOL: &str = "AMQPWSB10";
 
 /// Bytes buffered between the WebSocket and the AMQP connection in each direction.
 const PIPE: usize = 256 * 1024;
@@ -63,7 +63,7 @@ fn check_request(req: &Request, mut resp: Response) -> Result<Response, ErrorRes
 }
 
 /// Upgrade a connection that started with an HTTP request, then serve AMQP over it.
-pub async fn serve_upgrade<S>(broker: Arc<Broker>, io: S, peer: super::Peer)
+pub(crate) async fn serve_upgrade<S>(broker: Arc<Broker>, io: S, peer: super::state::Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -85,7 +85,11 @@ where
         }
     };
     let (amqp_side, mut bridge_side) = tokio::io::duplex(PIPE);
-    let conn = tokio::spawn(super::serve_connection(broker, amqp_side, peer.clone()));
+    let conn = tokio::spawn(super::connection::serve_connection(
+        broker,
+        amqp_side,
+        peer.clone(),
+    ));
     let (mut ws_tx, mut ws_rx) = ws.split();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

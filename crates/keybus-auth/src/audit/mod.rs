@@ -1,0 +1,121 @@
+//! The audit log (identity reference §7.2): one JSON object per line, UTC RFC 3339 times, a
+//! sequence number and a keyed chain for tamper evidence. Every authentication and
+//! authorisation decision goes here; never a token, key or message body.
+//!
+//! # The chain
+//! Each line carries `seq`, `prev` (the previous line's `hmac`) and `hmac` =
+//! HMAC-SHA256(key, the line without its `hmac` member), written as the line's last member.
+//! The key is kept outside the log (`<data-dir>/audit-key`, 0600; brokers without a data
+//! dir use a random key per process): whoever can edit the log but not read the key cannot
+//! recompute the chain. `keybus audit verify FILE` checks a log and its rotated archives.
+//!
+//! # Writing
+//! A line (with its newline) is built in one buffer and written with one `write_all` on a
+//! file opened `O_APPEND`; the chain advances only after the write succeeded. A failed write
+//! is undone (the file is cut back) or, if that fails too, the next line starts on a new line
+//! after an `audit.torn_tail` marker. At open only the file's tail is read: a tail that does
+//! not end a line is marked the same way. Lines are flushed, not fsynced, and written only at
+//! token, attach and management time, never per message.
+//!
+//! # Bounds
+//! Repeated denials from one source (IPv4 address or IPv6 /64) with the same event and
+//! reason are written [`AuditOptions::summary_burst`] times per interval, then summarised in
+//! one line with a `count`. The file is rotated by size and age into gzip archives
+//! (`FILE.1.gz` newest), at most [`AuditOptions::keep`] of them; the first line of a new file
+//! continues the chain. Audit I/O errors are counted and logged, never returned: the broker
+//! keeps serving and the message store, in its own files, is not touched.
+
+mod files;
+mod key;
+mod line;
+mod summary;
+#[cfg(test)]
+mod tests;
+mod verify;
+mod writer;
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use files::{archive_path, log_files};
+pub use key::{load_or_create_key, read_key};
+pub use verify::{VerifyError, VerifyReport, verify_files};
+pub use writer::Audit;
+
+/// Longest text we record in one field; longer values are cut (an attacker-chosen entity
+/// name or subject must not bloat the log).
+const MAX_FIELD: usize = 512;
+/// How much of a log's end is read at open to find where the chain stands.
+const TAIL_BYTES: u64 = 256 * 1024;
+/// Length of the key in `audit-key`.
+pub const KEY_LEN: usize = 32;
+
+/// Size, age and summary limits of the audit log.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// Rotate when the file reaches this size.
+    pub max_bytes: u64,
+    /// Rotate when the file's first line is older than this.
+    pub max_age: Duration,
+    /// Compressed archives kept (`FILE.1.gz` .. `FILE.keep.gz`).
+    pub keep: usize,
+    /// Denials from one source with the same event and reason are counted per interval ...
+    pub summary_interval_ms: i64,
+    /// ... and written one by one only this many times in it.
+    pub summary_burst: u32,
+    /// Sources tracked for summaries; beyond, denials are summarised under source `*`.
+    pub summary_sources: usize,
+    /// Flush due summaries every second on a thread of its own (off in unit tests).
+    pub ticker: bool,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024 * 1024,
+            max_age: Duration::from_secs(24 * 3600),
+            keep: 10,
+            summary_interval_ms: 10_000,
+            summary_burst: 3,
+            summary_sources: 1024,
+            ticker: true,
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    pub written: AtomicU64,
+    /// Denials not written one by one (counted in summary lines).
+    pub summarised: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub rotations: AtomicU64,
+    pub file_bytes: AtomicU64,
+}
+
+/// One event, filled in by the enforcement point.
+#[derive(Debug, Default, Clone)]
+pub struct Event {
+    /// `token.put`, `token.expired`, `authz`, `link.detach`, `mgmt.op`, `sts.issue`,
+    /// `mi.issue`, `policy.reload`, `http.authz`, ...
+    pub event: &'static str,
+    pub allow: bool,
+    pub reason: String,
+    /// `{"id", "kind", "iss", "sub", ...}`, built by [`crate::Principal::audit_json`].
+    pub principal: Option<Value>,
+    pub action: Option<String>,
+    pub entity: Option<String>,
+    pub rule: Option<String>,
+    pub policy_version: Option<String>,
+    /// AMQP connection id.
+    pub conn: Option<String>,
+    /// The client's address (`ip:port`).
+    pub peer: Option<String>,
+    pub link: Option<String>,
+    pub correlation_id: Option<String>,
+    /// Anything else worth keeping (counts, expiry).
+    pub extra: Vec<(&'static str, Value)>,
+}

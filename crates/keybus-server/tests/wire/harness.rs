@@ -1,0 +1,143 @@
+//! The broker under test (memory or durable store) and connected, authorised clients.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keybus_client::{Connection, Endpoint, Message, Properties, Value};
+use keybus_server::config::Config;
+use keybus_server::{Running, ServeOptions};
+
+/// Bound on every wait of the suite (a broker that answers at all answers well within it).
+pub const T: Duration = Duration::from_secs(5);
+/// How long to wait for deliveries that must not come.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// The entities every test can use.
+const CONFIG: &str = r#"
+[[queues]]
+name = "q"
+
+[[queues]]
+name = "sq"
+requires_session = true
+
+[[queues]]
+name = "small"
+max_message_size = 1024
+
+[[topics]]
+name = "t"
+[[topics.subscriptions]]
+name = "s1"
+[[topics.subscriptions]]
+name = "s2"
+"#;
+
+/// Which store backs the broker.
+#[derive(Debug, Clone, Copy)]
+pub enum Store {
+    Memory,
+    Durable,
+}
+
+/// A running broker; a durable one's directory goes with it.
+pub struct Broker {
+    pub running: Running,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl Broker {
+    pub async fn start(store: Store) -> Broker {
+        let dir = match store {
+            Store::Memory => None,
+            Store::Durable => Some(
+                std::env::temp_dir().join(format!("keybus-wire-{}", uuid::Uuid::new_v4().simple())),
+            ),
+        };
+        let opts = ServeOptions {
+            config: None,
+            data_dir: dir.clone().unwrap_or_else(std::env::temp_dir),
+            in_memory: dir.is_none(),
+            amqp_port: 0,
+            http_port: 0,
+            bind: "127.0.0.1".parse().unwrap(),
+            ..ServeOptions::default()
+        };
+        let config = Config::parse(CONFIG).unwrap();
+        let running = keybus_server::start_with(opts, config).await.unwrap();
+        Broker { running, dir }
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::parse(&self.running.connection_string).unwrap()
+    }
+
+    /// A connection with a token put for each of `entities`.
+    pub async fn client(&self, entities: &[&str]) -> Connection {
+        let mut c = Connection::connect(&self.endpoint(), T).await.unwrap();
+        for e in entities {
+            c.put_token(e, T).await.unwrap();
+        }
+        c
+    }
+}
+
+/// A message with a `message-id` and a `data` body.
+pub fn message(id: &str, body: &[u8]) -> Message {
+    Message {
+        properties: Some(Properties {
+            message_id: Some(Value::String(id.to_string())),
+            ..Default::default()
+        }),
+        body_raw: Message::body_data(body),
+        ..Default::default()
+    }
+}
+
+/// A message of session `session`.
+pub fn session_message(id: &str, session: &str) -> Message {
+    let mut m = message(id, id.as_bytes());
+    if let Some(p) = m.properties.as_mut() {
+        p.group_id = Some(session.to_string());
+    }
+    m
+}
+
+/// Now, in ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(d.as_millis()).unwrap()
+}
+
+/// `#[tokio::test]`s running each scenario once per store.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::harness::Store::Memory).await
+                }
+            )*
+        }
+        mod durable {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::harness::Store::Durable).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_stores;
