@@ -17,6 +17,7 @@ pub mod message_id;
 pub mod messaging;
 pub mod queue;
 pub mod record;
+pub mod settings;
 pub mod store;
 pub mod topic;
 
@@ -37,5 +38,6 @@ pub use queue::{
     sessions::LIST_ALL_SESSIONS,
 };
 pub use record::{MessageRecord, MessageState};
+pub use settings::{EntitySettings, FixedProperty, UNLIMITED_MS, limited};
 pub use store::{CommitFuture, EntitySnapshot, SessionRecord, Store, StoreError, StoreOp};
 pub use topic::{Fanout, RuleError, Subscription, Topic};

@@ -249,7 +249,7 @@ fn rows(broker: &Broker) -> Vec<EntityRow> {
 
 /// The OpenMetrics text of every metric.
 pub(crate) fn render(broker: &Broker) -> Result<String, fmt::Error> {
-    let m = &broker.metrics;
+    let m = &broker.metrics();
     let mut registry = Registry::default();
     registry.register(
         "keybus_incoming_requests",
@@ -278,9 +278,9 @@ pub(crate) fn render(broker: &Broker) -> Result<String, fmt::Error> {
     );
     registry.register_collector(Box::new(EntityCollector {
         rows: rows(broker),
-        connections: broker.connections.load(Ordering::Relaxed) as i64,
-        admission: broker.admission.snapshot(),
-        budgets: broker.admission.budgets.clone(),
+        connections: broker.open_connections() as i64,
+        admission: broker.admission().snapshot(),
+        budgets: broker.admission().budgets.clone(),
     }));
     registry.register_collector(Box::new(AuditCollector::of(broker)));
     let mut out = String::new();
@@ -298,7 +298,7 @@ struct AuditCollector {
 
 impl AuditCollector {
     fn of(broker: &Broker) -> Self {
-        let s = &broker.auth.audit.stats;
+        let s = &broker.auth().audit.stats;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Self {
             counters: [
@@ -324,7 +324,7 @@ impl AuditCollector {
                 ),
             ],
             file_bytes: i64::try_from(get(&s.file_bytes)).unwrap_or(i64::MAX),
-            limited_sources: i64::try_from(broker.auth.limited_sources(broker.now()))
+            limited_sources: i64::try_from(broker.auth().limited_sources(broker.now()))
                 .unwrap_or(i64::MAX),
         }
     }

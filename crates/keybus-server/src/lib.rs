@@ -227,7 +227,7 @@ pub async fn serve(
             ca.display()
         );
     }
-    let b = &running.broker.admission.budgets;
+    let b = &running.broker.admission().budgets;
     println!(
         "keybus: open-file limit {} (soft raised to hard); max_connections {} ({} unauthenticated, {} per address), max_http_connections {} + {} for probes",
         b.nofile
@@ -291,7 +291,7 @@ fn open_auth(opts: &ServeOptions) -> Result<keybus_auth::Auth, ServeError> {
 
 /// Reload the policy on SIGHUP and whenever its file changes (checked every second).
 async fn watch_policy(broker: Arc<Broker>) {
-    let Some(path) = broker.auth.policy_path.clone() else {
+    let Some(path) = broker.auth().policy_path.clone() else {
         return;
     };
     let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -318,7 +318,7 @@ async fn watch_policy(broker: Arc<Broker>) {
         if forced || now != last {
             last = now;
             // Errors are logged and audited; the previous policy stays.
-            let _ = broker.auth.reload();
+            let _ = broker.auth().reload();
         }
     }
 }
@@ -366,7 +366,7 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
         opts.bind.to_string()
     };
     let policy = broker
-        .policies
+        .policies()
         .first()
         .ok_or_else(|| config::ConfigError::Invalid("no SAS policy".into()))?;
     let connection_string = format!(
@@ -417,7 +417,7 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
     // The token service's issuer and accepted hosts, unless the policy sets `sts.public_url`.
     let https_port = https_addr.map_or(opts.https_port, |a| a.port());
     broker
-        .auth
+        .auth()
         .sts
         .set_default_public(sts::PublicNames::for_bind(opts.bind, https_port));
     let forwarder = tokio::spawn(forwarding::run(broker.clone()));

@@ -46,10 +46,10 @@ impl Conn {
         correlation: Option<String>,
     ) -> PutToken {
         let now = self.broker.now();
-        let auth = self.broker.auth.clone();
+        let auth = self.broker.auth().clone();
         let policy = auth.policy();
         // A valid token is accepted even from a rate-limited address; only refusals count.
-        let verified = auth.verify(token, audience, &self.broker.policies, now);
+        let verified = auth.verify(token, audience, self.broker.policies(), now);
         let resource = sas::resource_path(audience);
         match verified {
             Ok((principal, expires_at_ms)) => {
@@ -181,7 +181,7 @@ impl Conn {
         let now = self.broker.now();
         self.covering(path, now).any(|b| {
             self.broker
-                .auth
+                .auth()
                 .decide(&b.principal, right, path, now)
                 .allow
         })
@@ -197,7 +197,7 @@ impl Conn {
         correlation_id: Option<String>,
     ) -> Result<(), AmqpError> {
         let now = self.broker.now();
-        let auth = &self.broker.auth;
+        let auth = &self.broker.auth();
         let mut first_denial = None;
         for b in self.covering(path, now) {
             let d = auth.check(
@@ -235,7 +235,7 @@ impl Conn {
     /// Drop expired credentials, and detach every link that lost its access: the token ran
     /// out, the policy was reloaded, or a time-bounded grant began or ended.
     pub(crate) fn check_access(&mut self) {
-        let deadline = self.broker.config.limits.token_timeout_ms;
+        let deadline = self.broker.config().limits.token_timeout_ms;
         if !self.authenticated && self.opened_at.elapsed().as_millis() > u128::from(deadline) {
             self.close_with = Some(error(
                 errors::UNAUTHORIZED,
@@ -244,7 +244,7 @@ impl Conn {
             return;
         }
         let now = self.broker.now();
-        let auth = self.broker.auth.clone();
+        let auth = self.broker.auth().clone();
         let generation = auth.generation();
         let (checked_gen, checked_at) = self.auth_checked;
         let before = self.bindings.len();

@@ -91,7 +91,7 @@ impl Conn {
             s.links.insert(
                 a.handle,
                 Link {
-                    _gauge: crate::runtime::metrics::LinkGauge::new(&self.broker.metrics),
+                    _gauge: crate::runtime::metrics::LinkGauge::new(self.broker.metrics()),
                     name: a.name.clone(),
                     kind,
                     generation,
@@ -105,7 +105,7 @@ impl Conn {
     }
 
     pub(super) fn on_attach(&mut self, channel: u16, a: Attach) -> Result<(), ConnError> {
-        let limit = self.broker.config.limits.max_links_per_session;
+        let limit = self.broker.config().limits.max_links_per_session;
         let (count, in_use) = self
             .sessions
             .get(&channel)

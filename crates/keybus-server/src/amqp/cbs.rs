@@ -99,7 +99,7 @@ impl Conn {
                 (other, _) => (400, format!("unsupported token type '{other}'")),
             }
         };
-        self.broker.metrics.request("put-token", status);
+        self.broker.metrics().request("put-token", status);
         let reply_to = msg.properties.as_ref().and_then(|p| p.reply_to.clone());
         let app = vec![
             (s("status-code"), Value::Int(status)),

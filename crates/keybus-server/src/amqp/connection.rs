@@ -71,7 +71,7 @@ impl Conn {
                 "channel already in use",
             )));
         }
-        let limit = self.broker.config.limits.max_sessions_per_connection;
+        let limit = self.broker.config().limits.max_sessions_per_connection;
         let reply = Begin {
             remote_channel: Some(channel),
             next_outgoing_id: 1,
@@ -79,7 +79,7 @@ impl Conn {
             outgoing_window: SESSION_WINDOW,
             handle_max: self
                 .broker
-                .config
+                .config()
                 .limits
                 .max_links_per_session
                 .saturating_sub(1) as u32,
@@ -338,7 +338,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut inbuf = BytesMut::with_capacity(64 * 1024);
-    let deadline = broker.admission.deadlines.handshake;
+    let deadline = broker.admission().deadlines.handshake;
     match tokio::time::timeout(deadline, handshake(&mut io, &mut inbuf)).await {
         Ok(Ok(true)) => {}
         Ok(Ok(false) | Err(_)) => {
@@ -358,7 +358,7 @@ where
         p.authenticate();
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    let max_frame = broker.config.limits.max_frame_size;
+    let max_frame = broker.config().limits.max_frame_size;
     let mut conn = Conn {
         broker: broker.clone(),
         out: BytesMut::with_capacity(64 * 1024),
@@ -376,7 +376,7 @@ where
             })
             .into_iter()
             .collect(),
-        auth_checked: (broker.auth.generation(), broker.now()),
+        auth_checked: (broker.auth().generation(), broker.now()),
         failed_tokens: 0,
         close_with: None,
         opened_at: Instant::now(),
@@ -390,9 +390,9 @@ where
         pending_sends: Vec::new(),
         closed: false,
     };
-    broker.connections.fetch_add(1, Ordering::SeqCst);
+    let open = broker.connection_opened();
     let result = run(&mut conn, &mut io, &mut inbuf, rx).await;
-    broker.connections.fetch_sub(1, Ordering::SeqCst);
+    drop(open);
     if let Err(ConnError(err)) = result {
         tracing::debug!(%peer, condition = %err.condition.as_str(), "closing connection with error");
         conn.write(0, Performative::Close(Close { error: Some(err) }));
@@ -413,7 +413,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     // The first frame must be `open`, within `limits.open_timeout_ms`.
-    let open_deadline = tokio::time::Instant::now() + conn.broker.admission.deadlines.open;
+    let open_deadline = tokio::time::Instant::now() + conn.broker.admission().deadlines.open;
     let open = loop {
         match next_frame(inbuf, conn.max_frame)? {
             Some(Frame {
@@ -443,17 +443,17 @@ where
             },
         }
     };
-    let idle_ms = conn.broker.config.limits.idle_timeout_ms;
+    let idle_ms = conn.broker.config().limits.idle_timeout_ms;
     conn.peer_max_frame = open.max_frame_size.max(512);
     conn.hostname = open.hostname.clone().unwrap_or_else(|| "localhost".into());
     conn.write(
         0,
         Performative::Open(Open {
-            container_id: format!("keybus-{}", conn.broker.config.namespace),
+            container_id: format!("keybus-{}", conn.broker.config().namespace),
             hostname: None,
             max_frame_size: conn.max_frame,
             channel_max: 65_535
-                .min(conn.broker.config.limits.max_sessions_per_connection as u32 * 4)
+                .min(conn.broker.config().limits.max_sessions_per_connection as u32 * 4)
                 as u16,
             idle_time_out: (idle_ms > 0).then_some(idle_ms),
             ..Default::default()

@@ -26,7 +26,7 @@ pub(crate) fn admit(
     addr: std::net::SocketAddr,
     listener: Listener,
 ) -> Option<(TcpStream, Permit)> {
-    match broker.admission.admit(listener, addr.ip()) {
+    match broker.admission().admit(listener, addr.ip()) {
         Ok(p) => Some((sock, p)),
         Err(reason) => {
             tracing::debug!(peer = %addr, reason = reason.as_str(), listener = listener.as_str(), "connection refused");
@@ -147,7 +147,7 @@ pub(crate) async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, brok
                 Some(Ok(Some(id))) => Some(id),
                 Some(Err(e)) => {
                     tracing::info!(%peer, error = %e, "client certificate refused");
-                    broker.auth.audit.record(keybus_auth::audit::Event {
+                    broker.auth().audit.record(keybus_auth::audit::Event {
                         event: "mtls",
                         allow: false,
                         reason: e,
@@ -234,7 +234,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 /// client opens with an HTTP request.
 /// Nothing is served to a socket that sends no byte within `limits.handshake_timeout_ms`.
 pub(crate) async fn serve_socket(broker: Arc<Broker>, sock: TcpStream, peer: Peer) {
-    let handshake = broker.admission.deadlines.handshake;
+    let handshake = broker.admission().deadlines.handshake;
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(handshake, sock.peek(&mut first))
         .await

@@ -179,7 +179,7 @@ impl Conn {
             Ok(()) => {
                 let body = body_value(&msg);
                 let fields = body.as_ref().and_then(Value::as_map).unwrap_or(&[]);
-                match self.broker.store.status() {
+                match self.broker.store().status() {
                     // A store that refuses writes refuses the operations that write, before
                     // they touch the entity.
                     Err(e) if writes(&op) => {
@@ -203,7 +203,7 @@ impl Conn {
         let op_name = op.strip_prefix("com.microsoft:").unwrap_or(&op).to_string();
         match result {
             Err(OpError(status, cond, desc)) => {
-                self.broker.metrics.request(&op_name, status);
+                self.broker.metrics().request(&op_name, status);
                 let bytes = mgmt_response(&msg, status, &desc, Some(cond), None);
                 self.send_reply(ch, h, &bytes);
             }
@@ -216,7 +216,7 @@ impl Conn {
                 if let Some(f) = after_commit {
                     f(true);
                 }
-                self.broker.metrics.request(&op_name, status);
+                self.broker.metrics().request(&op_name, status);
                 let bytes = mgmt_response(&msg, status, "OK", None, body);
                 self.send_reply(ch, h, &bytes);
             }
@@ -227,7 +227,7 @@ impl Conn {
                 after_commit,
             }) => {
                 let tx = self.tx.clone();
-                let metrics = self.broker.metrics.clone();
+                let metrics = self.broker.metrics().clone();
                 tokio::spawn(async move {
                     let r = fut.await;
                     metrics.request(&op_name, if r.is_ok() { status } else { 500 });

@@ -96,7 +96,7 @@ impl Conn {
             self.detach_gone(channel, handle, err);
             return;
         }
-        let max_unsettled = self.broker.config.limits.max_unsettled_per_link;
+        let max_unsettled = self.broker.config().limits.max_unsettled_per_link;
         let now = self.broker.now();
         let tx = self.tx.clone();
         let Some(s) = self.sessions.get_mut(&channel) else {

@@ -186,7 +186,7 @@ impl Conn {
             // A store that refuses writes refuses the sends before they touch the entity.
             let refused = self
                 .broker
-                .store
+                .store()
                 .status()
                 .err()
                 .map(|e| errors::store_failure(&e));
@@ -212,7 +212,7 @@ impl Conn {
             };
             let tx = self.tx.clone();
             let entity = entity.clone();
-            let store = self.broker.store.clone();
+            let store = self.broker.store().clone();
             let finish = move |ok: Result<(), keybus_core::StoreError>| {
                 let failed = ok.as_ref().err().map(errors::store_failure);
                 {
@@ -273,7 +273,7 @@ impl Conn {
         for (id, r) in results {
             let state = match r {
                 Ok(()) => {
-                    self.broker.metrics.request("send", 200);
+                    self.broker.metrics().request("send", 200);
                     DeliveryState::Accepted
                 }
                 Err((cond, desc)) => {
@@ -282,7 +282,7 @@ impl Conn {
                         "com.microsoft:server-busy" => 503,
                         _ => 400,
                     };
-                    self.broker.metrics.request("send", status);
+                    self.broker.metrics().request("send", status);
                     DeliveryState::Rejected {
                         error: Some(error(cond, desc)),
                     }

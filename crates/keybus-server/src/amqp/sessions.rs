@@ -99,8 +99,13 @@ impl Conn {
                     Value::Long(dotnet_ticks(until)),
                 )];
                 self.reply_attach_with(channel, &reply, max_size, Some(props));
-                let guard =
-                    SessionGuard::new(id, holder, entity, subscription, self.broker.clock.clone());
+                let guard = SessionGuard::new(
+                    id,
+                    holder,
+                    entity,
+                    subscription,
+                    self.broker.clock().clone(),
+                );
                 if let Some(LinkKind::EntityOut { session, .. }) = self
                     .sessions
                     .get_mut(&channel)

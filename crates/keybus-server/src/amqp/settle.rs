@@ -74,7 +74,7 @@ impl Conn {
         // message stays locked (settle again once the store is back) until its lock ends.
         let refused = self
             .broker
-            .store
+            .store()
             .status()
             .err()
             .map(|e| errors::from_store(&e));

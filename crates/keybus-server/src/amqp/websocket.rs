@@ -68,12 +68,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A WebSocket message holds at most one AMQP frame's worth plus slack.
-    let limit = broker.config.limits.max_frame_size as usize + 64 * 1024;
+    let limit = broker.config().limits.max_frame_size as usize + 64 * 1024;
     let config = WebSocketConfig::default()
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(io, check_request, Some(config));
-    let ws = match tokio::time::timeout(broker.admission.deadlines.websocket, upgrade).await {
+    let ws = match tokio::time::timeout(broker.admission().deadlines.websocket, upgrade).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "WebSocket handshake refused");

@@ -5,8 +5,8 @@
 //! documented policy and key are used.
 
 use keybus_core::{
-    EntityDefinition, EntityKind, FilterDefinition, QueueProperties, RuleDefinition,
-    TopicProperties,
+    EntityDefinition, EntityKind, EntitySettings, FilterDefinition, QueueProperties,
+    RuleDefinition, TopicProperties, limited,
 };
 use serde::{Deserialize, Deserializer};
 
@@ -168,34 +168,24 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     Ok(cfg)
 }
 
+fn ms(d: Option<Duration>) -> Option<i64> {
+    d.map(|Duration(ms)| ms)
+}
+
 fn queue_properties(p: QueueProps) -> QueueProperties {
-    let mut q = QueueProperties::default();
-    if let Some(Duration(ms)) = p.lock_duration {
-        q.lock_duration_ms = ms;
+    EntitySettings {
+        lock_duration_ms: ms(p.lock_duration),
+        max_delivery_count: p.max_delivery_count,
+        default_message_ttl_ms: ms(p.default_message_time_to_live).map(limited),
+        dead_lettering_on_message_expiration: p.dead_lettering_on_message_expiration,
+        requires_duplicate_detection: p.requires_duplicate_detection,
+        duplicate_detection_window_ms: ms(p.duplicate_detection_history_time_window),
+        requires_session: p.requires_session,
+        forward_to: p.forward_to,
+        forward_dead_lettered_messages_to: p.forward_dead_lettered_messages_to,
+        ..Default::default()
     }
-    if let Some(n) = p.max_delivery_count {
-        q.max_delivery_count = n;
-    }
-    if let Some(Duration(ms)) = p.default_message_time_to_live {
-        q.default_message_ttl_ms = Some(ms);
-    }
-    if let Some(b) = p.dead_lettering_on_message_expiration {
-        q.dead_lettering_on_message_expiration = b;
-    }
-    if let Some(b) = p.requires_duplicate_detection {
-        q.requires_duplicate_detection = b;
-    }
-    if let Some(Duration(ms)) = p.duplicate_detection_history_time_window {
-        q.duplicate_detection_window_ms = ms;
-    }
-    if let Some(b) = p.requires_session {
-        q.requires_session = b;
-    }
-    q.forward_to = p.forward_to.filter(|s| !s.is_empty());
-    q.forward_dead_lettered_messages_to = p
-        .forward_dead_lettered_messages_to
-        .filter(|s| !s.is_empty());
-    q
+    .queue(QueueProperties::default())
 }
 
 fn topic(cfg: &mut Config, t: Topic) -> Result<(), ConfigError> {
@@ -203,16 +193,13 @@ fn topic(cfg: &mut Config, t: Topic) -> Result<(), ConfigError> {
     if name.is_empty() {
         return Err(err("a topic has no Name"));
     }
-    let mut p = TopicProperties::default();
-    if let Some(Duration(ms)) = t.properties.default_message_time_to_live {
-        p.default_message_ttl_ms = Some(ms);
+    let p = EntitySettings {
+        default_message_ttl_ms: ms(t.properties.default_message_time_to_live).map(limited),
+        duplicate_detection_window_ms: ms(t.properties.duplicate_detection_history_time_window),
+        requires_duplicate_detection: t.properties.requires_duplicate_detection,
+        ..Default::default()
     }
-    if let Some(Duration(ms)) = t.properties.duplicate_detection_history_time_window {
-        p.duplicate_detection_window_ms = ms;
-    }
-    if let Some(b) = t.properties.requires_duplicate_detection {
-        p.requires_duplicate_detection = b;
-    }
+    .topic(TopicProperties::default());
     for s in t.subscriptions {
         let sub = s.name;
         if sub.is_empty() {

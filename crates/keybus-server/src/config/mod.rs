@@ -278,6 +278,42 @@ mod tests {
     }
 
     #[test]
+    fn both_formats_give_the_same_queue() {
+        let toml = r#"
+[[queues]]
+name = "orders"
+lock_duration = "30s"
+max_delivery_count = 4
+default_message_time_to_live = "1h"
+dead_lettering_on_message_expiration = true
+requires_duplicate_detection = true
+duplicate_detection_history_time_window = "2m"
+requires_session = true
+forward_dead_lettered_messages_to = "graveyard"
+[[queues]]
+name = "graveyard"
+"#;
+        let json = r#"{ "UserConfig": { "Namespaces": [ { "Name": "n", "Queues": [
+            { "Name": "orders", "Properties": { "LockDuration": "PT30S", "MaxDeliveryCount": 4,
+              "DefaultMessageTimeToLive": "PT1H", "DeadLetteringOnMessageExpiration": true,
+              "RequiresDuplicateDetection": true, "DuplicateDetectionHistoryTimeWindow": "PT2M",
+              "RequiresSession": true, "ForwardDeadLetteredMessagesTo": "graveyard" } },
+            { "Name": "graveyard" } ] } ] } }"#;
+        let from_toml = Config::parse(toml).unwrap().entities;
+        let from_json = Config::parse(json).unwrap().entities;
+        assert_eq!(from_toml, from_json);
+        let EntityKind::Queue(p) = &from_toml[0].kind else {
+            panic!()
+        };
+        assert_eq!(p.lock_duration_ms, 30_000);
+        assert_eq!(p.duplicate_detection_window_ms, 120_000);
+        assert_eq!(
+            p.forward_dead_lettered_messages_to.as_deref(),
+            Some("graveyard")
+        );
+    }
+
+    #[test]
     fn topics_in_both_formats() {
         let toml = r#"
 [[topics]]

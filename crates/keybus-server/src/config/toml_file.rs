@@ -3,8 +3,8 @@
 //! are humantime (`30s`, `5m`); unknown keys fail with the key named.
 
 use keybus_core::{
-    EntityDefinition, EntityKind, FilterDefinition, QueueProperties, RuleDefinition,
-    TopicProperties,
+    EntityDefinition, EntityKind, EntitySettings, FilterDefinition, QueueProperties,
+    RuleDefinition, TopicProperties, limited,
 };
 use serde::Deserialize;
 
@@ -113,50 +113,59 @@ fn toml_rule(topic: &str, sub: &str, r: RawRule) -> Result<RuleDefinition, Confi
     })
 }
 
-fn toml_queue_props(
-    section: &str,
-    q: &RawQueue,
-    max_message_size: u64,
-) -> Result<QueueProperties, ConfigError> {
-    let mut p = QueueProperties {
-        max_message_size,
-        ..Default::default()
-    };
+/// The settings of a queue or a subscription as the file gives them.
+fn queue_settings(section: &str, q: &RawQueue) -> Result<EntitySettings, ConfigError> {
     let key = |f: &str| format!("{section}.{}.{f}", q.name);
-    if let Some(v) = &q.lock_duration {
-        p.lock_duration_ms = humantime_ms(&key("lock_duration"), v)?;
-    }
-    if let Some(v) = q.max_delivery_count {
-        p.max_delivery_count = v;
-    }
-    if let Some(v) = &q.default_message_time_to_live {
-        p.default_message_ttl_ms = Some(humantime_ms(&key("default_message_time_to_live"), v)?);
-    }
-    if let Some(v) = q.dead_lettering_on_message_expiration {
-        p.dead_lettering_on_message_expiration = v;
-    }
-    if let Some(v) = q.requires_duplicate_detection {
-        p.requires_duplicate_detection = v;
-    }
-    if let Some(v) = &q.duplicate_detection_history_time_window {
-        p.duplicate_detection_window_ms =
-            humantime_ms(&key("duplicate_detection_history_time_window"), v)?;
-    }
-    if let Some(v) = q.requires_session {
-        p.requires_session = v;
-    }
-    if let Some(v) = q.max_message_size {
-        p.max_message_size = v;
-    }
-    if let Some(v) = q.max_size_in_megabytes {
-        p.max_size_bytes = v.saturating_mul(1024 * 1024);
-    }
-    p.forward_to = q.forward_to.clone().filter(|s| !s.is_empty());
-    p.forward_dead_lettered_messages_to = q
-        .forward_dead_lettered_messages_to
-        .clone()
-        .filter(|s| !s.is_empty());
-    Ok(p)
+    let duration =
+        |f: &str, v: &Option<String>| v.as_deref().map(|v| humantime_ms(&key(f), v)).transpose();
+    Ok(EntitySettings {
+        lock_duration_ms: duration("lock_duration", &q.lock_duration)?,
+        max_delivery_count: q.max_delivery_count,
+        default_message_ttl_ms: duration(
+            "default_message_time_to_live",
+            &q.default_message_time_to_live,
+        )?
+        .map(limited),
+        dead_lettering_on_message_expiration: q.dead_lettering_on_message_expiration,
+        dead_lettering_on_filter_evaluation_exceptions: q
+            .dead_lettering_on_filter_evaluation_exceptions,
+        requires_duplicate_detection: q.requires_duplicate_detection,
+        duplicate_detection_window_ms: duration(
+            "duplicate_detection_history_time_window",
+            &q.duplicate_detection_history_time_window,
+        )?,
+        requires_session: q.requires_session,
+        max_message_size: q.max_message_size,
+        max_size_bytes: q.max_size_in_megabytes.map(megabytes),
+        forward_to: q.forward_to.clone(),
+        forward_dead_lettered_messages_to: q.forward_dead_lettered_messages_to.clone(),
+        ..Default::default()
+    })
+}
+
+fn topic_settings(t: &RawTopic) -> Result<EntitySettings, ConfigError> {
+    let key = |f: &str| format!("topics.{}.{f}", t.name);
+    let duration =
+        |f: &str, v: &Option<String>| v.as_deref().map(|v| humantime_ms(&key(f), v)).transpose();
+    Ok(EntitySettings {
+        default_message_ttl_ms: duration(
+            "default_message_time_to_live",
+            &t.default_message_time_to_live,
+        )?
+        .map(limited),
+        requires_duplicate_detection: t.requires_duplicate_detection,
+        duplicate_detection_window_ms: duration(
+            "duplicate_detection_history_time_window",
+            &t.duplicate_detection_history_time_window,
+        )?,
+        max_message_size: t.max_message_size,
+        max_size_bytes: t.max_size_in_megabytes.map(megabytes),
+        ..Default::default()
+    })
+}
+
+fn megabytes(mb: u64) -> u64 {
+    mb.saturating_mul(1024 * 1024)
 }
 
 fn humantime_ms(key: &str, v: &str) -> Result<i64, ConfigError> {
@@ -194,40 +203,26 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
                 q.name
             )));
         }
-        let p = toml_queue_props("queues", &q, cfg.max_message_size)?;
+        let p = queue_settings("queues", &q)?.queue(QueueProperties {
+            max_message_size: cfg.max_message_size,
+            ..Default::default()
+        });
         cfg.entities.push(EntityDefinition {
             name: q.name,
             kind: EntityKind::Queue(p),
         });
     }
     for t in raw.topics {
-        let key = |f: &str| format!("topics.{}.{f}", t.name);
-        let mut p = TopicProperties {
+        let p = topic_settings(&t)?.topic(TopicProperties {
             max_message_size: cfg.max_message_size,
             ..Default::default()
-        };
-        if let Some(v) = &t.default_message_time_to_live {
-            p.default_message_ttl_ms = Some(humantime_ms(&key("default_message_time_to_live"), v)?);
-        }
-        if let Some(v) = t.requires_duplicate_detection {
-            p.requires_duplicate_detection = v;
-        }
-        if let Some(v) = &t.duplicate_detection_history_time_window {
-            p.duplicate_detection_window_ms =
-                humantime_ms(&key("duplicate_detection_history_time_window"), v)?;
-        }
-        if let Some(v) = t.max_message_size {
-            p.max_message_size = v;
-        }
-        if let Some(v) = t.max_size_in_megabytes {
-            p.max_size_bytes = v.saturating_mul(1024 * 1024);
-        }
+        });
         for s in t.subscriptions {
-            let props = toml_queue_props(
-                &format!("topics.{}.subscriptions", t.name),
-                &s,
-                p.max_message_size,
-            )?;
+            let settings = queue_settings(&format!("topics.{}.subscriptions", t.name), &s)?;
+            let props = settings.queue(QueueProperties {
+                max_message_size: p.max_message_size,
+                ..Default::default()
+            });
             let rules = match s.rules {
                 None => vec![RuleDefinition::default_rule()],
                 Some(rules) => rules
@@ -235,7 +230,7 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
                     .map(|r| toml_rule(&t.name, &s.name, r))
                     .collect::<Result<_, _>>()?,
             };
-            let dlq_on_filter = s
+            let dlq_on_filter = settings
                 .dead_lettering_on_filter_evaluation_exceptions
                 .unwrap_or(false);
             cfg.entities

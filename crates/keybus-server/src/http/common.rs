@@ -183,9 +183,9 @@ pub fn authorize(
         .trim();
     let audience = format!("sb://{host}/{path}");
     let now = broker.now();
-    let auth = &broker.auth;
+    let auth = &broker.auth();
     let (principal, _) = auth
-        .verify_from(token, &audience, &broker.policies, peer, now)
+        .verify_from(token, &audience, broker.policies(), peer, now)
         .map_err(|e| {
             auth.audit.record(keybus_auth::audit::Event {
                 event: "http.token",

@@ -27,7 +27,7 @@ use crate::runtime::Broker;
 use common::HttpError;
 
 async fn health(State(broker): State<Arc<Broker>>) -> (StatusCode, String) {
-    match broker.store.status() {
+    match broker.store().status() {
         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -53,7 +53,7 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
 }
 
 pub fn router(broker: Arc<Broker>) -> Router {
-    let body_deadline = broker.admission.deadlines.http_body;
+    let body_deadline = broker.admission().deadlines.http_body;
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(health))
@@ -210,17 +210,17 @@ async fn serve_conn<I>(
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(broker.admission.deadlines.http_header);
+        .header_read_timeout(broker.admission().deadlines.http_header);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(Some(broker.admission.deadlines.http_header))
-        .keep_alive_timeout(broker.admission.deadlines.http_header);
+        .keep_alive_interval(Some(broker.admission().deadlines.http_header))
+        .keep_alive_timeout(broker.admission().deadlines.http_header);
     let io = FirstBytes {
         inner: io,
         read: 0,
         deadline: Some(Box::pin(tokio::time::sleep(
-            broker.admission.deadlines.http_header,
+            broker.admission().deadlines.http_header,
         ))),
     };
     let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
@@ -306,7 +306,7 @@ fn admit(
     addr: std::net::SocketAddr,
     listener: crate::runtime::admission::Listener,
 ) -> Option<crate::runtime::admission::Permit> {
-    match broker.admission.admit(listener, addr.ip()) {
+    match broker.admission().admit(listener, addr.ip()) {
         Ok(p) => Some(p),
         Err(reason) => {
             tracing::debug!(peer = %addr, reason = reason.as_str(), "HTTP connection refused");
@@ -357,7 +357,7 @@ pub async fn serve_tls(
         let acceptor = acceptor.clone();
         let broker = broker.clone();
         tokio::spawn(async move {
-            let deadline = broker.admission.deadlines.handshake;
+            let deadline = broker.admission().deadlines.handshake;
             let tls = match tokio::time::timeout(deadline, acceptor.accept(sock)).await {
                 Ok(Ok(s)) => s,
                 _ => {

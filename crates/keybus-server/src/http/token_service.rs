@@ -69,8 +69,8 @@ fn audit_issue(
     client_id: Option<&str>,
     extra: Vec<(&'static str, Value)>,
 ) {
-    let policy = broker.auth.policy();
-    broker.auth.audit.record(Event {
+    let policy = broker.auth().policy();
+    broker.auth().audit.record(Event {
         event,
         allow,
         reason: reason.to_string(),
@@ -103,7 +103,7 @@ fn refuse(
     description: &str,
 ) -> Response {
     let refusal = broker
-        .auth
+        .auth()
         .refuse(peer, format!("{code}: {description}"), broker.now());
     let limited = match &refusal {
         Refusal::Limited(_, ms) => Some(((*ms).max(0) as u64).div_ceil(1000)),
@@ -162,7 +162,7 @@ fn check_public(
     tls: bool,
     event: &'static str,
 ) -> Result<PublicNames, Box<Response>> {
-    let names = broker.auth.sts.public_names(policy);
+    let names = broker.auth().sts.public_names(policy);
     if !tls {
         audit_issue(broker, peer, event, false, "plain_http", None, None, vec![]);
         return Err(Box::new(oauth_error(
@@ -206,7 +206,7 @@ async fn managed_identity(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let peer = crate::http::peer_text(&peer);
-    let policy = broker.auth.policy();
+    let policy = broker.auth().policy();
     if headers.contains_key(header::ORIGIN) {
         // A web page in a browser on this host is not a workload (identity reference §8).
         return refuse(
@@ -310,8 +310,8 @@ async fn managed_identity(
     };
     let mi = &mis[i];
     let tenant = &policy.file.sts.tenant;
-    let issuer = broker.auth.sts.public_names(&policy).issuer(tenant);
-    match broker.auth.sts.mint(
+    let issuer = broker.auth().sts.public_names(&policy).issuer(tenant);
+    match broker.auth().sts.mint(
         &issuer,
         tenant,
         &mi.client_id,
@@ -358,7 +358,7 @@ async fn token_endpoint(
     RawForm(form): RawForm,
 ) -> Response {
     let peer = crate::http::peer_text(&peer);
-    let policy = broker.auth.policy();
+    let policy = broker.auth().policy();
     let names = match check_public(
         &broker,
         &peer,
@@ -466,9 +466,9 @@ async fn token_endpoint(
     let mut last_error = "no federated credential matches".to_string();
     let mut matched = false;
     for fc in &client.federated {
-        match broker.auth.jwt.verify(
+        match broker.auth().jwt.verify(
             assertion,
-            &broker.auth.sts,
+            &broker.auth().sts,
             &policy,
             broker.now(),
             Some(&fc.audiences),
@@ -507,7 +507,7 @@ async fn token_endpoint(
         );
     }
     let tenant = &policy.file.sts.tenant;
-    match broker.auth.sts.mint(
+    match broker.auth().sts.mint(
         &names.issuer(tenant),
         tenant,
         &client.client_id,
@@ -553,7 +553,7 @@ async fn discovery(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let policy = broker.auth.policy();
+    let policy = broker.auth().policy();
     let peer = crate::http::peer_text(&peer);
     let names = match check_public(
         &broker,
@@ -588,13 +588,13 @@ async fn discovery(
 }
 
 async fn jwks(State(broker): State<Arc<Broker>>, UrlPath(tenant): UrlPath<String>) -> Response {
-    let policy = broker.auth.policy();
+    let policy = broker.auth().policy();
     if !tenant_ok(&policy, &tenant) {
         return oauth_error(StatusCode::NOT_FOUND, "invalid_tenant", "Tenant not found.");
     }
     (
         [(header::CACHE_CONTROL, "max-age=300")],
-        axum::Json(json!({ "keys": broker.auth.sts.public_jwks() })),
+        axum::Json(json!({ "keys": broker.auth().sts.public_jwks() })),
     )
         .into_response()
 }

@@ -16,9 +16,9 @@
 use std::sync::Arc;
 
 use keybus_core::{
-    EntityDefinition, EntityKind, Queue, QueueCounts, QueueProperties, RuleDefinition, RuleError,
-    StoreError, StoreOp, Subscription, SubscriptionDefinition, Topic, TopicProperties,
-    validate_entity_name,
+    EntityDefinition, EntityKind, FixedProperty, Queue, QueueCounts, QueueProperties,
+    RuleDefinition, RuleError, StoreError, StoreOp, Subscription, SubscriptionDefinition, Topic,
+    TopicProperties, validate_entity_name,
 };
 
 use keybus_core::MessagingEntity;
@@ -390,33 +390,14 @@ impl Broker {
             match (&mut st.machine, &mut def.kind) {
                 (MessagingEntity::Queue(q), EntityKind::Queue(p)) => {
                     let old = q.properties();
-                    immutable("RequiresSession", old.requires_session, p.requires_session)?;
-                    immutable(
-                        "RequiresDuplicateDetection",
-                        old.requires_duplicate_detection,
-                        p.requires_duplicate_detection,
-                    )?;
-                    immutable(
-                        "EnablePartitioning",
-                        old.meta.enable_partitioning,
-                        p.meta.enable_partitioning,
-                    )?;
+                    immutable(old.fixed_change(p))?;
                     p.meta.created_at = old.meta.created_at;
                     p.meta.updated_at = now;
                     q.set_properties(p.clone());
                 }
                 (MessagingEntity::Topic(t), EntityKind::Topic(p)) => {
                     let old = t.properties();
-                    immutable(
-                        "RequiresDuplicateDetection",
-                        old.requires_duplicate_detection,
-                        p.requires_duplicate_detection,
-                    )?;
-                    immutable(
-                        "EnablePartitioning",
-                        old.meta.enable_partitioning,
-                        p.meta.enable_partitioning,
-                    )?;
+                    immutable(old.fixed_change(p))?;
                     p.meta.created_at = old.meta.created_at;
                     p.meta.updated_at = now;
                     t.set_properties(p.clone());
@@ -468,11 +449,7 @@ impl Broker {
                 .subscription_mut(&sd.name)
                 .ok_or_else(|| not_found(&source))?;
             let old = sub.queue.properties();
-            immutable(
-                "RequiresSession",
-                old.requires_session,
-                sd.properties.requires_session,
-            )?;
+            immutable(old.fixed_change(&sd.properties))?;
             sd.properties.max_message_size = max_message_size;
             sd.properties.meta.created_at = old.meta.created_at;
             sd.properties.meta.updated_at = now;
@@ -642,12 +619,11 @@ impl Broker {
 }
 
 /// A property fixed at creation must keep its value.
-fn immutable(name: &str, old: bool, new: bool) -> Result<(), AdminError> {
-    if old == new {
-        Ok(())
-    } else {
-        Err(AdminError::Invalid(format!(
+fn immutable(changed: Option<FixedProperty>) -> Result<(), AdminError> {
+    match changed {
+        None => Ok(()),
+        Some(name) => Err(AdminError::Invalid(format!(
             "The value of {name} of an existing entity cannot be changed."
-        )))
+        ))),
     }
 }

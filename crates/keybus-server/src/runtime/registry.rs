@@ -17,25 +17,25 @@ use keybus_auth::SasPolicy;
 
 /// The broker: one namespace.
 pub struct Broker {
-    pub(crate) config: Config,
-    pub(crate) policies: Vec<SasPolicy>,
-    pub(crate) entities: RwLock<HashMap<String, Arc<Entity>>>,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) connections: AtomicUsize,
+    pub(in crate::runtime) config: Config,
+    pub(in crate::runtime) policies: Vec<SasPolicy>,
+    pub(in crate::runtime) entities: RwLock<HashMap<String, Arc<Entity>>>,
+    pub(in crate::runtime) store: Arc<dyn Store>,
+    pub(in crate::runtime) clock: Arc<dyn Clock>,
+    pub(in crate::runtime) connections: AtomicUsize,
     /// Every accepted socket's permit comes from here (see `admission.rs`).
-    pub(crate) admission: Arc<super::admission::Admission>,
+    pub(in crate::runtime) admission: Arc<super::admission::Admission>,
     seed: AtomicU64,
     holders: AtomicU64,
     /// Notified when an entity has messages to forward (see `forwarding.rs`).
-    pub(crate) forwarder: Arc<Notify>,
-    pub(crate) metrics: super::metrics::Metrics,
+    pub(in crate::runtime) forwarder: Arc<Notify>,
+    pub(in crate::runtime) metrics: super::metrics::Metrics,
     /// Serialises entity lifecycle changes (create, update, delete; see `admin.rs`).
-    pub(crate) admin: tokio::sync::Mutex<()>,
+    pub(in crate::runtime) admin: tokio::sync::Mutex<()>,
     /// When the broker started (ms since the epoch).
-    pub(crate) started_at: i64,
+    pub(in crate::runtime) started_at: i64,
     /// Policy, token validation, token service and audit log.
-    pub(crate) auth: Arc<keybus_auth::Auth>,
+    pub(in crate::runtime) auth: Arc<keybus_auth::Auth>,
 }
 
 impl Broker {
@@ -224,5 +224,55 @@ impl Broker {
     /// Every accepted socket's permit comes from here.
     pub fn admission(&self) -> &Arc<super::admission::Admission> {
         &self.admission
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Policy, token validation, token service and audit log.
+    pub fn auth(&self) -> &Arc<keybus_auth::Auth> {
+        &self.auth
+    }
+
+    /// The counters the metrics endpoint renders.
+    pub(crate) fn metrics(&self) -> &super::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The store every entity commits to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The clock every expiry is measured by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// When the broker started (ms since the epoch).
+    pub fn started_at(&self) -> i64 {
+        self.started_at
+    }
+
+    /// AMQP connections past their handshake.
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Count an AMQP connection as open until the guard drops.
+    pub fn connection_opened(self: &Arc<Self>) -> OpenConnection {
+        self.connections.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(self.clone())
+    }
+}
+
+/// An open AMQP connection, counted in [`Broker::open_connections`] while it lives.
+pub struct OpenConnection(Arc<Broker>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
     }
 }

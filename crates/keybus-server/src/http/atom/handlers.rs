@@ -6,13 +6,13 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use keybus_core::{
-    EntityDefinition, EntityKind, EntityMeta, QueueProperties, RuleDefinition,
-    SubscriptionDefinition, TopicProperties,
+    EntityDefinition, EntityKind, QueueProperties, RuleDefinition, SubscriptionDefinition,
+    TopicProperties,
 };
 
 use super::xml::{self, Body, Ctx, Fields, RuleBody};
 use super::{Target, check_new_name, parse_target};
-use crate::http::common::{HttpError, Need, authorize, bad, host_of, percent_decode};
+use crate::http::common::{HttpError, Need, authorize, bad, host_of};
 use crate::runtime::Broker;
 use crate::runtime::lifecycle::EntityView;
 use keybus_auth::Principal;
@@ -34,15 +34,12 @@ struct Query {
 
 fn parse_query(q: Option<&str>) -> Result<Query, HttpError> {
     let mut out = Query::default();
-    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k)?;
-        let v = percent_decode(v)?;
+    for (k, v) in form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
         let num = |name: &str| {
             v.parse::<usize>()
                 .map_err(|_| bad(format!("{name} must be a non-negative integer, not '{v}'")))
         };
-        match k.as_str() {
+        match k.as_ref() {
             "$skip" => out.skip = Some(num("$skip")?),
             "$top" => {
                 let top = num("$top")?;
@@ -58,7 +55,7 @@ fn parse_query(q: Option<&str>) -> Result<Query, HttpError> {
                 {
                     return Err(bad(format!("invalid api-version '{v}'")));
                 }
-                out.api_version = Some(v);
+                out.api_version = Some(v.into_owned());
             }
             _ => {}
         }
@@ -86,9 +83,9 @@ pub(crate) async fn dispatch(
     let ctx = Ctx {
         base: &base,
         host: &host,
-        started_at: broker.started_at,
+        started_at: broker.started_at(),
         api_version: query.api_version.as_deref().unwrap_or(API_VERSION),
-        namespace: &broker.config.namespace,
+        namespace: &broker.config().namespace,
     };
     let path = target.auth_path();
     match *method {
@@ -200,8 +197,8 @@ fn get(broker: &Broker, ctx: &Ctx, target: &Target, query: &Query) -> Result<Res
                 ctx,
                 "$namespaceinfo",
                 ctx.namespace,
-                broker.started_at,
-                broker.started_at,
+                broker.started_at(),
+                broker.started_at(),
                 &xml::namespace_info(ctx),
             ),
         )),
@@ -267,110 +264,38 @@ fn get(broker: &Broker, ctx: &Ctx, target: &Target, query: &Query) -> Result<Res
 
 // ------------------------------------------------------------------ writing
 
-fn mb_to_bytes(mb: u64) -> Result<u64, HttpError> {
-    mb.checked_mul(1024 * 1024)
-        .ok_or_else(|| bad("MaxSizeInMegabytes is out of range"))
-}
-
-fn kb_to_bytes(kb: u64) -> Result<u64, HttpError> {
-    if !(1..=102_400).contains(&kb) {
-        return Err(bad(format!(
-            "MaxMessageSizeInKilobytes {kb} is out of range (1 to 102400)"
-        )));
-    }
-    Ok(kb * 1024)
-}
-
-fn meta(f: &Fields) -> EntityMeta {
-    let d = EntityMeta::default();
-    EntityMeta {
-        status: f.status.unwrap_or(d.status),
-        auto_delete_on_idle_ms: f.auto_delete_on_idle_ms.unwrap_or(None),
-        user_metadata: f.user_metadata.clone(),
-        enable_batched_operations: f
-            .enable_batched_operations
-            .unwrap_or(d.enable_batched_operations),
-        enable_partitioning: f.enable_partitioning.unwrap_or(d.enable_partitioning),
-        enable_express: f.enable_express.unwrap_or(d.enable_express),
-        created_at: 0,
-        updated_at: 0,
-    }
-}
-
 /// Queue (or subscription) properties from a description: Azure's defaults for what is
 /// absent; `fixed` (on update) keeps what cannot change when the client leaves it out.
 fn queue_props(
     f: &Fields,
     max_message_size: u64,
     fixed: Option<&QueueProperties>,
-) -> Result<QueueProperties, HttpError> {
-    let d = QueueProperties::default();
-    let mut m = meta(f);
-    if let (None, Some(old)) = (f.enable_partitioning, fixed) {
-        m.enable_partitioning = old.meta.enable_partitioning;
-    }
-    Ok(QueueProperties {
-        lock_duration_ms: f.lock_duration_ms.unwrap_or(d.lock_duration_ms),
-        max_delivery_count: f.max_delivery_count.unwrap_or(d.max_delivery_count),
-        default_message_ttl_ms: f.default_message_ttl_ms.unwrap_or(None),
-        dead_lettering_on_message_expiration: f
-            .dead_lettering_on_message_expiration
-            .unwrap_or(d.dead_lettering_on_message_expiration),
-        requires_duplicate_detection: f
-            .requires_duplicate_detection
-            .or(fixed.map(|p| p.requires_duplicate_detection))
-            .unwrap_or(d.requires_duplicate_detection),
-        duplicate_detection_window_ms: f
-            .duplicate_detection_window_ms
-            .unwrap_or(d.duplicate_detection_window_ms),
-        requires_session: f
-            .requires_session
-            .or(fixed.map(|p| p.requires_session))
-            .unwrap_or(d.requires_session),
-        max_message_size: match f.max_message_size_in_kilobytes {
-            Some(kb) => kb_to_bytes(kb)?,
-            None => max_message_size,
-        },
-        max_size_bytes: match f.max_size_in_megabytes {
-            Some(mb) => mb_to_bytes(mb)?,
-            None => d.max_size_bytes,
-        },
-        forward_to: f.forward_to.clone(),
-        forward_dead_lettered_messages_to: f.forward_dead_lettered_messages_to.clone(),
-        meta: m,
-    })
+) -> QueueProperties {
+    let base = QueueProperties {
+        max_message_size,
+        ..Default::default()
+    };
+    let base = match fixed {
+        Some(old) => base.keeping_fixed(old),
+        None => base,
+    };
+    f.settings.queue(base)
 }
 
 fn topic_props(
     f: &Fields,
     max_message_size: u64,
     fixed: Option<&TopicProperties>,
-) -> Result<TopicProperties, HttpError> {
-    let d = TopicProperties::default();
-    let mut m = meta(f);
-    if let (None, Some(old)) = (f.enable_partitioning, fixed) {
-        m.enable_partitioning = old.meta.enable_partitioning;
-    }
-    Ok(TopicProperties {
-        default_message_ttl_ms: f.default_message_ttl_ms.unwrap_or(None),
-        requires_duplicate_detection: f
-            .requires_duplicate_detection
-            .or(fixed.map(|p| p.requires_duplicate_detection))
-            .unwrap_or(d.requires_duplicate_detection),
-        duplicate_detection_window_ms: f
-            .duplicate_detection_window_ms
-            .unwrap_or(d.duplicate_detection_window_ms),
-        max_message_size: match f.max_message_size_in_kilobytes {
-            Some(kb) => kb_to_bytes(kb)?,
-            None => max_message_size,
-        },
-        max_size_bytes: match f.max_size_in_megabytes {
-            Some(mb) => mb_to_bytes(mb)?,
-            None => d.max_size_bytes,
-        },
-        support_ordering: f.support_ordering.unwrap_or(d.support_ordering),
-        meta: m,
-    })
+) -> TopicProperties {
+    let base = TopicProperties {
+        max_message_size,
+        ..Default::default()
+    };
+    let base = match fixed {
+        Some(old) => base.keeping_fixed(old),
+        None => base,
+    };
+    f.settings.topic(base)
 }
 
 fn rule_def(name: &str, body: RuleBody) -> Result<RuleDefinition, HttpError> {
@@ -405,7 +330,7 @@ fn authorize_forward(
     let lower = dest.to_ascii_lowercase();
     let now = broker.now();
     let may_send = |p: &Principal| {
-        let auth = &broker.auth;
+        let auth = &broker.auth();
         auth.decide(p, keybus_auth::Right::Send, &lower, now).allow
             || auth
                 .decide(p, keybus_auth::Right::Manage, &lower, now)
@@ -424,8 +349,8 @@ fn authorize_forward(
                 // The token was checked against the destination's audience: for a SAS token
                 // its rights on what it signs for decide, for a JWT the policy on `dest`.
                 broker
-                    .auth
-                    .verify(t, aud, &broker.policies, now)
+                    .auth()
+                    .verify(t, aud, broker.policies(), now)
                     .is_ok_and(|(p, _)| match &p.sas {
                         Some(s) => s.rights.iter().any(|r| {
                             matches!(r, keybus_auth::Right::Manage | keybus_auth::Right::Send)
@@ -453,7 +378,7 @@ async fn put(
 ) -> Result<Response, HttpError> {
     let update = headers.contains_key(header::IF_MATCH);
     let body = xml::read_entry(&xml::parse(body)?)?;
-    let ns_max = broker.config.max_message_size;
+    let ns_max = broker.config().max_message_size;
     let forwards = |to: Option<&str>, dlq: Option<&str>| -> Result<(), HttpError> {
         authorize_forward(
             broker,
@@ -486,13 +411,13 @@ async fn put(
                 )));
             }
             let kind = match (&body, &current) {
-                (Body::Queue(f), None) => EntityKind::Queue(queue_props(f, ns_max, None)?),
+                (Body::Queue(f), None) => EntityKind::Queue(queue_props(f, ns_max, None)),
                 (Body::Queue(f), Some(EntityView::Queue(q))) => {
-                    EntityKind::Queue(queue_props(f, ns_max, Some(&q.props))?)
+                    EntityKind::Queue(queue_props(f, ns_max, Some(&q.props)))
                 }
-                (Body::Topic(f), None) => EntityKind::Topic(topic_props(f, ns_max, None)?),
+                (Body::Topic(f), None) => EntityKind::Topic(topic_props(f, ns_max, None)),
                 (Body::Topic(f), Some(EntityView::Topic(t))) => {
-                    EntityKind::Topic(topic_props(f, ns_max, Some(&t.props))?)
+                    EntityKind::Topic(topic_props(f, ns_max, Some(&t.props)))
                 }
                 (Body::Queue(_), Some(EntityView::Topic(_))) => {
                     return Err(bad(format!(
@@ -542,7 +467,7 @@ async fn put(
             } else {
                 None
             };
-            let properties = queue_props(f, ns_max, current.as_ref().map(|c| &c.props))?;
+            let properties = queue_props(f, ns_max, current.as_ref().map(|c| &c.props));
             forwards(
                 properties.forward_to.as_deref(),
                 properties.forward_dead_lettered_messages_to.as_deref(),
@@ -563,6 +488,7 @@ async fn put(
                 name: s.clone(),
                 properties,
                 dead_lettering_on_filter_evaluation_exceptions: f
+                    .settings
                     .dead_lettering_on_filter_evaluation_exceptions
                     .unwrap_or(false),
                 rules,

@@ -196,15 +196,14 @@ fn lock_lost() -> HttpError {
 }
 
 fn query_timeout(uri: &Uri) -> Result<Duration, HttpError> {
-    for pair in uri.query().unwrap_or("").split('&') {
-        if let Some(v) = pair.strip_prefix("timeout=") {
-            let s: u64 = v
-                .parse()
-                .map_err(|_| bad(format!("timeout must be a number of seconds, not '{v}'")))?;
-            return Ok(Duration::from_secs(s.min(MAX_POLL_SECS)));
-        }
-    }
-    Ok(Duration::from_secs(MAX_POLL_SECS))
+    let query = uri.query().unwrap_or("").as_bytes();
+    let Some((_, v)) = form_urlencoded::parse(query).find(|(k, _)| k == "timeout") else {
+        return Ok(Duration::from_secs(MAX_POLL_SECS));
+    };
+    let secs: u64 = v
+        .parse()
+        .map_err(|_| bad(format!("timeout must be a number of seconds, not '{v}'")))?;
+    Ok(Duration::from_secs(secs.min(MAX_POLL_SECS)))
 }
 
 // ------------------------------------------------------------------------------ sending
@@ -253,7 +252,7 @@ async fn send(
             "the message could not be stored".into(),
         ));
     }
-    broker.metrics.request("rest.send", 201);
+    broker.metrics().request("rest.send", 201);
     tracing::debug!(entity = %entity.name, messages = n, "REST send");
     Ok(StatusCode::CREATED.into_response())
 }
@@ -315,7 +314,7 @@ async fn receive(
             ));
         }
         if let Some(d) = delivery {
-            broker.metrics.request(
+            broker.metrics().request(
                 if mode == ReceiveMode::PeekLock {
                     "rest.peek-lock"
                 } else {

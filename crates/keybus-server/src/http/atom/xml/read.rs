@@ -1,15 +1,13 @@
 //! The descriptions a `PUT` body holds (queue, topic, subscription, rule), each element
 //! checked against the elements Service Bus defines for it and each value against its type.
 
-use keybus_core::{CorrelationFilter, EntityStatus, FilterDefinition, SimpleValue};
+use keybus_core::{
+    CorrelationFilter, EntitySettings, EntityStatus, FilterDefinition, SimpleValue, limited,
+};
 
 use super::dom::Element;
 use super::{ATOM, SB, XSI};
 use crate::http::common::{HttpError, bad};
-
-/// Durations at least this long (ms) mean "unlimited" (`TimeSpan.MaxValue`, ~29,227 years,
-/// written with fewer fraction digits by some clients).
-const UNLIMITED_MS: i64 = 922_337_203_685_000;
 
 /// What a `PUT` body describes.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,32 +18,10 @@ pub enum Body {
     Rule(RuleBody),
 }
 
-/// The settable properties of a queue, topic or subscription description, as given
-/// (`None`: the element was absent).
+/// The settable properties of a queue, topic or subscription description, as given.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Fields {
-    pub lock_duration_ms: Option<i64>,
-    pub max_size_in_megabytes: Option<u64>,
-    pub requires_duplicate_detection: Option<bool>,
-    pub requires_session: Option<bool>,
-    /// `Some(None)`: unlimited.
-    pub default_message_ttl_ms: Option<Option<i64>>,
-    pub dead_lettering_on_message_expiration: Option<bool>,
-    pub dead_lettering_on_filter_evaluation_exceptions: Option<bool>,
-    pub duplicate_detection_window_ms: Option<i64>,
-    pub max_delivery_count: Option<u32>,
-    pub enable_batched_operations: Option<bool>,
-    pub status: Option<EntityStatus>,
-    /// Entity paths (the SDKs send `sb://host/name`); empty elements are absent.
-    pub forward_to: Option<String>,
-    pub forward_dead_lettered_messages_to: Option<String>,
-    pub user_metadata: Option<String>,
-    /// `Some(None)`: never.
-    pub auto_delete_on_idle_ms: Option<Option<i64>>,
-    pub enable_partitioning: Option<bool>,
-    pub enable_express: Option<bool>,
-    pub support_ordering: Option<bool>,
-    pub max_message_size_in_kilobytes: Option<u64>,
+    pub settings: EntitySettings,
     /// A subscription's first rule (`DefaultRuleDescription`).
     pub default_rule: Option<RuleBody>,
 }
@@ -223,48 +199,60 @@ pub(super) fn read_fields(desc: &Element, allowed: &[(&str, Role)]) -> Result<Fi
         }
         let v = || c.value();
         match c.name.as_str() {
-            "LockDuration" => f.lock_duration_ms = Some(duration(c)?),
-            "MaxSizeInMegabytes" => f.max_size_in_megabytes = Some(number(c)?),
-            "RequiresDuplicateDetection" => f.requires_duplicate_detection = Some(boolean(c)?),
-            "RequiresSession" => f.requires_session = Some(boolean(c)?),
-            "DefaultMessageTimeToLive" => f.default_message_ttl_ms = Some(limit(duration(c)?)),
+            "LockDuration" => f.settings.lock_duration_ms = Some(duration(c)?),
+            "MaxSizeInMegabytes" => {
+                f.settings.max_size_bytes = Some(
+                    number(c)?
+                        .checked_mul(1024 * 1024)
+                        .ok_or_else(|| bad("MaxSizeInMegabytes is out of range"))?,
+                )
+            }
+            "RequiresDuplicateDetection" => {
+                f.settings.requires_duplicate_detection = Some(boolean(c)?)
+            }
+            "RequiresSession" => f.settings.requires_session = Some(boolean(c)?),
+            "DefaultMessageTimeToLive" => {
+                f.settings.default_message_ttl_ms = Some(limited(duration(c)?))
+            }
             "DeadLetteringOnMessageExpiration" => {
-                f.dead_lettering_on_message_expiration = Some(boolean(c)?)
+                f.settings.dead_lettering_on_message_expiration = Some(boolean(c)?)
             }
             "DeadLetteringOnFilterEvaluationExceptions" => {
-                f.dead_lettering_on_filter_evaluation_exceptions = Some(boolean(c)?)
+                f.settings.dead_lettering_on_filter_evaluation_exceptions = Some(boolean(c)?)
             }
             "DuplicateDetectionHistoryTimeWindow" => {
-                f.duplicate_detection_window_ms = Some(duration(c)?)
+                f.settings.duplicate_detection_window_ms = Some(duration(c)?)
             }
             "MaxDeliveryCount" => {
-                f.max_delivery_count = Some(
+                f.settings.max_delivery_count = Some(
                     u32::try_from(number(c)?)
                         .map_err(|_| bad("MaxDeliveryCount is out of range"))?,
                 )
             }
-            "EnableBatchedOperations" => f.enable_batched_operations = Some(boolean(c)?),
+            "EnableBatchedOperations" => f.settings.enable_batched_operations = Some(boolean(c)?),
             "Status" => {
-                f.status = Some(EntityStatus::parse(v()?).ok_or_else(|| {
+                f.settings.status = Some(EntityStatus::parse(v()?).ok_or_else(|| {
                     bad(format!(
                         "Status '{}' is not one of Active, Disabled, SendDisabled, ReceiveDisabled",
                         c.text.trim()
                     ))
                 })?)
             }
-            "ForwardTo" => f.forward_to = entity_ref(v()?),
+            "ForwardTo" => f.settings.forward_to = entity_ref(v()?),
             "ForwardDeadLetteredMessagesTo" => {
-                f.forward_dead_lettered_messages_to = entity_ref(v()?)
+                f.settings.forward_dead_lettered_messages_to = entity_ref(v()?)
             }
             "UserMetadata" => {
                 let s = v()?;
-                f.user_metadata = (!s.is_empty()).then(|| s.to_string());
+                f.settings.user_metadata = (!s.is_empty()).then(|| s.to_string());
             }
-            "AutoDeleteOnIdle" => f.auto_delete_on_idle_ms = Some(limit(duration(c)?)),
-            "EnablePartitioning" => f.enable_partitioning = Some(boolean(c)?),
-            "EnableExpress" => f.enable_express = Some(boolean(c)?),
-            "SupportOrdering" => f.support_ordering = Some(boolean(c)?),
-            "MaxMessageSizeInKilobytes" => f.max_message_size_in_kilobytes = Some(number(c)?),
+            "AutoDeleteOnIdle" => f.settings.auto_delete_on_idle_ms = Some(limited(duration(c)?)),
+            "EnablePartitioning" => f.settings.enable_partitioning = Some(boolean(c)?),
+            "EnableExpress" => f.settings.enable_express = Some(boolean(c)?),
+            "SupportOrdering" => f.settings.support_ordering = Some(boolean(c)?),
+            "MaxMessageSizeInKilobytes" => {
+                f.settings.max_message_size = Some(kilobytes(number(c)?)?)
+            }
             "AuthorizationRules" => {
                 c.no_text()?;
                 if !c.children.is_empty() {
@@ -319,9 +307,14 @@ pub(super) fn duration(el: &Element) -> Result<i64, HttpError> {
     })
 }
 
-/// `TimeSpan.MaxValue` (and anything as long) means unlimited.
-pub(super) fn limit(ms: i64) -> Option<i64> {
-    (ms < UNLIMITED_MS).then_some(ms)
+/// `MaxMessageSizeInKilobytes` in bytes: 1 KB to 100 MB.
+fn kilobytes(kb: u64) -> Result<u64, HttpError> {
+    if !(1..=102_400).contains(&kb) {
+        return Err(bad(format!(
+            "MaxMessageSizeInKilobytes {kb} is out of range (1 to 102400)"
+        )));
+    }
+    Ok(kb * 1024)
 }
 
 /// The type named by an `xsi:type` attribute, without its prefix.

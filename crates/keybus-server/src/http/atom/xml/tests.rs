@@ -4,7 +4,6 @@
 
 use keybus_core::{CorrelationFilter, EntityStatus, FilterDefinition, RuleDefinition, SimpleValue};
 
-use super::read::limit;
 use super::*;
 use crate::http::common::HttpError;
 
@@ -32,8 +31,9 @@ fn python_queue_body_with_prefixes() {
     let Body::Queue(f) = read(&xml).unwrap() else {
         panic!()
     };
+    let f = f.settings;
     assert_eq!(f.lock_duration_ms, Some(30_000));
-    assert_eq!(f.max_size_in_megabytes, Some(2048));
+    assert_eq!(f.max_size_bytes, Some(2048 * 1024 * 1024));
     assert_eq!(f.requires_session, Some(true));
     assert_eq!(f.default_message_ttl_ms, Some(Some(3_600_000)));
     assert_eq!(f.max_delivery_count, Some(5));
@@ -41,7 +41,7 @@ fn python_queue_body_with_prefixes() {
     assert_eq!(f.forward_to.as_deref(), Some("other"));
     assert_eq!(f.user_metadata.as_deref(), Some("a & b <c>"));
     assert_eq!(f.status, Some(EntityStatus::SendDisabled));
-    assert_eq!(f.max_message_size_in_kilobytes, Some(1024));
+    assert_eq!(f.max_message_size, Some(1024 * 1024));
     assert_eq!(f.requires_duplicate_detection, None);
 }
 
@@ -203,7 +203,7 @@ fn durations_and_times_are_formatted() {
         );
     }
     assert_eq!(
-        limit(crate::config::parse_iso8601_ms(TIMESPAN_MAX).unwrap()),
+        keybus_core::limited(crate::config::parse_iso8601_ms(TIMESPAN_MAX).unwrap()),
         None
     );
     assert_eq!(fmt_time(0), "1970-01-01T00:00:00.000Z");
