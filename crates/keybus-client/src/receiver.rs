@@ -193,16 +193,38 @@ impl Connection {
         outcome: Outcome,
         timeout: Duration,
     ) -> Result<(), ClientError> {
+        self.settle_range(link, delivery, delivery, outcome, timeout)
+            .await
+    }
+
+    /// Settle every delivery from `first` to `last` (delivery ids, inclusive) with one
+    /// disposition, and wait for the broker's settled echo of each; the first refusal is
+    /// [`ClientError::Rejected`] with its condition.
+    pub async fn settle_range(
+        &mut self,
+        link: LinkId,
+        first: &Delivery,
+        last: &Delivery,
+        outcome: Outcome,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
         let Some(channel) = self.sessions.get(link.session).map(|s| s.channel) else {
             return Err(ClientError::Protocol(format!("no receiver link {link:?}")));
         };
-        let id = delivery.delivery_id;
+        let (first, last) = (first.delivery_id, last.delivery_id);
+        let span = last.wrapping_sub(first);
+        if span >= 1 << 20 {
+            return Err(ClientError::Protocol(format!(
+                "delivery ids {first}..={last} are not a range"
+            )));
+        }
+        let ids = move || (0..=span).map(move |k| first.wrapping_add(k));
         self.frame(
             channel,
             Performative::Disposition(Disposition {
                 role: Role::Receiver,
-                first: id,
-                last: None,
+                first,
+                last: (last != first).then_some(last),
                 settled: false,
                 state: Some(outcome.state()),
                 batchable: false,
@@ -210,18 +232,22 @@ impl Connection {
         );
         let deadline = Instant::now() + timeout;
         self.run_until(deadline, "the settlement echo", move |c| {
-            c.receiver(link).is_none_or(|r| r.echoes.contains_key(&id))
+            c.receiver(link)
+                .is_none_or(|r| ids().all(|id| r.echoes.contains_key(&id)))
         })
         .await?;
-        let echo = match self.link_mut(link).map(|l| &mut l.kind) {
-            Some(LinkKind::Receiver(r)) => r.echoes.remove(&id).flatten(),
-            _ => None,
-        };
-        match echo {
-            Some(DeliveryState::Rejected { error: Some(e) }) => {
-                Err(ClientError::Rejected(Refusal::from_error(Some(&e))))
+        let mut refusal = None;
+        if let Some(LinkKind::Receiver(r)) = self.link_mut(link).map(|l| &mut l.kind) {
+            for id in ids() {
+                if let Some(Some(DeliveryState::Rejected { error: Some(e) })) = r.echoes.remove(&id)
+                {
+                    refusal.get_or_insert(e);
+                }
             }
-            _ => Ok(()),
+        }
+        match refusal {
+            Some(e) => Err(ClientError::Rejected(Refusal::from_error(Some(&e)))),
+            None => Ok(()),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Settlement: dispositions from receivers mapped to outcomes on the entity, and their
 //! echo once durable.
 
+use std::sync::Arc;
+
 use keybus_amqp::{DeliveryState, Disposition, Performative, Role};
 use keybus_core::Outcome;
 
@@ -78,6 +80,9 @@ impl Conn {
             .status()
             .err()
             .map(|e| errors::from_store(&e));
+        // Messages to settle, in id order; a run of them on the same entity is settled under
+        // one lock and made durable by one commit.
+        let mut settle = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(error) = &refused {
                 if s.unsettled.contains_key(&id) {
@@ -104,27 +109,37 @@ impl Conn {
                 *unsettled = unsettled.saturating_sub(1);
                 touched.push(handle);
             }
-            let mut st = entity.lock();
-            let r = match st.receiver(subscription.as_deref()) {
-                Some(q) => q.settle(token, outcome.clone(), now),
-                None => Err(keybus_core::SettleError::LockLost),
+            settle.push((id, token, entity, subscription));
+        }
+        let wakes = matches!(outcome, Outcome::Release | Outcome::Abandon { .. });
+        for run in settle.chunk_by(|a, b| Arc::ptr_eq(&a.2, &b.2) && a.3 == b.3) {
+            let Some((_, _, entity, subscription)) = run.first() else {
+                continue;
             };
+            let mut st = entity.lock();
+            let mut woke = false;
+            for (id, token, _, _) in run {
+                let r = match st.receiver(subscription.as_deref()) {
+                    Some(q) => q.settle(*token, outcome.clone(), now),
+                    None => Err(keybus_core::SettleError::LockLost),
+                };
+                woke |= wakes && r.is_ok();
+                results.push((
+                    *id,
+                    match r {
+                        Ok(()) => echo_of(&state),
+                        Err(e) => DeliveryState::Rejected {
+                            error: Some(errors::from_condition(e.condition(), e.to_string())),
+                        },
+                    },
+                ));
+            }
             if let Some(f) = entity.submit(&mut st) {
                 futures.push(f);
             }
-            if matches!(outcome, Outcome::Release | Outcome::Abandon { .. }) && r.is_ok() {
+            if woke {
                 st.wake();
             }
-            drop(st);
-            results.push((
-                id,
-                match r {
-                    Ok(()) => echo_of(&state),
-                    Err(e) => DeliveryState::Rejected {
-                        error: Some(errors::from_condition(e.condition(), e.to_string())),
-                    },
-                },
-            ));
         }
         touched.sort_unstable();
         touched.dedup();

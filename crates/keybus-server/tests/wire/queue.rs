@@ -8,6 +8,7 @@ use crate::harness::{Broker, QUIET, Store, T, message, now_ms, on_both_stores};
 on_both_stores!(
     send_receive_complete,
     batch_send,
+    complete_a_range,
     abandon_raises_delivery_count,
     defer_and_receive_deferred,
     dead_letter_with_reason,
@@ -66,6 +67,36 @@ async fn batch_send(store: Store) {
     for d in &got {
         c.settle(rcv, d, Outcome::Complete, T).await.unwrap();
     }
+}
+
+/// One disposition over a range of delivery ids settles each message of the range.
+async fn complete_a_range(store: Store) {
+    let b = Broker::start(store).await;
+    let mut c = b.client(&["q"]).await;
+    let snd = c.create_sender("q", T).await.unwrap();
+    let batch: Vec<_> = (0..40)
+        .map(|i| message(&format!("r{i}"), b"range"))
+        .collect();
+    c.send_batch(snd, &batch, T).await.unwrap();
+    let rcv = c
+        .create_receiver("q", &ReceiverOptions::default(), T)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 40 {
+        let more = c.receive(rcv, 40 - got.len(), T).await.unwrap();
+        assert!(!more.is_empty(), "40 messages were sent");
+        got.extend(more);
+    }
+    let (first, last) = (&got[0], &got[39]);
+    assert_eq!(last.delivery_id, first.delivery_id + 39);
+    c.settle_range(rcv, first, last, Outcome::Complete, T)
+        .await
+        .unwrap();
+    assert!(c.peek("q", 1, 50, T).await.unwrap().is_empty());
+    // Settled twice, the range's first id says the lock is gone.
+    let again = c.settle_range(rcv, first, last, Outcome::Complete, T).await;
+    assert!(again.is_err(), "{again:?}");
 }
 
 async fn abandon_raises_delivery_count(store: Store) {
