@@ -38,6 +38,8 @@ struct EntityRow {
 struct EntityCollector {
     rows: Vec<EntityRow>,
     connections: i64,
+    /// Entities waiting for the forwarder, and deadlines on the housekeeper's agenda.
+    agenda: (usize, usize),
     admission: crate::runtime::admission::Snapshot,
     budgets: crate::runtime::admission::Budgets,
 }
@@ -119,6 +121,22 @@ impl Collector for EntityCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.connections).encode(family)?;
+        let (forwards, deadlines) = self.agenda;
+        for (name, help, v) in [
+            (
+                "keybus_agenda_forwards",
+                "Entities waiting for the forwarder",
+                forwards,
+            ),
+            (
+                "keybus_agenda_deadlines",
+                "Entity deadlines (lock expiry, schedules, TTL) the housekeeper waits for",
+                deadlines,
+            ),
+        ] {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(v as i64).encode(family)?;
+        }
         self.encode_admission(&mut encoder)
     }
 }
@@ -279,6 +297,7 @@ pub(crate) fn render(broker: &Broker) -> Result<String, fmt::Error> {
     registry.register_collector(Box::new(EntityCollector {
         rows: rows(broker),
         connections: broker.open_connections() as i64,
+        agenda: broker.agenda_len(),
         admission: broker.admission().snapshot(),
         budgets: broker.admission().budgets.clone(),
     }));

@@ -3,8 +3,8 @@
 //! # Design
 //! Wires the pieces together: configuration, the store backend, the [`runtime::Broker`]
 //! (entity registry over the sans-I/O core), the AMQP listener with one task per connection,
-//! the HTTP listener (`/health`), and the housekeeping ticker that drives lock expiry,
-//! schedules and TTL. [`serve`] is the whole server; `main` only parses flags.
+//! the HTTP listener (`/health`), the housekeeper that drives lock expiry, schedules and TTL
+//! as their deadlines come, and the forwarder. [`serve`] is the whole server; `main` only parses flags.
 
 // Modules are not public by default: what is `pub` is what other crates and the integration
 // tests use.

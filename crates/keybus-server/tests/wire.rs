@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "wire/deadlines.rs"]
+mod deadlines;
 #[path = "wire/harness.rs"]
 mod harness;
 #[path = "wire/management.rs"]

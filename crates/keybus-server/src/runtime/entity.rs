@@ -4,13 +4,14 @@
 //! is held, so they reach the store in order.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use keybus_core::{
     CommitFuture, IncomingMessage, MessagingEntity, PendingSend, Queue, SendError, Store,
 };
-use tokio::sync::Notify;
 
+use super::agenda::Agenda;
 use super::waiter::{Signal, Waiter};
 
 /// Mutable state of one entity.
@@ -18,8 +19,10 @@ use super::waiter::{Signal, Waiter};
 pub struct EntityState {
     pub machine: MessagingEntity,
     waiters: Vec<Waiter>,
-    /// Wakes the broker's forwarder when messages wait to be forwarded.
-    forwarder: Arc<Notify>,
+    /// The deadline the entity is on the agenda for (`None`: none yet, or it came due).
+    scheduled_at: Option<i64>,
+    /// On the forwarder's agenda and not yet visited.
+    forward_queued: bool,
     /// Session receivers by lock holder id, told when their session lock runs out.
     session_links: HashMap<u64, Waiter>,
     /// Set when the entity was deleted: links still holding it are detached.
@@ -118,12 +121,8 @@ impl EntityState {
         }
     }
 
-    /// Tell waiting receivers whose (sub-)queue has what they want to pull it, and the
-    /// forwarder when messages wait to be forwarded.
+    /// Tell waiting receivers whose (sub-)queue has what they want to pull it.
     pub fn wake(&mut self) {
-        if self.machine.has_forwardable() {
-            self.forwarder.notify_one();
-        }
         let machine = &self.machine;
         self.waiters.retain(|w| {
             let available = machine
@@ -145,39 +144,121 @@ pub struct Entity {
     pub name: String,
     state: Mutex<EntityState>,
     store: Arc<dyn Store>,
+    agenda: Arc<Agenda>,
+    /// The entity itself, for the agenda.
+    me: Weak<Entity>,
 }
 
 impl Entity {
-    /// A new entity around its state machine.
+    /// A new entity around its state machine, on the agenda once its lock is first released.
     pub(crate) fn new(
         name: String,
         machine: MessagingEntity,
-        forwarder: Arc<Notify>,
+        agenda: Arc<Agenda>,
         store: Arc<dyn Store>,
-    ) -> Entity {
-        Entity {
+    ) -> Arc<Entity> {
+        Arc::new_cyclic(|me| Entity {
             name,
             state: Mutex::new(EntityState {
                 machine,
                 waiters: Vec::new(),
-                forwarder,
+                scheduled_at: None,
+                forward_queued: false,
                 session_links: HashMap::new(),
                 deleted: false,
                 accessed_at: 0,
             }),
             store,
+            agenda,
+            me: me.clone(),
+        })
+    }
+
+    /// The entity's state, locked (never hold it across an `.await`). Releasing the lock
+    /// puts the entity on the agenda when it has an earlier deadline or messages to forward.
+    pub fn lock(&self) -> EntityGuard<'_> {
+        EntityGuard {
+            state: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            entity: self,
         }
     }
 
-    /// The entity's state, locked (never hold it across an `.await`).
-    pub fn lock(&self) -> MutexGuard<'_, EntityState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// The housekeeper's visit for the deadline `at`: run what came due (lock expiry,
+    /// schedules, TTL, session locks). A visit for a deadline the entity has since moved
+    /// off is skipped.
+    pub(crate) fn housekeep(&self, at: i64, now: i64) {
+        let mut st = self.lock();
+        if st.scheduled_at != Some(at) || st.deleted {
+            return;
+        }
+        st.scheduled_at = None;
+        if st.machine.next_deadline().is_none_or(|d| d > now) {
+            return;
+        }
+        let woke = st.machine.tick(now);
+        st.notify_lost_sessions();
+        if let Some(fut) = self.submit(&mut st) {
+            tokio::spawn(async move {
+                if let Err(err) = fut.await {
+                    tracing::error!(%err, "store commit failed during housekeeping");
+                }
+            });
+        }
+        if woke {
+            st.wake();
+        }
+    }
+
+    /// The forwarder's visit: the entity is off its agenda until it has messages to forward
+    /// again.
+    pub(crate) fn forward_visit(&self) -> EntityGuard<'_> {
+        let mut st = self.lock();
+        st.forward_queued = false;
+        st
     }
 
     /// Submit the entity's pending writes, in order, while the caller holds the lock.
     pub fn submit(&self, st: &mut EntityState) -> Option<CommitFuture> {
         let ops = st.machine.take_ops();
         (!ops.is_empty()).then(|| self.store.commit(ops))
+    }
+}
+
+/// The locked state of an entity; see [`Entity::lock`].
+pub struct EntityGuard<'a> {
+    state: MutexGuard<'a, EntityState>,
+    entity: &'a Entity,
+}
+
+impl Deref for EntityGuard<'_> {
+    type Target = EntityState;
+    fn deref(&self) -> &EntityState {
+        &self.state
+    }
+}
+
+impl DerefMut for EntityGuard<'_> {
+    fn deref_mut(&mut self) -> &mut EntityState {
+        &mut self.state
+    }
+}
+
+impl Drop for EntityGuard<'_> {
+    fn drop(&mut self) {
+        let st = &mut *self.state;
+        if st.deleted {
+            return;
+        }
+        if let Some(at) = st.machine.next_deadline()
+            && st.scheduled_at.is_none_or(|s| at < s)
+        {
+            st.scheduled_at = Some(at);
+            self.entity.agenda.schedule(at, self.entity.me.clone());
+        }
+        if !st.forward_queued && st.machine.has_forwardable() {
+            st.forward_queued = true;
+            self.entity.agenda.forward(self.entity.me.clone());
+        }
     }
 }
 
@@ -190,12 +271,12 @@ mod tests {
     use super::*;
     use crate::runtime::waiter::Wants;
 
-    fn queue_entity() -> Entity {
+    fn queue_entity() -> Arc<Entity> {
         let queue = Queue::new("q", QueueProperties::default(), 7);
         Entity::new(
             "q".into(),
             MessagingEntity::Queue(queue),
-            Arc::new(Notify::new()),
+            Arc::new(Agenda::default()),
             Arc::new(keybus_store::MemStore::new()),
         )
     }

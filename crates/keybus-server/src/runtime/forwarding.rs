@@ -19,24 +19,24 @@ use super::registry::Broker;
 
 /// Messages moved per batch and source entity.
 const BATCH: usize = 256;
-/// How often every entity is checked even without a notification (after a restart, say).
-const SWEEP: Duration = Duration::from_millis(250);
+/// How long the forwarder waits before it tries again while the store refuses writes.
+const RETRY: Duration = Duration::from_secs(1);
 
-/// Run the forwarder until the process ends.
+/// Visit the entities the agenda names as they come, until the process ends.
 pub(crate) async fn run(broker: Arc<Broker>) {
     loop {
-        tokio::select! {
-            _ = broker.forwarder.notified() => {}
-            _ = tokio::time::sleep(SWEEP) => {}
-        }
-        // Nothing moves while the store refuses writes (the sweep resumes once it is back).
+        let Some(entity) = broker.agenda.next_forward().await.upgrade() else {
+            continue;
+        };
+        // Nothing moves while the store refuses writes: the entity stays on the agenda.
         if broker.store.status().is_err() {
+            broker.agenda.forward(Arc::downgrade(&entity));
+            tokio::time::sleep(RETRY).await;
             continue;
         }
-        for entity in broker.entity_list() {
-            if let Err(err) = forward_entity(&broker, &entity).await {
-                tracing::error!(%err, entity = %entity.name, "forwarding stopped: store commit failed");
-            }
+        if let Err(err) = forward_entity(&broker, &entity).await {
+            tracing::error!(%err, entity = %entity.name, "forwarding stopped: store commit failed");
+            tokio::time::sleep(RETRY).await;
         }
     }
 }
@@ -55,7 +55,7 @@ async fn forward_entity(
     loop {
         let now = broker.now();
         let taken: Vec<Taken> = {
-            let mut st = source.lock();
+            let mut st = source.forward_visit();
             let mut taken = Vec::new();
             for (subscription, q) in st.machine.queues_mut() {
                 if taken.len() >= BATCH {

@@ -1,44 +1,40 @@
-//! Housekeeping: a ticker that drives lock expiry, schedules, TTL and session-lock loss for
-//! every entity whose deadline has come.
+//! Housekeeping: lock expiry, schedules, TTL and session-lock loss, run for each entity when
+//! its earliest deadline comes. The task sleeps until the agenda's earliest deadline and is
+//! woken when an earlier one is scheduled; an idle broker does no work.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::registry::Broker;
 
-/// How often lock expiry, schedules and TTL are checked.
-const TICK: Duration = Duration::from_millis(50);
+/// The longest sleep, so that a wall clock set forward is noticed within it.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
 
-/// Tick the broker every [`TICK`], forever.
+/// Visit entities as their deadlines come, forever.
 pub(crate) async fn run(broker: Arc<Broker>) {
-    let mut iv = tokio::time::interval(TICK);
-    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        iv.tick().await;
-        broker.tick();
+        broker.housekeep();
+        let sleep = match broker.agenda.next_deadline() {
+            Some(at) => {
+                let ms = u64::try_from(at.saturating_sub(broker.now())).unwrap_or(0);
+                Duration::from_millis(ms).min(MAX_SLEEP)
+            }
+            None => MAX_SLEEP,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = broker.agenda.earlier_deadline() => {}
+        }
     }
 }
 
 impl Broker {
     /// Run lock expiry, schedules and TTL for every entity whose deadline has come.
-    pub fn tick(&self) {
+    pub fn housekeep(&self) {
         let now = self.now();
-        for e in self.entity_list() {
-            let mut st = e.lock();
-            if st.machine.next_deadline().is_none_or(|d| d > now) {
-                continue;
-            }
-            let woke = st.machine.tick(now);
-            st.notify_lost_sessions();
-            if let Some(fut) = e.submit(&mut st) {
-                tokio::spawn(async move {
-                    if let Err(err) = fut.await {
-                        tracing::error!(%err, "store commit failed during housekeeping");
-                    }
-                });
-            }
-            if woke {
-                st.wake();
+        for (at, entity) in self.agenda.take_due(now) {
+            if let Some(entity) = entity.upgrade() {
+                entity.housekeep(at, now);
             }
         }
     }

@@ -301,13 +301,13 @@ impl Broker {
         let entity = Entity::new(
             def.name.clone(),
             machine,
-            self.forwarder.clone(),
+            self.agenda.clone(),
             self.store.clone(),
         );
         self.entities
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, Arc::new(entity));
+            .insert(key, entity);
         tracing::info!(entity = %def.name, "entity created");
         Ok(def)
     }

@@ -8,6 +8,7 @@
 //! receivers through [`waiter::Wake`], whose implementations carry their own link identity.
 
 pub mod admission;
+pub(crate) mod agenda;
 pub(crate) mod entity;
 pub(crate) mod forwarding;
 pub(crate) mod housekeeping;
@@ -17,6 +18,6 @@ pub mod registry;
 pub mod tls;
 pub(crate) mod waiter;
 
-pub use entity::{Entity, EntityState};
+pub use entity::{Entity, EntityGuard, EntityState};
 pub use registry::Broker;
 pub use waiter::{Signal, Waiter, Wake, Wants};

@@ -9,7 +9,6 @@ use keybus_core::{
     Clock, EntityDefinition, EntityKind, MessagingEntity, Queue, Store, StoreError, StoreOp,
     Subscription, Topic,
 };
-use tokio::sync::Notify;
 
 use super::entity::Entity;
 use crate::config::Config;
@@ -27,8 +26,8 @@ pub struct Broker {
     pub(in crate::runtime) admission: Arc<super::admission::Admission>,
     seed: AtomicU64,
     holders: AtomicU64,
-    /// Notified when an entity has messages to forward (see `forwarding.rs`).
-    pub(in crate::runtime) forwarder: Arc<Notify>,
+    /// The entities the housekeeper and the forwarder must visit (see `agenda.rs`).
+    pub(in crate::runtime) agenda: Arc<super::agenda::Agenda>,
     pub(in crate::runtime) metrics: super::metrics::Metrics,
     /// Serialises entity lifecycle changes (create, update, delete; see `admin.rs`).
     pub(in crate::runtime) admin: tokio::sync::Mutex<()>,
@@ -84,7 +83,7 @@ impl Broker {
         }
         let now = clock.now();
         let seed = AtomicU64::new(rand::random::<u64>());
-        let forwarder = Arc::new(Notify::new());
+        let agenda = Arc::new(super::agenda::Agenda::default());
         let mut entities = HashMap::new();
         let mut subscriptions = Vec::new();
         let mut topic_bodies = Vec::new();
@@ -110,8 +109,8 @@ impl Broker {
                     continue;
                 }
             };
-            let entity = Entity::new(def.name, machine, forwarder.clone(), store.clone());
-            entities.insert(key, Arc::new(entity));
+            let entity = Entity::new(def.name, machine, agenda.clone(), store.clone());
+            entities.insert(key, entity);
         }
         for (key, sub) in subscriptions {
             let Some(topic) = entities.get(&sub.topic.to_ascii_lowercase()) else {
@@ -150,6 +149,11 @@ impl Broker {
         if !cleanup.is_empty() {
             store.commit(cleanup).await?;
         }
+        // Releasing each entity's lock puts it on the agenda: its first deadline, and the
+        // forwarder's visit if it holds messages to forward.
+        for e in entities.values() {
+            drop(e.lock());
+        }
         let admission =
             super::admission::Admission::new(&config.limits, super::admission::nofile());
         Ok(Arc::new(Broker {
@@ -162,7 +166,7 @@ impl Broker {
             connections: AtomicUsize::new(0),
             seed,
             holders: AtomicU64::new(1),
-            forwarder,
+            agenda,
             metrics,
             admin: tokio::sync::Mutex::new(()),
             started_at: now,
@@ -254,6 +258,11 @@ impl Broker {
     /// When the broker started (ms since the epoch).
     pub fn started_at(&self) -> i64 {
         self.started_at
+    }
+
+    /// Entities waiting for the forwarder, and deadlines the housekeeper waits for.
+    pub fn agenda_len(&self) -> (usize, usize) {
+        self.agenda.len()
     }
 
     /// AMQP connections past their handshake.

@@ -25,6 +25,19 @@ requires_session = true
 name = "small"
 max_message_size = 1024
 
+[[queues]]
+name = "short"
+lock_duration = "1s"
+max_delivery_count = 2
+forward_dead_lettered_messages_to = "graveyard"
+
+[[queues]]
+name = "graveyard"
+
+[[queues]]
+name = "relay"
+forward_to = "q"
+
 [[topics]]
 name = "t"
 [[topics.subscriptions]]
