@@ -10,6 +10,7 @@ use keybus_amqp::{
     AMQP_HEADER, Begin, Bytes, BytesMut, Close, End, Flow, Frame, FrameBody, Open, Performative,
     ProtocolHeader, SASL_HEADER, SaslFrameBody, SaslMechanisms, SaslOutcome, Symbol,
 };
+use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -388,10 +389,14 @@ where
         next_generation: 1,
         hostname: String::new(),
         pending_sends: Vec::new(),
+        commits: Default::default(),
         closed: false,
     };
     let open = broker.connection_opened();
     let result = run(&mut conn, &mut io, &mut inbuf, rx).await;
+    // Commits in flight still finish their sends (publishing or forgetting the messages);
+    // there is nobody left to answer.
+    while conn.commits.next().await.is_some() {}
     drop(open);
     if let Err(ConnError(err)) = result {
         tracing::debug!(%peer, condition = %err.condition.as_str(), "closing connection with error");
@@ -401,6 +406,17 @@ where
         let _ = io.write_all(&conn.out).await;
     }
     let _ = io.shutdown().await;
+}
+
+impl Conn {
+    /// Answer the commits that are already durable (or failed), in this turn.
+    fn answer_durable_commits(&mut self) {
+        while let Some(Some(events)) = self.commits.next().now_or_never() {
+            for ev in events {
+                self.handle_event(ev);
+            }
+        }
+    }
 }
 
 async fn run<S>(
@@ -484,6 +500,7 @@ where
             }
         }
         conn.flush_sends();
+        conn.answer_durable_commits();
         if !conn.out.is_empty() {
             io.write_all(&conn.out)
                 .await
@@ -500,6 +517,11 @@ where
                     return Ok(());
                 }
                 last_in = Instant::now();
+            }
+            Some(events) = conn.commits.next(), if !conn.commits.is_empty() => {
+                for ev in events {
+                    conn.handle_event(ev);
+                }
             }
             ev = rx.recv() => {
                 if let Some(ev) = ev {

@@ -210,7 +210,6 @@ impl Conn {
                 }
                 entity.submit(&mut st)
             };
-            let tx = self.tx.clone();
             let entity = entity.clone();
             let store = self.broker.store().clone();
             let finish = move |ok: Result<(), keybus_core::StoreError>| {
@@ -254,11 +253,11 @@ impl Conn {
                     }
                 }
                 Some(fut) => {
-                    tokio::spawn(async move {
-                        let r = fut.await;
-                        for (channel, results) in finish(r) {
-                            let _ = tx.send(ConnEvent::SendsDone { channel, results });
-                        }
+                    self.await_commit(async move {
+                        finish(fut.await)
+                            .into_iter()
+                            .map(|(channel, results)| ConnEvent::SendsDone { channel, results })
+                            .collect()
                     });
                 }
             }

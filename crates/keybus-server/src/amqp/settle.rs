@@ -147,8 +147,7 @@ impl Conn {
             if futures.is_empty() {
                 self.write_dispositions(channel, Role::Sender, results);
             } else {
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
+                self.await_commit(async move {
                     let mut failed = None;
                     for f in futures {
                         if let Err(e) = f.await {
@@ -169,7 +168,7 @@ impl Conn {
                             })
                             .collect(),
                     };
-                    let _ = tx.send(ConnEvent::SettlesDone { channel, results });
+                    vec![ConnEvent::SettlesDone { channel, results }]
                 });
             }
         }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use keybus_amqp::{AmqpError, Attach, BytesMut, DecodeError, Flow, Performative};
+use futures_util::stream::FuturesUnordered;
 use keybus_core::{IncomingMessage, ReceiveMode, SubQueue};
 use tokio::sync::mpsc;
 
@@ -221,12 +222,28 @@ pub(crate) struct Conn {
     pub next_generation: u64,
     pub hostname: String,
     pub pending_sends: Vec<PendingSend>,
+    /// Store commits this connection waits for, each finishing its sends or settlements
+    /// and yielding what to write back. Polled by the connection's own task: no task is
+    /// spawned per commit, and one already durable is answered in the same turn.
+    pub commits: FuturesUnordered<Commit>,
     pub closed: bool,
 }
+
+/// A store commit in flight and what it yields once durable (or failed).
+pub(crate) type Commit =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Vec<ConnEvent>> + Send>>;
 
 impl Conn {
     pub(crate) fn write(&mut self, channel: u16, p: Performative) {
         keybus_amqp::encode_amqp_frame(channel, &p, &[], &mut self.out);
+    }
+
+    /// Wait for `commit` on this connection's task.
+    pub(crate) fn await_commit(
+        &mut self,
+        commit: impl std::future::Future<Output = Vec<ConnEvent>> + Send + 'static,
+    ) {
+        self.commits.push(Box::pin(commit));
     }
 }
 
