@@ -93,6 +93,23 @@ impl Broker {
         Endpoint::parse(&self.running.connection_string).unwrap()
     }
 
+    /// The value of the metric sample `name` (e.g. `keybus_store_commit_seconds_count`) as
+    /// `/metrics` shows it now.
+    pub async fn metric(&self, name: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.running.http_addr)
+            .await
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sample {name} in /metrics"))
+    }
+
     /// A connection with a token put for each of `entities`.
     pub async fn client(&self, entities: &[&str]) -> Connection {
         let mut c = Connection::connect(&self.endpoint(), T).await.unwrap();

@@ -90,9 +90,16 @@ async fn complete_a_range(store: Store) {
     }
     let (first, last) = (&got[0], &got[39]);
     assert_eq!(last.delivery_id, first.delivery_id + 39);
+    let commits = "keybus_store_commit_seconds_count";
+    let before = b.metric(commits).await;
     c.settle_range(rcv, first, last, Outcome::Complete, T)
         .await
         .unwrap();
+    assert_eq!(
+        b.metric(commits).await - before,
+        1.0,
+        "one disposition over one entity makes one store commit"
+    );
     assert!(c.peek("q", 1, 50, T).await.unwrap().is_empty());
     // Settled twice, the range's first id says the lock is gone.
     let again = c.settle_range(rcv, first, last, Outcome::Complete, T).await;
