@@ -63,6 +63,12 @@ pub struct Limits {
     pub max_links_per_session: usize,
     pub max_unsettled_per_link: u32,
     pub max_frame_size: u32,
+    /// Store commits submitted and not yet durable at which the store counts as busy: new
+    /// sends are refused with `com.microsoft:server-busy` (REST: 503 with `Retry-After`) and
+    /// sender links get no new credit until the backlog falls below it. Settlements,
+    /// housekeeping and forwarding still commit. Below the embedded store's group size
+    /// (4096 ops), so a busy store is at most a couple of group commits behind.
+    pub max_store_backlog: usize,
     /// A connection that has put no valid token on `$cbs` within this many milliseconds of
     /// its `open` is closed.
     pub token_timeout_ms: u64,
@@ -94,6 +100,7 @@ impl Default for Limits {
             max_links_per_session: 256,
             max_unsettled_per_link: 5000,
             max_frame_size: 1024 * 1024,
+            max_store_backlog: 2048,
             token_timeout_ms: 10_000,
             handshake_timeout_ms: 10_000,
             open_timeout_ms: 10_000,
@@ -171,6 +178,11 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             "namespace.max_message_size {} is out of range (1024 to 104857600)",
             cfg.max_message_size
         )));
+    }
+    if cfg.limits.max_store_backlog == 0 {
+        return Err(ConfigError::Invalid(
+            "limits.max_store_backlog must be at least 1".into(),
+        ));
     }
     if cfg.limits.max_frame_size < 4096 {
         return Err(ConfigError::Invalid(
