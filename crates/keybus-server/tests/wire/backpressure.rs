@@ -15,7 +15,8 @@ use crate::harness::{Broker, QUIET, Store, T, message, on_both_stores};
 
 on_both_stores!(
     a_lagging_store_refuses_sends_as_server_busy_and_loses_nothing,
-    credit_is_withheld_while_busy_and_given_back
+    credit_is_withheld_while_busy_and_given_back,
+    a_rest_send_while_busy_is_503_with_retry_after
 );
 
 /// A store in front of the real one whose commits resolve only while its gate is open. The
@@ -100,20 +101,28 @@ fn is_busy(r: &Result<(), ClientError>) -> bool {
     matches!(r, Err(e @ ClientError::Rejected(_)) if e.condition() == Some("com.microsoft:server-busy"))
 }
 
-/// `keybus_throttled_requests_total` as `/metrics` renders it.
-async fn throttled(b: &Broker) -> u64 {
+/// One HTTP/1.1 request on its own connection; the whole response.
+async fn http(b: &Broker, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(b.running.http_addr)
         .await
         .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    tokio::time::timeout(T, s.read_to_string(&mut body))
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(T, s.read_to_string(&mut response))
         .await
         .unwrap()
         .unwrap();
+    response
+}
+
+/// `keybus_throttled_requests_total` as `/metrics` renders it.
+async fn throttled(b: &Broker) -> u64 {
+    let body = http(
+        b,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     body.lines()
         .find_map(|l| l.strip_prefix("keybus_throttled_requests_total "))
         .unwrap_or_else(|| panic!("no throttled counter in {body}"))
@@ -227,4 +236,42 @@ async fn credit_is_withheld_while_busy_and_given_back(store: Store) {
         acknowledged.iter().all(|id| !id.starts_with('r')),
         "no refused message appears: {acknowledged:?}"
     );
+}
+
+async fn a_rest_send_while_busy_is_503_with_retry_after(store: Store) {
+    let (b, gate) = lagging_broker(store).await;
+    gate.close();
+    let mut waiting = Vec::new();
+    for id in ["h1", "h2"] {
+        let mut c = b.client(&["q"]).await;
+        let snd = c.create_sender("q", T).await.unwrap();
+        waiting.push(tokio::spawn(async move {
+            c.send(snd, &message(id, id.as_bytes()), T).await
+        }));
+    }
+    gate.wait_until_waiting(2).await;
+    let e = b.endpoint();
+    let token = e.token(&e.audience("q"));
+    let post = format!(
+        "POST /q/messages HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\n\
+         Content-Length: 4\r\nConnection: close\r\n\r\nbusy"
+    );
+    let before = throttled(&b).await;
+    let response = http(&b, &post).await;
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nretry-after: 1\r\n"),
+        "{response}"
+    );
+    assert_eq!(throttled(&b).await, before + 1);
+    gate.open();
+    for w in waiting {
+        w.await.unwrap().unwrap();
+    }
+    let response = http(&b, &post).await;
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let seen = drain(&b).await;
+    assert_eq!(seen.len(), 3, "h1, h2 and the second REST send: {seen:?}");
 }
