@@ -397,6 +397,11 @@ action = "SET Routed = 'yes'"
     fn out_of_range_values_are_refused() {
         assert!(Config::parse("[namespace]\nmax_message_size = 10\n").is_err());
         assert!(Config::parse("[limits]\nmax_frame_size = 10\n").is_err());
+        assert!(Config::parse("[limits]\nmax_store_backlog = 0\n").is_err());
+        let c =
+            Config::parse("[limits]\nmax_store_backlog = 3\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.limits.max_store_backlog, 3);
+        assert_eq!(Limits::default().max_store_backlog, 2048);
         assert!(Config::parse("[[queues]]\nname = \"a\"\n[[queues]]\nname = \"A\"\n").is_err());
     }
 }

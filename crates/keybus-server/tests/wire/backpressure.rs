@@ -155,6 +155,15 @@ async fn drain(b: &Broker) -> BTreeMap<String, usize> {
 
 async fn a_lagging_store_refuses_sends_as_server_busy_and_loses_nothing(store: Store) {
     let (b, gate) = lagging_broker(store).await;
+    // A message locked before the store falls behind, to be completed while it is busy.
+    let mut r = b.client(&["q"]).await;
+    let snd = r.create_sender("q", T).await.unwrap();
+    r.send(snd, &message("settled", b"x"), T).await.unwrap();
+    let rcv = r
+        .create_receiver("q", &ReceiverOptions::default(), T)
+        .await
+        .unwrap();
+    let locked = r.receive(rcv, 1, T).await.unwrap().remove(0);
     gate.close();
     // Two sends on their own connections fill the backlog; their answers wait for the store.
     let mut waiting = Vec::new();
@@ -171,19 +180,34 @@ async fn a_lagging_store_refuses_sends_as_server_busy_and_loses_nothing(store: S
     let snd = c.create_sender("q", T).await.unwrap();
     let before = throttled(&b).await;
     let asked = Instant::now();
-    let r = c.send(snd, &message("refused", b"x"), T).await;
-    assert!(is_busy(&r), "{r:?}");
+    let refused = c.send(snd, &message("refused", b"x"), T).await;
+    assert!(is_busy(&refused), "{refused:?}");
     assert!(
         asked.elapsed() < Duration::from_secs(1),
         "{:?}",
         asked.elapsed()
     );
-    assert_eq!(throttled(&b).await, before + 1);
-    // The store catches up: the waiting sends are acknowledged and new ones are taken.
+    // So is a scheduled send; a settlement is still taken (it frees space).
+    let at = crate::harness::now_ms() + 60_000;
+    let scheduled = c.schedule("q", &[message("later", b"x")], at, T).await;
+    assert_eq!(
+        scheduled.as_ref().err().and_then(ClientError::condition),
+        Some("com.microsoft:server-busy"),
+        "{scheduled:?}"
+    );
+    assert_eq!(throttled(&b).await, before + 2);
+    let settling = tokio::spawn(async move {
+        r.settle(rcv, &locked, keybus_client::Outcome::Complete, T)
+            .await
+    });
+    gate.wait_until_waiting(3).await;
+    // The store catches up: the waiting sends and the settlement are acknowledged and new
+    // sends are taken.
     gate.open();
     for w in waiting {
         w.await.unwrap().unwrap();
     }
+    settling.await.unwrap().unwrap();
     c.send(snd, &message("a3", b"x"), T).await.unwrap();
     let seen = drain(&b).await;
     let expected: BTreeMap<String, usize> = ["a1", "a2", "a3"]
