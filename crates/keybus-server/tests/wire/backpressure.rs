@@ -240,6 +240,9 @@ async fn credit_is_withheld_while_busy_and_given_back(store: Store) {
         let r = c.send(snd, &message(&format!("r{i}"), b"x"), T).await;
         assert!(is_busy(&r), "send {i}: {r:?}");
     }
+    assert_eq!(c.sender(snd).unwrap().credit, 0, "no top-up while busy");
+    // Asking the broker to restate the credit (`echo`) gets no more either.
+    c.ask_credit(snd);
     let starved = c.send(snd, &message("starved", b"x"), QUIET).await;
     assert!(starved.is_err() && !is_busy(&starved), "{starved:?}");
     // Once the store caught up, the connection gives the credit back and sends go again.
