@@ -66,8 +66,9 @@ pub struct Limits {
     /// Store commits submitted and not yet durable at which the store counts as busy: new
     /// sends are refused with `com.microsoft:server-busy` (REST: 503 with `Retry-After`) and
     /// sender links get no new credit until the backlog falls below it. Settlements,
-    /// housekeeping and forwarding still commit. Below the embedded store's group size
-    /// (4096 ops), so a busy store is at most a couple of group commits behind.
+    /// housekeeping and forwarding still commit. The default (2048) is half the 4096 batches
+    /// the embedded store used to queue before it blocked its caller; each commit holds at
+    /// least one op, so it is at most a few of the writer's group commits (4096 ops each).
     pub max_store_backlog: usize,
     /// A connection that has put no valid token on `$cbs` within this many milliseconds of
     /// its `open` is closed.
