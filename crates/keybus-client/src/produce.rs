@@ -53,6 +53,11 @@ impl Connection {
     }
 
     pub(crate) fn queue_link_flow(&mut self, id: LinkId, credit: u32) {
+        self.queue_flow(id, credit, false);
+    }
+
+    /// A link `flow`; with `echo` the broker answers with its own view of the link.
+    pub(crate) fn queue_flow(&mut self, id: LinkId, credit: u32, echo: bool) {
         let Some(session) = self.sessions.get_mut(id.session) else {
             return;
         };
@@ -69,6 +74,7 @@ impl Connection {
         flow.handle = Some(link.handle);
         flow.delivery_count = Some(dc);
         flow.link_credit = Some(credit);
+        flow.echo = echo;
         self.frame(channel, Performative::Flow(flow));
     }
 

@@ -22,6 +22,13 @@ impl Connection {
         Ok(id)
     }
 
+    /// Ask the broker to restate a sender link's credit (a `flow` with `echo`); its answer
+    /// is applied when the connection next runs (any later call that waits).
+    pub fn ask_credit(&mut self, link: LinkId) {
+        let credit = self.sender(link).map_or(0, |s| s.credit);
+        self.queue_flow(link, credit, true);
+    }
+
     /// Send `message` and wait until the broker settles it: `Ok` for `accepted`,
     /// [`ClientError::Rejected`] with the broker's condition otherwise.
     pub async fn send(

@@ -9,6 +9,8 @@
 //!   false, so the broker stops acknowledging work it cannot keep. A backend may recover on
 //!   its own (the embedded store re-opens itself once writes succeed again, see
 //!   `keybus-store`): `healthy()` is then true again. [`Store::status`] names the cause.
+//! - `commit` never blocks its caller (it runs on async workers); a store that cannot keep up
+//!   says so through [`Store::admit`] (the broker's metering wrapper counts the backlog).
 //!
 //! A subscription's record may refer to its topic's body instead of holding the message
 //! ([`MessageRecord::body_owner`]): `load_entity` returns such records with the body filled in.
@@ -103,6 +105,10 @@ pub enum StoreError {
     Poisoned,
     #[error("store is closed")]
     Closed,
+    /// The store is behind: `backlog` commits are submitted and not yet durable, at or past
+    /// the configured limit. New sends are refused until it catches up; nothing is lost.
+    #[error("store is busy: {backlog} commits are waiting to become durable (limit {limit})")]
+    Busy { backlog: usize, limit: usize },
 }
 
 /// Resolves once a batch is durable.
@@ -125,5 +131,11 @@ pub trait Store: Send + Sync + 'static {
         } else {
             Err(StoreError::Poisoned)
         }
+    }
+    /// `Err` while the store takes no new work (sends): what [`Store::status`] says, or
+    /// [`StoreError::Busy`] while too many commits wait to become durable. Settlements,
+    /// housekeeping and forwarding check only `status`: they free space, so they go on.
+    fn admit(&self) -> Result<(), StoreError> {
+        self.status()
     }
 }

@@ -290,6 +290,11 @@ pub(crate) fn render(broker: &Broker) -> Result<String, fmt::Error> {
         m.links.clone(),
     );
     registry.register(
+        "keybus_store_backlog",
+        "Store commits submitted and not yet durable (busy at limits.max_store_backlog)",
+        m.store_backlog.clone(),
+    );
+    registry.register(
         "keybus_store_commit_seconds",
         "Time from store submit to durable commit",
         m.commit_seconds.clone(),

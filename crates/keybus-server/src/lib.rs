@@ -334,6 +334,16 @@ pub async fn start(opts: ServeOptions) -> Result<Running, ServeError> {
 
 /// [`start`] with an already loaded configuration (used by tests).
 pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, ServeError> {
+    start_with_store(opts, config, |store| store).await
+}
+
+/// [`start_with`], the store opened as `opts` say being passed through `wrap` first (tests
+/// put a store that lags behind in front of the real one).
+pub async fn start_with_store(
+    opts: ServeOptions,
+    config: Config,
+    wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+) -> Result<Running, ServeError> {
     admission::raise_nofile();
     let store: Arc<dyn Store> = if opts.in_memory {
         Arc::new(keybus_store::MemStore::new())
@@ -341,6 +351,7 @@ pub async fn start_with(opts: ServeOptions, config: Config) -> Result<Running, S
         prepare_data_dir(&opts.data_dir)?;
         keybus_store::open_embedded(&opts.data_dir)?
     };
+    let store = wrap(store);
     let policies = if config.policies.is_empty() {
         default_policies(&opts)?
     } else {

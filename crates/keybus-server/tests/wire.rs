@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "wire/backpressure.rs"]
+mod backpressure;
 #[path = "wire/deadlines.rs"]
 mod deadlines;
 #[path = "wire/harness.rs"]

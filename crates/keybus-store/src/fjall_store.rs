@@ -1,7 +1,8 @@
 //! The embedded durable store on fjall (an LSM-tree with a write-ahead journal).
 //!
-//! One writer thread owns all writes. `commit` queues the batch on a bounded channel; the
-//! writer takes everything queued (up to [`FjallOptions::max_group_ops`] /
+//! One writer thread owns all writes. `commit` queues the batch on a channel without waiting
+//! (it runs on async workers, under an entity's lock, so it must never block); the writer
+//! takes everything queued (up to [`FjallOptions::max_group_ops`] /
 //! [`FjallOptions::max_group_bytes`]), writes it as ONE fjall write batch (one journal record,
 //! atomic across keyspaces), makes the journal durable with ONE `fdatasync`, and then resolves
 //! every waiting future.
@@ -15,11 +16,17 @@
 //! and delivery updates), so no later batch is written on top of a state that lacks an
 //! earlier one. The broker refuses sends and settlements while the store is unhealthy, so the
 //! backlog holds only the batches in flight at the failure and housekeeping.
+//!
+//! The queue has no bound of its own: a bounded queue could only block the submitting thread
+//! or fail a batch whose effects the broker has already applied in memory. What bounds it is
+//! the broker's admission (`[limits] max_store_backlog`: past it new sends are refused as
+//! server-busy), and the work that still commits while busy (settlements, expiries,
+//! forwarding) is bounded by the messages the entities hold.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,8 +51,6 @@ pub struct FjallOptions {
     pub max_group_ops: usize,
     /// ... or this many (approximate) bytes of message payload.
     pub max_group_bytes: usize,
-    /// Capacity of the queue of submitted batches; `commit` blocks briefly when it is full.
-    pub queue_depth: usize,
     /// fjall's block cache, in bytes.
     pub cache_bytes: u64,
     /// Bytes each keyspace's memtable holds before it is flushed to disk. fjall's default is
@@ -70,7 +75,6 @@ impl Default for FjallOptions {
         Self {
             max_group_ops: 4096,
             max_group_bytes: 4 * 1024 * 1024,
-            queue_depth: 4096,
             cache_bytes: 32 * 1024 * 1024,
             memtable_bytes: 8 * 1024 * 1024,
             journal_bytes: 128 * 1024 * 1024,
@@ -210,6 +214,8 @@ struct Shared {
     /// Why writes are refused (set with `poisoned`).
     cause: Mutex<Option<StoreError>>,
     fail_next: AtomicBool,
+    /// Held by the writer around each group commit; a test holds it to stall the writer.
+    stall: Mutex<()>,
 }
 
 impl Shared {
@@ -226,7 +232,7 @@ impl Shared {
 pub struct FjallStore {
     shared: Arc<Shared>,
     dir: PathBuf,
-    queue: Option<SyncSender<Request>>,
+    queue: Option<Sender<Request>>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -255,8 +261,9 @@ impl FjallStore {
             poisoned: AtomicBool::new(false),
             cause: Mutex::new(None),
             fail_next: AtomicBool::new(false),
+            stall: Mutex::new(()),
         });
-        let (tx, rx) = std::sync::mpsc::sync_channel(options.queue_depth.max(1));
+        let (tx, rx) = std::sync::mpsc::channel();
         let writer = Writer {
             tables: Some(tables),
             dir: dir.to_path_buf(),
@@ -288,6 +295,13 @@ impl FjallStore {
     #[doc(hidden)]
     pub fn fail_next_write_for_tests(&self) {
         self.shared.fail_next.store(true, Ordering::Release);
+    }
+
+    /// Fault injection for tests: the writer stalls before its next group commit until the
+    /// returned guard is dropped (a store that cannot keep up).
+    #[doc(hidden)]
+    pub fn stall_writer_for_tests(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared.stall.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The directory this store lives in.
@@ -330,14 +344,9 @@ impl Store for FjallStore {
         };
         let (done, wait) = oneshot::channel();
         let request = Request { ops, done };
-        // Enqueue synchronously so batches apply in the order of `commit` calls. A full queue
-        // means the writer is a group commit behind: wait for room (back-pressure).
-        let sent = match queue.try_send(request) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(request)) => queue.send(request).map_err(|_| ()),
-            Err(TrySendError::Disconnected(_)) => Err(()),
-        };
-        if sent.is_err() {
+        // Enqueue synchronously, without waiting, so batches apply in the order of `commit`
+        // calls and no async worker ever blocks here.
+        if queue.send(request).is_err() {
             return ready(Err(StoreError::Closed));
         }
         Box::pin(async move { wait.await.unwrap_or(Err(StoreError::Closed)) })
@@ -545,6 +554,8 @@ impl Writer {
                 self.try_reopen();
             }
             let Some(first) = first else { continue };
+            let stall = Arc::clone(&self.shared);
+            let _stalled = stall.stall.lock().unwrap_or_else(|p| p.into_inner());
             let mut ops = first.ops.len();
             let mut bytes = approx_bytes(&first.ops);
             group.push(first);

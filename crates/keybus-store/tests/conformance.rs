@@ -101,6 +101,32 @@ mod fjall_durability {
     }
 
     #[test]
+    fn commit_never_waits_for_a_stalled_writer() {
+        // More batches than any group commit takes, submitted while the writer cannot write:
+        // every `commit` returns at once (it runs on async workers), none resolves before the
+        // writer moves on, and then all resolve.
+        let store = FjallStore::open(&scratch_dir("stall")).unwrap();
+        let stalled = store.stall_writer_for_tests();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let futures = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let futures: Vec<_> = (0..10_000)
+                    .map(|i| store.commit(vec![conformance::seq("q", i)]))
+                    .collect();
+                let _ = tx.send(futures);
+            });
+            rx.recv_timeout(Duration::from_secs(5))
+                .expect("commit blocked while the writer was stalled")
+        });
+        assert_eq!(store.load_entity("q").unwrap().next_sequence, 0);
+        drop(stalled);
+        for f in futures {
+            conformance::block_on(f).unwrap();
+        }
+        assert_eq!(store.load_entity("q").unwrap().next_sequence, 9_999);
+    }
+
+    #[test]
     fn drop_flushes_queued_commits() {
         // Dropping the store joins the writer; futures obtained before still resolve.
         let dir = scratch_dir("close");

@@ -389,6 +389,7 @@ where
         next_generation: 1,
         hostname: String::new(),
         pending_sends: Vec::new(),
+        credit_withheld: false,
         commits: Default::default(),
         closed: false,
     };
@@ -501,6 +502,9 @@ where
         }
         conn.flush_sends();
         conn.answer_durable_commits();
+        // Every turn (a read, a finished commit, the ticker at least each second) gives
+        // withheld sender credit back once the store has caught up.
+        conn.restore_credit();
         if !conn.out.is_empty() {
             io.write_all(&conn.out)
                 .await

@@ -29,9 +29,17 @@ pub(crate) fn from_condition(c: ErrorCondition, description: impl Into<String>) 
 /// The one mapping of a store failure (a commit that failed, or a store that refuses writes)
 /// to what a client sees. A full disk is `amqp:resource-limit-exceeded`, which the SDKs raise
 /// as their quota-exceeded error (Python: `ServiceBusQuotaExceededError`), naming the cause;
-/// anything else is an internal error.
+/// a store that is behind is `com.microsoft:server-busy`, which the SDKs retry with back-off
+/// (Python: `ServiceBusServerBusyError`); anything else is an internal error.
 pub(crate) fn store_failure(e: &StoreError) -> (ErrorCondition, String) {
     match e {
+        StoreError::Busy { .. } => (
+            ErrorCondition::ServerBusy,
+            format!(
+                "The broker is busy: its store cannot keep up ({e}). The request was not \
+                 taken; retry after a short delay."
+            ),
+        ),
         StoreError::Full(_) => (
             ErrorCondition::QuotaExceeded,
             "The broker cannot store anything: no space left on device (the broker's data \

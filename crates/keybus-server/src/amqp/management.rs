@@ -179,9 +179,14 @@ impl Conn {
             Ok(()) => {
                 let body = body_value(&msg);
                 let fields = body.as_ref().and_then(Value::as_map).unwrap_or(&[]);
-                match self.broker.store().status() {
-                    // A store that refuses writes refuses the operations that write, before
-                    // they touch the entity.
+                // A store that refuses writes refuses the operations that write, before they
+                // touch the entity; a busy one refuses those that add messages.
+                let refusal = if op == "com.microsoft:schedule-message" {
+                    self.broker.store().admit()
+                } else {
+                    self.broker.store().status()
+                };
+                match refusal {
                     Err(e) if writes(&op) => {
                         let (condition, description) = super::errors::store_failure(&e);
                         Err(OpError(

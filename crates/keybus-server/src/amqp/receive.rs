@@ -42,9 +42,16 @@ impl Conn {
         } = &mut link.kind
         else {
             if f.echo {
-                // Echo for links we receive on: restate our credit.
-                let dc = f.delivery_count.unwrap_or(0);
-                self.grant_credit(channel, handle, dc, SENDER_CREDIT);
+                // Echo for links we receive on: restate our credit. A sender link whose
+                // credit is withheld (the store is busy) hears what it has left, not more.
+                let withheld = matches!(link.kind, LinkKind::EntityIn { .. })
+                    && link.in_credit < SENDER_CREDIT / 2;
+                let (dc, credit) = if withheld {
+                    (link.in_count, link.in_credit)
+                } else {
+                    (f.delivery_count.unwrap_or(0), SENDER_CREDIT)
+                };
+                self.grant_credit(channel, handle, dc, credit);
             }
             return;
         };

@@ -20,6 +20,9 @@ impl Conn {
         t: Transfer,
         payload: Bytes,
     ) -> Result<(), ConnError> {
+        // A busy store stops sender links from getting new credit (back-pressure); the
+        // transfers already credited are still answered, refused as server-busy.
+        let busy = self.broker.store().admit().is_err();
         let Some(s) = self.sessions.get_mut(&channel) else {
             return Ok(());
         };
@@ -93,10 +96,15 @@ impl Conn {
         );
         link.in_count = link.in_count.wrapping_add(1);
         link.in_credit = link.in_credit.saturating_sub(1);
-        let top_up = (link.in_credit < SENDER_CREDIT / 2).then(|| {
+        let low = link.in_credit < SENDER_CREDIT / 2;
+        let withhold = low && busy && matches!(link.kind, LinkKind::EntityIn { .. });
+        let top_up = (low && !withhold).then(|| {
             link.in_credit = SENDER_CREDIT;
             link.in_count
         });
+        if withhold {
+            self.credit_withheld = true;
+        }
         match &mut link.kind {
             LinkKind::EntityIn { entity } => {
                 let entity = entity.clone();
@@ -183,11 +191,12 @@ impl Conn {
             pending = rest;
             let mut results = Vec::with_capacity(group.len());
             let mut pendings = Vec::new();
-            // A store that refuses writes refuses the sends before they touch the entity.
+            // A store that refuses writes, or is busy, refuses the sends before they touch
+            // the entity.
             let refused = self
                 .broker
                 .store()
-                .status()
+                .admit()
                 .err()
                 .map(|e| errors::store_failure(&e));
             let fut = {
@@ -261,6 +270,29 @@ impl Conn {
                     });
                 }
             }
+        }
+    }
+
+    /// Top up the sender links whose credit was withheld while the store was busy, once it
+    /// admits sends again.
+    pub(crate) fn restore_credit(&mut self) {
+        if !self.credit_withheld || self.broker.store().admit().is_err() {
+            return;
+        }
+        self.credit_withheld = false;
+        let mut grants = Vec::new();
+        for (&channel, s) in &mut self.sessions {
+            for (&handle, link) in &mut s.links {
+                if matches!(link.kind, LinkKind::EntityIn { .. })
+                    && link.in_credit < SENDER_CREDIT / 2
+                {
+                    link.in_credit = SENDER_CREDIT;
+                    grants.push((channel, handle, link.in_count));
+                }
+            }
+        }
+        for (channel, handle, count) in grants {
+            self.grant_credit(channel, handle, count, SENDER_CREDIT);
         }
     }
 

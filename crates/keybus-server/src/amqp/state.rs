@@ -222,6 +222,9 @@ pub(crate) struct Conn {
     pub next_generation: u64,
     pub hostname: String,
     pub pending_sends: Vec<PendingSend>,
+    /// A sender link's credit ran low while the store was busy and was not topped up;
+    /// `restore_credit` gives it back once the store admits sends again.
+    pub credit_withheld: bool,
     /// Store commits this connection waits for, each finishing its sends or settlements
     /// and yielding what to write back. Polled by the connection's own task: no task is
     /// spawned per commit, and one already durable is answered in the same turn.

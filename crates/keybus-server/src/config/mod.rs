@@ -63,6 +63,13 @@ pub struct Limits {
     pub max_links_per_session: usize,
     pub max_unsettled_per_link: u32,
     pub max_frame_size: u32,
+    /// Store commits submitted and not yet durable at which the store counts as busy: new
+    /// sends are refused with `com.microsoft:server-busy` (REST: 503 with `Retry-After`) and
+    /// sender links get no new credit until the backlog falls below it. Settlements,
+    /// housekeeping and forwarding still commit. The default (2048) is half the 4096 batches
+    /// the embedded store used to queue before it blocked its caller; each commit holds at
+    /// least one op, so it is at most a few of the writer's group commits (4096 ops each).
+    pub max_store_backlog: usize,
     /// A connection that has put no valid token on `$cbs` within this many milliseconds of
     /// its `open` is closed.
     pub token_timeout_ms: u64,
@@ -94,6 +101,7 @@ impl Default for Limits {
             max_links_per_session: 256,
             max_unsettled_per_link: 5000,
             max_frame_size: 1024 * 1024,
+            max_store_backlog: 2048,
             token_timeout_ms: 10_000,
             handshake_timeout_ms: 10_000,
             open_timeout_ms: 10_000,
@@ -171,6 +179,11 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             "namespace.max_message_size {} is out of range (1024 to 104857600)",
             cfg.max_message_size
         )));
+    }
+    if cfg.limits.max_store_backlog == 0 {
+        return Err(ConfigError::Invalid(
+            "limits.max_store_backlog must be at least 1".into(),
+        ));
     }
     if cfg.limits.max_frame_size < 4096 {
         return Err(ConfigError::Invalid(
@@ -385,6 +398,11 @@ action = "SET Routed = 'yes'"
     fn out_of_range_values_are_refused() {
         assert!(Config::parse("[namespace]\nmax_message_size = 10\n").is_err());
         assert!(Config::parse("[limits]\nmax_frame_size = 10\n").is_err());
+        assert!(Config::parse("[limits]\nmax_store_backlog = 0\n").is_err());
+        let c =
+            Config::parse("[limits]\nmax_store_backlog = 3\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.limits.max_store_backlog, 3);
+        assert_eq!(Limits::default().max_store_backlog, 2048);
         assert!(Config::parse("[[queues]]\nname = \"a\"\n[[queues]]\nname = \"A\"\n").is_err());
     }
 }

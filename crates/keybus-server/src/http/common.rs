@@ -32,6 +32,9 @@ pub enum HttpError {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The store cannot keep up (`StoreError::Busy`): `503` with `Retry-After` (seconds).
+    #[error("{0}")]
+    ServerBusy(String, u64),
     /// A refused token from a source that failed too often: `429`, retry after (seconds).
     #[error("{0}")]
     TooManyRequests(String, u64),
@@ -47,7 +50,7 @@ impl HttpError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::ServerBusy(..) => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -70,9 +73,11 @@ impl From<AdminError> for HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let retry_after = match &self {
-            Self::TooManyRequests(_, s) => Some(*s),
-            _ => None,
+        let (retry_after, close) = match &self {
+            // Each further guess costs the client a new connection.
+            Self::TooManyRequests(_, s) => (Some(*s), true),
+            Self::ServerBusy(_, s) => (Some(*s), false),
+            _ => (None, false),
         };
         let body = error_body(status.as_u16(), &self.to_string());
         let mut resp = (
@@ -89,7 +94,8 @@ impl IntoResponse for HttpError {
         if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
-            // Each further guess costs the client a new connection.
+        }
+        if close {
             resp.headers_mut().insert(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),
@@ -323,5 +329,16 @@ mod tests {
             HttpError::from(AdminError::QuotaExceeded("x".into())).status(),
             StatusCode::FORBIDDEN
         );
+    }
+
+    #[test]
+    fn server_busy_is_503_with_retry_after_on_a_kept_connection() {
+        let resp = HttpError::ServerBusy("busy".into(), 1).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            resp.headers().get(header::RETRY_AFTER),
+            Some(&header::HeaderValue::from(1u64))
+        );
+        assert!(resp.headers().get(header::CONNECTION).is_none());
     }
 }

@@ -64,8 +64,11 @@ impl Broker {
         auth: Arc<keybus_auth::Auth>,
     ) -> Result<Arc<Broker>, StoreError> {
         let metrics = super::metrics::Metrics::default();
-        let store: Arc<dyn Store> =
-            Arc::new(super::metrics::MeteredStore::new(store, metrics.clone()));
+        let store: Arc<dyn Store> = Arc::new(super::metrics::MeteredStore::new(
+            store,
+            metrics.clone(),
+            config.limits.max_store_backlog,
+        ));
         let mut defs: HashMap<String, EntityDefinition> = store
             .list_entities()?
             .into_iter()

@@ -1,6 +1,7 @@
 //! The broker under test (memory or durable store) and connected, authorised clients.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keybus_client::{Connection, Endpoint, Message, Properties, Value};
@@ -69,6 +70,15 @@ impl Drop for Broker {
 
 impl Broker {
     pub async fn start(store: Store) -> Broker {
+        Self::start_wrapped(store, "", |s| s).await
+    }
+
+    /// A broker with `limits` (TOML lines of `[limits]`) whose store is passed through `wrap`.
+    pub async fn start_wrapped(
+        store: Store,
+        limits: &str,
+        wrap: impl FnOnce(Arc<dyn keybus_core::Store>) -> Arc<dyn keybus_core::Store>,
+    ) -> Broker {
         let dir = match store {
             Store::Memory => None,
             Store::Durable => Some(
@@ -84,8 +94,10 @@ impl Broker {
             bind: "127.0.0.1".parse().unwrap(),
             ..ServeOptions::default()
         };
-        let config = Config::parse(CONFIG).unwrap();
-        let running = keybus_server::start_with(opts, config).await.unwrap();
+        let config = Config::parse(&format!("{CONFIG}\n[limits]\n{limits}")).unwrap();
+        let running = keybus_server::start_with_store(opts, config, wrap)
+            .await
+            .unwrap();
         Broker { running, dir }
     }
 

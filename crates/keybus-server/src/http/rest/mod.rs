@@ -229,6 +229,17 @@ async fn send(
         incoming.push(IncomingMessage::new(m, size as u32));
     }
     let n = incoming.len();
+    // A busy (or failed) store refuses the send before it touches the entity.
+    if let Err(e) = broker.store().admit() {
+        broker.metrics().request("rest.send", 503);
+        return Err(match e {
+            keybus_core::StoreError::Busy { .. } => HttpError::ServerBusy(
+                format!("The broker is busy: {e}. Retry after a short delay."),
+                1,
+            ),
+            e => HttpError::Unavailable(format!("the message could not be stored: {e}")),
+        });
+    }
     let now = broker.now();
     let (commit, pending) = {
         let mut st = entity.lock();
