@@ -25,7 +25,8 @@
 //! marked the same way. Lines are flushed, not fsynced, and written only at token, attach and
 //! management time, never per message. [`Audit::flush`] waits until everything recorded so far
 //! is written; dropping the [`Audit`] writes what is queued and every pending summary, then
-//! joins the thread. [`Audit::disabled`] (no file) has no thread.
+//! joins the thread (the server flushes when it stops; a killed process loses what was still
+//! queued). [`Audit::disabled`] (no file) has no thread.
 //!
 //! # Bounds
 //! Repeated denials from one source (IPv4 address or IPv6 /64) with the same event and
