@@ -5,7 +5,7 @@
 //! interval, if shorter) by the wall clock. When
 //! the queue's sender is gone it writes every pending summary and stops.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 
 use super::Event;
@@ -49,10 +49,8 @@ pub(super) fn run(mut sink: Sink, queue: Receiver<Msg>, ticker: bool) {
             }
         };
         let mut flushes = Vec::new();
-        let rest = std::iter::from_fn(|| match queue.try_recv() {
-            Ok(m) => Some(m),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        });
+        // Empty, or the sender gone (the next `recv` ends the loop).
+        let rest = std::iter::from_fn(|| queue.try_recv().ok());
         for msg in first.into_iter().chain(rest).take(TURN) {
             match msg {
                 Msg::Record(ev, now) => sink.record(*ev, now),
