@@ -123,6 +123,7 @@ def test_http_token_flood_is_limited_summarised_and_valid_tokens_pass(broker: kb
     assert all(e["conn"]["peer"].startswith("127.0.0.1:") for e in lines if not e.get("summary"))
     metrics = requests.get(f"{base}/metrics", timeout=10).text
     assert "keybus_audit_lines_summarised_total" in metrics
+    assert "keybus_audit_dropped_total 0" in metrics
     assert "keybus_auth_limited_sources 1" in metrics
 
 

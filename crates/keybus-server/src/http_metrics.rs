@@ -315,7 +315,7 @@ pub(crate) fn render(broker: &Broker) -> Result<String, fmt::Error> {
 /// The audit log's counters and the failed-token rate limiter, read at scrape time.
 #[derive(Debug)]
 struct AuditCollector {
-    counters: [(&'static str, &'static str, u64); 4],
+    counters: [(&'static str, &'static str, u64); 5],
     file_bytes: i64,
     limited_sources: i64,
 }
@@ -345,6 +345,11 @@ impl AuditCollector {
                     "keybus_audit_rotations",
                     "Audit log rotations",
                     get(&s.rotations),
+                ),
+                (
+                    "keybus_audit_dropped",
+                    "Allowed events not written because the audit writer's queue was full (denials are never dropped)",
+                    get(&s.dropped),
                 ),
             ],
             file_bytes: i64::try_from(get(&s.file_bytes)).unwrap_or(i64::MAX),

@@ -203,11 +203,13 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stop accepting and stop background work (open connections end with the runtime).
+    /// Stop accepting and stop background work (open connections end with the runtime), and
+    /// wait until the audit lines recorded so far are written.
     pub fn stop(self) {
         for t in self.tasks {
             t.abort();
         }
+        self.broker.auth().audit.flush();
     }
 }
 

@@ -10,12 +10,23 @@
 //! recompute the chain. `keybus audit verify FILE` checks a log and its rotated archives.
 //!
 //! # Writing
-//! A line (with its newline) is built in one buffer and written with one `write_all` on a
-//! file opened `O_APPEND`; the chain advances only after the write succeeded. A failed write
-//! is undone (the file is cut back) or, if that fails too, the next line starts on a new line
-//! after an `audit.torn_tail` marker. At open only the file's tail is read: a tail that does
-//! not end a line is marked the same way. Lines are flushed, not fsynced, and written only at
-//! token, attach and management time, never per message.
+//! [`Audit::record`] does no JSON, HMAC or file I/O: it drops allowed events when
+//! `log_allows` is off, logs the tracing line and hands the event over a bounded queue
+//! ([`AuditOptions::queue_depth`]) to the writer thread, which owns the file, the chain, the
+//! summaries and rotation. An allowed event that finds the queue full is dropped and counted
+//! ([`AuditStats::dropped`]); a denial waits for room and is never dropped. Each turn the
+//! writer takes what is queued, encodes the lines with the chain as it will stand, and writes
+//! them with one `write_all` on a file opened `O_APPEND` (a batch past 256 KiB is written at
+//! once). The chain advances only over the lines that reached the file whole: after a failed
+//! write, the whole lines it managed to write stay and are chained, the part of a line after
+//! them is cut back or, if that fails too, the next line starts on a new line after an
+//! `audit.torn_tail` marker (undo is per line, not per batch, so torn bytes are never more
+//! than one line). At open only the file's tail is read: a tail that does not end a line is
+//! marked the same way. Lines are flushed, not fsynced, and written only at token, attach and
+//! management time, never per message. [`Audit::flush`] waits until everything recorded so far
+//! is written; dropping the [`Audit`] writes what is queued and every pending summary, then
+//! joins the thread (the server flushes when it stops; a killed process loses what was still
+//! queued). [`Audit::disabled`] (no file) has no thread.
 //!
 //! # Bounds
 //! Repeated denials from one source (IPv4 address or IPv6 /64) with the same event and
@@ -25,9 +36,12 @@
 //! continues the chain. Audit I/O errors are counted and logged, never returned: the broker
 //! keeps serving and the message store, in its own files, is not touched.
 
+mod batch;
 mod files;
+mod handle;
 mod key;
 mod line;
+mod sink;
 mod summary;
 #[cfg(test)]
 mod tests;
@@ -40,9 +54,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use files::{archive_path, log_files};
+pub use handle::Audit;
 pub use key::{load_or_create_key, read_key};
 pub use verify::{VerifyError, VerifyReport, verify_files};
-pub use writer::Audit;
 
 /// Longest text we record in one field; longer values are cut (an attacker-chosen entity
 /// name or subject must not bloat the log).
@@ -67,8 +81,12 @@ pub struct AuditOptions {
     pub summary_burst: u32,
     /// Sources tracked for summaries; beyond, denials are summarised under source `*`.
     pub summary_sources: usize,
-    /// Flush due summaries every second on a thread of its own (off in unit tests).
+    /// The writer also sweeps due summaries every second by the wall clock (off in unit
+    /// tests, which pass their own times).
     pub ticker: bool,
+    /// Events queued for the writer thread; beyond, allowed events are dropped and denials
+    /// wait.
+    pub queue_depth: usize,
 }
 
 impl Default for AuditOptions {
@@ -81,6 +99,7 @@ impl Default for AuditOptions {
             summary_burst: 3,
             summary_sources: 1024,
             ticker: true,
+            queue_depth: 16_384,
         }
     }
 }
@@ -94,6 +113,8 @@ pub struct AuditStats {
     pub write_errors: AtomicU64,
     pub rotations: AtomicU64,
     pub file_bytes: AtomicU64,
+    /// Allowed events dropped because the writer's queue was full.
+    pub dropped: AtomicU64,
 }
 
 /// One event, filled in by the enforcement point.

@@ -1,5 +1,6 @@
 //! Audit log tests: the chain across reopen and rotation, torn tails, failed writes,
-//! summaries and their bounds, a rebuilt chain without the key.
+//! summaries and their bounds, a rebuilt chain without the key, the writer's queue and its
+//! bound, batches cut short.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -7,9 +8,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use super::batch::{Batch, Chain};
 use super::files::open_append;
 use super::line::{hmac_hex, now_ms};
 use super::summary::{Summarizer, SummaryKey};
@@ -180,23 +184,65 @@ fn a_failed_write_does_not_advance_the_chain() {
     let (path, key_path) = (d.join("audit.jsonl"), d.join("audit-key"));
     let a = Audit::open(&path, Some(&key_path), opts()).unwrap();
     a.record(deny("one", None));
+    a.flush();
     // Swap the file for a read-only handle: every write fails.
-    {
-        let mut s = a.sink.lock().unwrap();
-        s.file = Some(File::open(&path).unwrap());
-    }
+    let read_only = File::open(&path).unwrap();
+    a.on_writer(move |s| s.file = Some(read_only));
     a.record(deny("lost", None));
+    a.flush();
     assert_eq!(a.stats.write_errors.load(Ordering::Relaxed), 1);
-    {
-        let mut s = a.sink.lock().unwrap();
-        assert_eq!(s.seq, 1, "the chain did not advance");
-        s.file = Some(open_append(&path).unwrap());
-    }
+    let (seq_tx, seq_rx) = mpsc::channel();
+    let p = path.clone();
+    a.on_writer(move |s| {
+        let _ = seq_tx.send(s.chain.seq);
+        s.file = open_append(&p).ok();
+    });
+    assert_eq!(seq_rx.recv().unwrap(), 1, "the chain did not advance");
     a.record(deny("two", None));
     drop(a);
     let key = read_key(&key_path).unwrap();
     assert_eq!(verify_files(&path, &key).unwrap().lines, 2);
     let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_cut_short_batch_chains_only_its_whole_lines() {
+    let key = vec![1u8; KEY_LEN];
+    let mut chain = Chain {
+        seq: 7,
+        prev: "p".into(),
+    };
+    let mut batch = Batch::default();
+    for i in 0..3 {
+        let mut obj = Map::new();
+        obj.insert("n".into(), json!(i));
+        batch.push(obj, &key, &chain);
+    }
+    let text = String::from_utf8(batch.bytes().to_vec()).unwrap();
+    let ls: Vec<&str> = text.lines().collect();
+    let second: Value = serde_json::from_str(ls[1]).unwrap();
+    assert_eq!(second["seq"], 9);
+    let first_end = ls[0].len() + 1;
+    let second_end = first_end + ls[1].len() + 1;
+    // A write that stopped 5 bytes into the third line.
+    let r = batch.reached((second_end + 5) as u64);
+    assert_eq!(
+        (r.lines, r.bytes, r.torn, r.lost),
+        (2, second_end as u64, 5, 1)
+    );
+    assert_eq!(batch.reached(0).lines, 0);
+    assert_eq!(batch.reached(u64::MAX).lost, 0);
+    batch.commit(r.lines, &mut chain);
+    assert!(batch.is_empty());
+    assert_eq!(chain.seq, 9);
+    assert_eq!(chain.prev, second["hmac"].as_str().unwrap());
+    // The next line follows the second, not the lost third.
+    batch.push(Map::new(), &key, &chain);
+    let next: Value = serde_json::from_slice(batch.bytes()).unwrap();
+    assert_eq!(
+        (next["seq"].clone(), next["prev"].clone()),
+        (json!(10), second["hmac"].clone())
+    );
 }
 
 #[test]
@@ -216,6 +262,7 @@ fn repeated_denials_are_summarised() {
         a.record_at(deny("InvalidSignature", Some(&peer)), T0 + i);
     }
     a.record_at(deny("no_grant", None), T0 + 20);
+    a.flush();
     let ls = lines(&path);
     assert_eq!(ls.len(), 3 + 1 + 3 + 1, "before the interval ends");
     a.flush_summaries_at(T0 + 10_000);
@@ -232,6 +279,7 @@ fn repeated_denials_are_summarised() {
     assert_eq!(a.stats.summarised.load(Ordering::Relaxed), 1004);
     // A new interval writes the first few again.
     a.record_at(deny("InvalidSignature", Some("203.0.113.9:1")), T0 + 20_000);
+    a.flush();
     assert_eq!(lines(&path).len(), 11);
     drop(a);
     let key = read_key(&key_path).unwrap();
@@ -306,6 +354,7 @@ fn rotation_compresses_and_continues_the_chain() {
         let a = Audit::open(&path, Some(&key_path), o).unwrap();
         let before = a.stats.rotations.load(Ordering::Relaxed);
         a.record_at(deny("old", None), now_ms() + 2 * 24 * 3600 * 1000);
+        a.flush();
         assert_eq!(a.stats.rotations.load(Ordering::Relaxed), before + 1);
     }
     assert!(verify_files(&path, &key).is_ok());
@@ -342,4 +391,160 @@ fn a_legacy_log_is_moved_aside() {
     let key = read_key(&d.join("audit-key")).unwrap();
     assert!(verify_files(&path, &key).is_ok());
     let _ = std::fs::remove_dir_all(&d);
+}
+
+fn allow(reason: &str) -> Event {
+    Event {
+        allow: true,
+        ..deny(reason, None)
+    }
+}
+
+#[test]
+fn a_full_queue_drops_allowed_events_and_counts_them_but_never_a_denial() {
+    let d = dir("full");
+    let (path, key_path) = (d.join("audit.jsonl"), d.join("audit-key"));
+    let o = AuditOptions {
+        queue_depth: 4,
+        ..opts()
+    };
+    let a = Arc::new(Audit::open(&path, Some(&key_path), o).unwrap());
+    // Hold the writer until told.
+    let (held_tx, held) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    a.on_writer(move |_| {
+        let _ = held_tx.send(());
+        let _ = released.recv();
+    });
+    held.recv().unwrap();
+    for i in 0..10 {
+        a.record(allow(&format!("a{i}")));
+    }
+    assert_eq!(
+        a.stats.dropped.load(Ordering::Relaxed),
+        6,
+        "4 fit the queue"
+    );
+    // Denials wait for room instead.
+    let (started_tx, started) = mpsc::channel();
+    let denier = std::thread::spawn({
+        let a = a.clone();
+        move || {
+            let _ = started_tx.send(());
+            for i in 0..10 {
+                a.record(deny(&format!("d{i}"), None));
+            }
+        }
+    });
+    started.recv().unwrap();
+    release.send(()).unwrap();
+    denier.join().unwrap();
+    a.flush();
+    let reasons: Vec<String> = lines(&path)
+        .iter()
+        .map(|v| v["reason"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = (0..4)
+        .map(|i| format!("a{i}"))
+        .chain((0..10).map(|i| format!("d{i}")))
+        .collect();
+    assert_eq!(reasons, want);
+    assert_eq!(a.stats.dropped.load(Ordering::Relaxed), 6);
+    assert_eq!(a.stats.written.load(Ordering::Relaxed), 14);
+    let key = read_key(&key_path).unwrap();
+    assert_eq!(verify_files(&path, &key).unwrap().lines, 14);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn lines_from_several_threads_form_one_chain() {
+    let d = dir("threads");
+    let (path, key_path) = (d.join("audit.jsonl"), d.join("audit-key"));
+    let a = Arc::new(Audit::open(&path, Some(&key_path), opts()).unwrap());
+    let workers: Vec<_> = (0..8)
+        .map(|t| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for i in 0..250 {
+                    let reason = format!("t{t}-{i}");
+                    if i % 2 == 0 {
+                        a.record(allow(&reason));
+                    } else {
+                        a.record(deny(&reason, None));
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    a.flush();
+    let key = read_key(&key_path).unwrap();
+    let r = verify_files(&path, &key).unwrap();
+    assert_eq!(
+        (r.lines, r.first_seq, r.last_seq),
+        (2000, Some(1), Some(2000))
+    );
+    let mut reasons: Vec<String> = lines(&path)
+        .iter()
+        .map(|v| v["reason"].as_str().unwrap().to_string())
+        .collect();
+    reasons.sort();
+    reasons.dedup();
+    assert_eq!(reasons.len(), 2000, "every line once");
+    // Each thread's lines keep their order.
+    for t in 0..8 {
+        let mine: Vec<usize> = lines(&path)
+            .iter()
+            .filter_map(|v| {
+                v["reason"]
+                    .as_str()?
+                    .strip_prefix(&format!("t{t}-"))?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert_eq!(mine, (0..250).collect::<Vec<_>>());
+    }
+    assert_eq!(a.stats.dropped.load(Ordering::Relaxed), 0);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn the_writer_sweeps_due_summaries_by_the_clock() {
+    let d = dir("ticker");
+    let (path, key_path) = (d.join("audit.jsonl"), d.join("audit-key"));
+    let o = AuditOptions {
+        ticker: true,
+        summary_interval_ms: 20,
+        ..opts()
+    };
+    let a = Audit::open(&path, Some(&key_path), o).unwrap();
+    for _ in 0..5 {
+        a.record(deny("InvalidSignature", Some("198.51.100.7:5")));
+    }
+    // No more events: only the writer's clock can write the summary.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let summary = loop {
+        a.flush();
+        if let Some(v) = lines(&path).into_iter().find(|v| v["summary"] == true) {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "no summary written");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(summary["count"], 2);
+    assert_eq!(lines(&path).len(), 4);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_disabled_log_has_no_writer() {
+    let a = Audit::disabled();
+    a.record(deny("x", None));
+    a.flush();
+    a.flush_summaries_at(T0);
+    assert_eq!(a.stats.written.load(Ordering::Relaxed), 0);
+    assert!(a.path.is_none());
 }
