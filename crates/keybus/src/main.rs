@@ -136,6 +136,26 @@ struct ServeArgs {
 const DEFAULT_LOG: &str =
     "warn,keybus=info,keybus_server=info,keybus_store=info,keybus_core=info,keybus_auth=info";
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what service managers and container runtimes
+/// send): the broker stops accepting, writes what its audit log holds and exits 0.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let how = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        () = terminated => "SIGTERM",
+    };
+    println!("keybus: {how}: stopping");
+}
+
 fn main() -> ExitCode {
     // Everything keybus creates (the store's files, keys, logs) is for its owner only: files
     // 0600, directories 0700, including the files the storage engine creates itself.
@@ -182,9 +202,7 @@ fn main() -> ExitCode {
                     tls_client_ca: a.tls_client_ca,
                     audit_log: a.audit_log,
                 };
-                let shutdown = async {
-                    let _ = tokio::signal::ctrl_c().await;
-                };
+                let shutdown = stop_signal();
                 keybus_server::serve(opts, shutdown)
                     .await
                     .map_err(|e| e.to_string())
