@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use futures_util::{FutureExt, StreamExt};
 use keybus_amqp::{
     AMQP_HEADER, Begin, Bytes, BytesMut, Close, End, Flow, Frame, FrameBody, Open, Performative,
     ProtocolHeader, SASL_HEADER, SaslFrameBody, SaslMechanisms, SaslOutcome, Symbol,
 };
-use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 

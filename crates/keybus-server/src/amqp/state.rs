@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use keybus_amqp::{AmqpError, Attach, BytesMut, DecodeError, Flow, Performative};
 use futures_util::stream::FuturesUnordered;
+use keybus_amqp::{AmqpError, Attach, BytesMut, DecodeError, Flow, Performative};
 use keybus_core::{IncomingMessage, ReceiveMode, SubQueue};
 use tokio::sync::mpsc;
 
