@@ -32,7 +32,6 @@ enum Command {
     Serve(ServeArgs),
     /// Measure a running broker over AMQP 1.0 (`bench config`: print a broker configuration
     /// for the benchmark's entities).
-    #[command(subcommand_negates_reqs = true)]
     Bench(keybus_cli::bench::BenchArgs),
     /// Audit log tools.
     #[command(subcommand)]

@@ -92,9 +92,10 @@ pub enum BenchCommand {
 pub struct BenchArgs {
     #[command(subcommand)]
     pub command: Option<BenchCommand>,
-    /// Connection string printed by `keybus serve` (Endpoint=sb://HOST:PORT;SharedAccessKeyName=..;SharedAccessKey=..).
+    /// Connection string printed by `keybus serve` (Endpoint=sb://HOST:PORT;SharedAccessKeyName=..;SharedAccessKey=..);
+    /// required except for `bench config`.
     #[arg(long, env = "KEYBUS_CONNECTION_STRING", hide_env_values = true)]
-    pub connection_string: String,
+    pub connection_string: Option<String>,
     /// Existing queues to use (declare them in the broker's config file).
     #[arg(
         long,
@@ -780,8 +781,12 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         config::run(c);
         return Ok(());
     }
-    let endpoint =
-        Endpoint::parse(&args.connection_string).map_err(|e| BenchError::Usage(e.to_string()))?;
+    let Some(cs) = &args.connection_string else {
+        return Err(BenchError::Usage(
+            "--connection-string (or KEYBUS_CONNECTION_STRING) is required".into(),
+        ));
+    };
+    let endpoint = Endpoint::parse(cs).map_err(|e| BenchError::Usage(e.to_string()))?;
     let queues: Vec<String> = args
         .queues
         .iter()
