@@ -75,13 +75,13 @@ MB=$(( MESSAGES * 2 / 1024 + 1024 ))
 echo "==> depth: $MESSAGES messages, $RESTARTS restarts (SIGNAL=$SIGNAL), data dir $DATA_DIR ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
 start_broker
 echo "first start to /ready: $READY_MS ms"
-"$KEYBUS_BIN" bench --connection-string "$CS" --broker-pid "$PID" --queues bench-1 \
+"$KEYBUS_BIN" bench --connection-string "$CS" --broker-pid "$PID" --queues bench-1 --queue-counts 1 \
     --phases depth --messages "$MESSAGES" --timeout-secs 1200
 echo "data dir: $(du -sm "$DATA_DIR" | cut -f1) MB"
 for i in $(seq 1 "$RESTARTS"); do
     stop_broker
     start_broker
     echo "restart $i: /ready after $READY_MS ms, broker RSS $(rss_mb) MB"
-    "$KEYBUS_BIN" bench --connection-string "$CS" --broker-pid "$PID" --queues bench-1 \
+    "$KEYBUS_BIN" bench --connection-string "$CS" --broker-pid "$PID" --queues bench-1 --queue-counts 1 \
         --phases first-receive
 done

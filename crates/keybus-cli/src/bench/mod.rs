@@ -803,14 +803,17 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         .filter(|&n| n > 0)
         .collect();
     counts.dedup();
-    if let Some(&n) = counts.iter().find(|&&n| n > queues.len()) {
+    let topics = parse_topics(&args.topics)?;
+    let scenarios = args.phases.iter().filter(|p| p.is_scenario()).count();
+    // Scenario phases use `--queues` directly, not `--queue-counts`.
+    if scenarios == 0
+        && let Some(&n) = counts.iter().find(|&&n| n > queues.len())
+    {
         return Err(BenchError::Usage(format!(
             "--queue-counts asks for {n} queues but --queues lists {}",
             queues.len()
         )));
     }
-    let topics = parse_topics(&args.topics)?;
-    let scenarios = args.phases.iter().filter(|p| p.is_scenario()).count();
     if scenarios > 0 && scenarios < args.phases.len() {
         return Err(BenchError::Usage(
             "--phases: idle, depth and first-receive run alone, not with send, receive or latency"
