@@ -11,7 +11,7 @@ use super::scenario::Measure;
 use super::{Bench, BenchError, ctx, procfs};
 
 /// How long the connections sit after setup before the measurement starts, so the setup's
-/// own work (and jemalloc's decay of it) is not counted.
+/// own work is not counted (at most the measured time itself).
 const SETTLE: Duration = Duration::from_secs(2);
 /// How often resident memory is sampled during the measurement.
 const MEMORY_EVERY: Duration = Duration::from_secs(1);
@@ -71,7 +71,8 @@ impl Bench {
             conns.push(self.idle_connection(i, q).await?);
         }
         let secs = Duration::from_secs(self.args.idle_secs.max(1));
-        let end = Instant::now() + SETTLE + secs;
+        let settle = SETTLE.min(secs);
+        let end = Instant::now() + settle + secs;
         let tasks: Vec<_> = conns
             .into_iter()
             .map(|(mut c, id)| {
@@ -83,7 +84,7 @@ impl Bench {
                 })
             })
             .collect();
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
         let cpu_before = procfs::cpu_us(&pid, self.meters.clk_tck);
         let start = Instant::now();
         let mut rss_max = 0u64;

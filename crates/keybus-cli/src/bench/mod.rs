@@ -32,7 +32,7 @@ pub mod config;
 mod depth;
 mod idle;
 pub mod procfs;
-mod scenario;
+pub mod scenario;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use keybus_client::{
     ClientError, Connection, Endpoint, LinkId, MessageTemplate, Pacing, RecvWork, SendWork, Tally,
 };
+use scenario::Measure;
 use stats::{Fanout, PhaseRun, Summary};
 
 /// Benchmark phases.
@@ -777,9 +778,15 @@ fn parse_topics(specs: &[String]) -> Result<Vec<TopicScenario>, BenchError> {
 
 /// Entry point of `keybus bench`.
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
+    run_and_collect(args).await.map(|_| ())
+}
+
+/// [`run`], returning the figures of the scenario phases it printed (none for the
+/// throughput phases and `bench config`).
+pub async fn run_and_collect(args: BenchArgs) -> Result<Vec<Measure>, BenchError> {
     if let Some(BenchCommand::Config(c)) = &args.command {
         config::run(c);
-        return Ok(());
+        return Ok(Vec::new());
     }
     let Some(cs) = &args.connection_string else {
         return Err(BenchError::Usage(
@@ -970,7 +977,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     } else {
         print!("{}", stats::table(&cfg, &summaries));
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 /// The scenario phases, `repeat` times each in `phases` order; prints the figures.
@@ -980,7 +987,7 @@ async fn run_scenarios(
     phases: &[Phase],
     repeat: usize,
     note: &str,
-) -> Result<(), BenchError> {
+) -> Result<Vec<Measure>, BenchError> {
     let first = queues.first().cloned().unwrap_or_default();
     if phases.contains(&Phase::Depth) {
         if repeat > 1 {
@@ -1026,5 +1033,5 @@ async fn run_scenarios(
     } else {
         print!("{}", scenario::table(note, &sums));
     }
-    Ok(())
+    Ok(measures)
 }
