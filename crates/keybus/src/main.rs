@@ -30,7 +30,8 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
-    /// Measure a running broker over AMQP 1.0.
+    /// Measure a running broker over AMQP 1.0 (`bench config`: print a broker configuration
+    /// for the benchmark's entities).
     Bench(keybus_cli::bench::BenchArgs),
     /// Audit log tools.
     #[command(subcommand)]

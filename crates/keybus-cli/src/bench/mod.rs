@@ -13,10 +13,26 @@
 //!   `--latency-secs`): senders stamp the send time into an application property, peek-lock
 //!   receivers (in this process, same clock) record receive time − send time and complete.
 //!
+//! Scenario phases (run alone, not mixed with the three above; see docs/benchmarks.md):
+//!
+//! * **idle** — `--idle-connections` idle SDK-like connections for `--idle-secs`: the
+//!   broker's CPU share and resident memory (`idle.rs`).
+//! * **depth** — fill the first queue with `--messages` messages: the broker's resident
+//!   memory holding them (`depth.rs`).
+//! * **first-receive** — a fresh connection's time to its first delivery from the first
+//!   queue, e.g. right after a restart (`depth.rs`, `scripts/bench-depth.sh`).
+//!
+//! `keybus bench config` prints a broker configuration declaring many entities (`config.rs`).
+//!
 //! Broker CPU time per message comes from `/proc/PID/stat` (utime + stime) before and after
 //! each phase; the client's own CPU time per message is reported too, since client and
 //! broker usually share the machine.
 
+pub mod config;
+mod depth;
+mod idle;
+pub mod procfs;
+pub mod scenario;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -26,6 +42,7 @@ use std::time::{Duration, Instant};
 use keybus_client::{
     ClientError, Connection, Endpoint, LinkId, MessageTemplate, Pacing, RecvWork, SendWork, Tally,
 };
+use scenario::Measure;
 use stats::{Fanout, PhaseRun, Summary};
 
 /// Benchmark phases.
@@ -37,6 +54,12 @@ pub enum Phase {
     Receive,
     /// End-to-end latency at a fixed rate.
     Latency,
+    /// Scenario: fill the first queue with `--messages` messages, report the broker's RSS.
+    Depth,
+    /// Scenario: time a fresh connection's first delivery from the first queue.
+    FirstReceive,
+    /// Scenario: idle connections; the broker's CPU share and RSS over `--idle-secs`.
+    Idle,
 }
 
 impl Phase {
@@ -45,16 +68,35 @@ impl Phase {
             Phase::Send => "send",
             Phase::Receive => "receive",
             Phase::Latency => "latency",
+            Phase::Depth => "depth",
+            Phase::FirstReceive => "first-receive",
+            Phase::Idle => "idle",
         }
     }
+
+    /// A scenario phase reports broker figures (`scenario::Measure`), not a throughput run.
+    fn is_scenario(self) -> bool {
+        matches!(self, Phase::Depth | Phase::FirstReceive | Phase::Idle)
+    }
+}
+
+/// Subcommands of `keybus bench`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Print a broker configuration (TOML for `keybus serve --config`) declaring queues
+    /// `bench-1`..`bench-N` and topics `bench-topic-1`..`bench-topic-M` with subscriptions.
+    Config(config::ConfigArgs),
 }
 
 /// Arguments of `keybus bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Connection string printed by `keybus serve` (Endpoint=sb://HOST:PORT;SharedAccessKeyName=..;SharedAccessKey=..).
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    /// Connection string printed by `keybus serve` (Endpoint=sb://HOST:PORT;SharedAccessKeyName=..;SharedAccessKey=..);
+    /// required except for `bench config`.
     #[arg(long, env = "KEYBUS_CONNECTION_STRING", hide_env_values = true)]
-    pub connection_string: String,
+    pub connection_string: Option<String>,
     /// Existing queues to use (declare them in the broker's config file).
     #[arg(
         long,
@@ -104,6 +146,13 @@ pub struct BenchArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Idle scenario: connections held open (each with a CBS token and one receiver on a
+    /// queue of `--queues`, round-robin).
+    #[arg(long, default_value_t = 100)]
+    pub idle_connections: usize,
+    /// Idle scenario: seconds measured.
+    #[arg(long, default_value_t = 60)]
+    pub idle_secs: u64,
     /// Give up on a phase after this many seconds beyond its expected duration.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
@@ -128,26 +177,7 @@ fn ctx(context: impl Into<String>) -> impl FnOnce(ClientError) -> BenchError {
     move |source| BenchError::Client { context, source }
 }
 
-/// CPU time (µs) of a process from `/proc/PID/stat` (utime + stime).
-fn cpu_us(pid: &str, clk_tck: u64) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) * 1_000_000 / clk_tck.max(1))
-}
-
-fn clk_tck() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|&t: &u64| t > 0)
-        .unwrap_or(100)
-}
+use procfs::{clk_tck, cpu_us};
 
 /// The pid of the process listening on TCP `port` (via /proc/net/tcp* socket inodes).
 fn find_listener(port: u16) -> Option<u32> {
@@ -748,8 +778,22 @@ fn parse_topics(specs: &[String]) -> Result<Vec<TopicScenario>, BenchError> {
 
 /// Entry point of `keybus bench`.
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
-    let endpoint =
-        Endpoint::parse(&args.connection_string).map_err(|e| BenchError::Usage(e.to_string()))?;
+    run_and_collect(args).await.map(|_| ())
+}
+
+/// [`run`], returning the figures of the scenario phases it printed (none for the
+/// throughput phases and `bench config`).
+pub async fn run_and_collect(args: BenchArgs) -> Result<Vec<Measure>, BenchError> {
+    if let Some(BenchCommand::Config(c)) = &args.command {
+        config::run(c);
+        return Ok(Vec::new());
+    }
+    let Some(cs) = &args.connection_string else {
+        return Err(BenchError::Usage(
+            "--connection-string (or KEYBUS_CONNECTION_STRING) is required".into(),
+        ));
+    };
+    let endpoint = Endpoint::parse(cs).map_err(|e| BenchError::Usage(e.to_string()))?;
     let queues: Vec<String> = args
         .queues
         .iter()
@@ -766,14 +810,24 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         .filter(|&n| n > 0)
         .collect();
     counts.dedup();
-    if let Some(&n) = counts.iter().find(|&&n| n > queues.len()) {
+    let topics = parse_topics(&args.topics)?;
+    let scenarios = args.phases.iter().filter(|p| p.is_scenario()).count();
+    // Scenario phases use `--queues` directly, not `--queue-counts`.
+    if scenarios == 0
+        && let Some(&n) = counts.iter().find(|&&n| n > queues.len())
+    {
         return Err(BenchError::Usage(format!(
             "--queue-counts asks for {n} queues but --queues lists {}",
             queues.len()
         )));
     }
-    let topics = parse_topics(&args.topics)?;
-    if counts.is_empty() && topics.is_empty() {
+    if scenarios > 0 && scenarios < args.phases.len() {
+        return Err(BenchError::Usage(
+            "--phases: idle, depth and first-receive run alone, not with send, receive or latency"
+                .into(),
+        ));
+    }
+    if scenarios == 0 && counts.is_empty() && topics.is_empty() {
         return Err(BenchError::Usage(
             "nothing to run: --queue-counts and --topics are empty".into(),
         ));
@@ -827,6 +881,9 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         filled: BTreeMap::new(),
         target: String::new(),
     };
+    if scenarios > 0 {
+        return run_scenarios(&mut bench, &queues, &phases, repeat, &pid_note).await;
+    }
     let max_q = counts.iter().copied().max().unwrap_or(0);
     let mut all = queues.get(..max_q).unwrap_or(&queues).to_vec();
     for t in &topics {
@@ -851,6 +908,8 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
                     Phase::Send => bench.send_phase(&qs, rep).await?,
                     Phase::Receive => bench.receive_phase(&qs, rep, None).await?,
                     Phase::Latency => bench.latency_phase(&qs, &qs, rep, None).await?,
+                    // Scenario phases run alone (`run_scenarios`).
+                    Phase::Depth | Phase::FirstReceive | Phase::Idle => continue,
                 };
                 eprintln!("keybus bench: {}", r.one_line());
                 runs.push(r);
@@ -887,6 +946,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
                     }
                     Phase::Receive => bench.receive_phase(&subs, rep, Some(t.subs)).await?,
                     Phase::Latency => bench.latency_phase(topic, &subs, rep, Some(t.subs)).await?,
+                    Phase::Depth | Phase::FirstReceive | Phase::Idle => continue,
                 };
                 eprintln!("keybus bench: {}", r.one_line());
                 runs.push(r);
@@ -917,5 +977,61 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     } else {
         print!("{}", stats::table(&cfg, &summaries));
     }
-    Ok(())
+    Ok(Vec::new())
+}
+
+/// The scenario phases, `repeat` times each in `phases` order; prints the figures.
+async fn run_scenarios(
+    bench: &mut Bench,
+    queues: &[String],
+    phases: &[Phase],
+    repeat: usize,
+    note: &str,
+) -> Result<Vec<Measure>, BenchError> {
+    let first = queues.first().cloned().unwrap_or_default();
+    if phases.contains(&Phase::Depth) {
+        if repeat > 1 {
+            return Err(BenchError::Usage(
+                "--phases depth fills the queue once: use --repeat 1 (restart the broker between runs)"
+                    .into(),
+            ));
+        }
+        eprintln!("keybus bench: {note}; draining leftovers from '{first}'");
+        let drained = bench.drain_leftovers(std::slice::from_ref(&first)).await?;
+        if drained > 0 {
+            eprintln!("keybus bench: removed {drained} leftover message(s)");
+        }
+    } else {
+        eprintln!("keybus bench: {note}");
+    }
+    bench.target = "1 queue".into();
+    let mut measures = Vec::new();
+    for rep in 0..repeat {
+        for &phase in phases {
+            let ms = match phase {
+                Phase::Idle => bench.idle_phase(queues, rep).await?,
+                Phase::Depth => bench.depth_phase(&first, rep).await?,
+                Phase::FirstReceive => bench.first_receive_phase(&first, rep).await?,
+                Phase::Send | Phase::Receive | Phase::Latency => Vec::new(),
+            };
+            for m in &ms {
+                eprintln!(
+                    "keybus bench: {} run {}: {} = {:.2} {}",
+                    m.scenario,
+                    rep + 1,
+                    m.metric,
+                    m.value,
+                    m.unit
+                );
+            }
+            measures.extend(ms);
+        }
+    }
+    let sums = scenario::summarise(&measures);
+    if bench.args.json {
+        println!("{}", scenario::json(note, &measures, &sums));
+    } else {
+        print!("{}", scenario::table(note, &sums));
+    }
+    Ok(measures)
 }

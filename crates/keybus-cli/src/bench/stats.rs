@@ -99,7 +99,7 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn of(values: impl Iterator<Item = f64>) -> Option<Spread> {
+    pub fn of(values: impl Iterator<Item = f64>) -> Option<Spread> {
         let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
         if v.is_empty() {
             return None;
@@ -207,7 +207,7 @@ fn phase_label(phase: &str, rate: u32) -> String {
     }
 }
 
-fn fmt_spread(s: Option<Spread>, decimals: usize, with_range: bool) -> String {
+pub fn fmt_spread(s: Option<Spread>, decimals: usize, with_range: bool) -> String {
     match s {
         None => "-".into(),
         Some(s) if with_range && s.max > s.min => {
@@ -324,7 +324,7 @@ fn jnum(v: Option<f64>) -> String {
     }
 }
 
-fn jstr(s: &str) -> String {
+pub fn jstr(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {
@@ -340,7 +340,7 @@ fn jstr(s: &str) -> String {
     out
 }
 
-fn jspread(s: Option<Spread>) -> String {
+pub fn jspread(s: Option<Spread>) -> String {
     match s {
         Some(s) => format!(
             "{{\"median\":{},\"min\":{},\"max\":{}}}",
