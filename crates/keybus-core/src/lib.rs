@@ -39,5 +39,7 @@ pub use queue::{
 };
 pub use record::{MessageRecord, MessageState};
 pub use settings::{EntitySettings, FixedProperty, UNLIMITED_MS, limited};
-pub use store::{CommitFuture, EntitySnapshot, SessionRecord, Store, StoreError, StoreOp};
+pub use store::{
+    CommitFuture, EntityName, EntitySnapshot, SessionRecord, Store, StoreError, StoreOp,
+};
 pub use topic::{Fanout, RuleError, Subscription, Topic};

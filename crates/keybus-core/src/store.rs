@@ -29,42 +29,46 @@ use crate::clock::Timestamp;
 use crate::entity::EntityDefinition;
 use crate::record::MessageRecord;
 
+/// An entity's lower-case path as store operations carry it: shared, so an operation costs a
+/// reference count, not a copy of the name.
+pub type EntityName = std::sync::Arc<str>;
+
 /// One write.
 #[derive(Debug, Clone)]
 pub enum StoreOp {
     /// Create or replace an entity definition.
     PutEntity(EntityDefinition),
     /// Remove an entity with all its messages and counters.
-    DeleteEntity { entity: String },
+    DeleteEntity { entity: EntityName },
     /// Raise the entity's sequence high-water mark (the next number to hand out).
-    PutSequence { entity: String, next: i64 },
+    PutSequence { entity: EntityName, next: i64 },
     /// Create or replace a message.
     PutMessage {
-        entity: String,
+        entity: EntityName,
         sub: SubQueue,
         record: MessageRecord,
     },
     /// Remove a message.
     DeleteMessage {
-        entity: String,
+        entity: EntityName,
         sub: SubQueue,
         sequence_number: i64,
     },
     /// Store a topic message once, for the subscription records that refer to it
     /// ([`MessageRecord::body_owner`]).
     PutBody {
-        entity: String,
+        entity: EntityName,
         sequence_number: i64,
         message: std::sync::Arc<keybus_amqp::Message>,
     },
     /// Remove a topic message body no record refers to any more.
     DeleteBody {
-        entity: String,
+        entity: EntityName,
         sequence_number: i64,
     },
     /// Set a session's state; an empty state removes it.
     PutSessionState {
-        entity: String,
+        entity: EntityName,
         record: SessionRecord,
     },
 }

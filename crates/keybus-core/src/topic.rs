@@ -24,7 +24,7 @@ use crate::filter::{Filter, FilterError, MessageView, SqlFilter, SqlRuleAction, 
 use crate::queue::{
     IncomingMessage, Queue, check_sizes, message_id_key, scheduled_time, strip_broker_annotations,
 };
-use crate::store::{EntitySnapshot, StoreOp};
+use crate::store::{EntityName, EntitySnapshot, StoreOp};
 
 /// A compiled rule.
 #[derive(Debug, Clone)]
@@ -188,7 +188,8 @@ impl Subscription {
 /// A topic with its subscriptions.
 #[derive(Debug)]
 pub struct Topic {
-    name: String,
+    /// Also the owner named by the subscription records that refer to its bodies.
+    name: EntityName,
     props: TopicProperties,
     next_seq: i64,
     subs: BTreeMap<String, Subscription>,
@@ -196,8 +197,6 @@ pub struct Topic {
     ops: Vec<StoreOp>,
     /// Messages accepted by the topic since start-up (for metrics).
     incoming: u64,
-    /// The topic's name shared by the records that refer to its bodies.
-    owner: Arc<str>,
     /// Stored bodies and how many stored subscription records refer to each.
     bodies: HashMap<i64, u32>,
 }
@@ -207,10 +206,8 @@ pub type Fanout = Vec<(String, Vec<i64>)>;
 
 impl Topic {
     pub fn new(name: impl Into<String>, props: TopicProperties, next_sequence: i64) -> Topic {
-        let name = name.into().to_ascii_lowercase();
         Topic {
-            owner: Arc::from(name.as_str()),
-            name,
+            name: name.into().to_ascii_lowercase().into(),
             props,
             next_seq: next_sequence.max(1),
             subs: BTreeMap::new(),
@@ -260,7 +257,7 @@ impl Topic {
         let mut sub = self.subs.remove(&name.to_ascii_lowercase())?;
         drop(sub.queue.take_ops());
         self.ops.push(StoreOp::DeleteEntity {
-            entity: sub.queue.name().to_string(),
+            entity: sub.queue.shared_name(),
         });
         let mut released: Vec<i64> = sub.body_refs.drain().map(|(_, seq)| seq).collect();
         released.sort_unstable();
@@ -442,7 +439,7 @@ impl Topic {
             };
             let mut shared_copies = 0;
             for (key, sub) in self.subs.iter_mut() {
-                let copy = deliver_to(sub, &shared, &self.owner, m.size, seq, &sys, now);
+                let copy = deliver_to(sub, &shared, &self.name, m.size, seq, &sys, now);
                 if copy != Copy::None {
                     fanout.entry(key.clone()).or_default().push(seq);
                 }

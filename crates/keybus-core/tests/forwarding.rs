@@ -50,7 +50,7 @@ fn forwarded_messages_never_reach_receivers_and_leave_once_durable() {
     assert_eq!((t[0].destination.as_str(), t[0].hops), ("dest", 0));
     assert!(matches!(
         t[0].delete_op(),
-        StoreOp::DeleteMessage { ref entity, sub: SubQueue::Main, sequence_number } if entity == "src" && sequence_number == seq
+        StoreOp::DeleteMessage { ref entity, sub: SubQueue::Main, sequence_number } if &**entity == "src" && sequence_number == seq
     ));
     // Under the transfer lock: not offered twice, not expired by time, no client lock shown.
     assert!(!q.has_forwardable());

@@ -153,7 +153,7 @@ fn fan_out_shares_sequence_numbers_and_applies_rules() {
     let ops = t.take_ops();
     assert!(
         ops.iter()
-            .any(|o| matches!(o, StoreOp::PutSequence { entity, next: 3 } if entity == "t"))
+            .any(|o| matches!(o, StoreOp::PutSequence { entity, next: 3 } if &**entity == "t"))
     );
 }
 
@@ -359,21 +359,23 @@ fn removing_a_subscription_releases_its_body_references() {
     let ops = t.take_ops();
     assert_eq!(count_ops(&ops), (0, 0, 0, 0));
     assert!(
-        matches!(ops.as_slice(), [StoreOp::DeleteEntity { entity }] if entity == "t/subscriptions/b")
+        matches!(ops.as_slice(), [StoreOp::DeleteEntity { entity }] if &**entity == "t/subscriptions/b")
     );
     assert!(t.subscription("b").is_none());
     assert!(t.remove_subscription("b").is_none());
     // Removing a (the last reference to both bodies) deletes both bodies with it.
     t.remove_subscription("a").unwrap();
     let ops = t.take_ops();
-    assert!(matches!(&ops[0], StoreOp::DeleteEntity { entity } if entity == "t/subscriptions/a"));
+    assert!(
+        matches!(&ops[0], StoreOp::DeleteEntity { entity } if &**entity == "t/subscriptions/a")
+    );
     let deleted: Vec<i64> = ops
         .iter()
         .filter_map(|op| match op {
             StoreOp::DeleteBody {
                 entity,
                 sequence_number,
-            } if entity == "t" => Some(*sequence_number),
+            } if &**entity == "t" => Some(*sequence_number),
             _ => None,
         })
         .collect();

@@ -711,7 +711,7 @@ impl Writer {
                     StoreOp::DeleteEntity { entity } => {
                         batch.remove(entities, entity.as_bytes());
                         batch.remove(sequences, entity.as_bytes());
-                        self.sequences.remove(entity);
+                        self.sequences.remove(&**entity);
                         // Messages already in the database...
                         codec::entity_prefix(&mut self.key, entity);
                         for item in messages.prefix(&self.key) {
@@ -762,14 +762,14 @@ impl Writer {
                         }
                     }
                     StoreOp::PutSequence { entity, next } => {
-                        let raise = match self.sequences.get_mut(entity.as_str()) {
+                        let raise = match self.sequences.get_mut(&**entity) {
                             Some(stored) if *stored >= *next => false,
                             Some(stored) => {
                                 *stored = *next;
                                 true
                             }
                             None => {
-                                self.sequences.insert(entity.clone(), *next);
+                                self.sequences.insert(entity.to_string(), *next);
                                 true
                             }
                         };

@@ -7,8 +7,8 @@ use keybus_amqp::Message;
 use std::sync::{Mutex, MutexGuard};
 
 use keybus_core::{
-    CommitFuture, EntityDefinition, EntitySnapshot, MessageRecord, SessionRecord, Store,
-    StoreError, StoreOp, SubQueue,
+    CommitFuture, EntityDefinition, EntityName, EntitySnapshot, MessageRecord, SessionRecord,
+    Store, StoreError, StoreOp, SubQueue,
 };
 
 #[derive(Default)]
@@ -32,11 +32,11 @@ impl EntityData {
 #[derive(Default)]
 struct Inner {
     definitions: BTreeMap<String, EntityDefinition>,
-    data: HashMap<String, EntityData>,
+    data: HashMap<EntityName, EntityData>,
 }
 
 impl Inner {
-    fn data(&mut self, entity: String) -> &mut EntityData {
+    fn data(&mut self, entity: EntityName) -> &mut EntityData {
         self.data.entry(entity).or_default()
     }
 
@@ -46,7 +46,7 @@ impl Inner {
                 self.definitions.insert(def.key(), def);
             }
             StoreOp::DeleteEntity { entity } => {
-                self.definitions.remove(&entity);
+                self.definitions.remove(&*entity);
                 self.data.remove(&entity);
             }
             StoreOp::PutSequence { entity, next } => {

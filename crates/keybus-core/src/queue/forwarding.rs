@@ -14,7 +14,7 @@ use keybus_amqp::{Message, Symbol, Value};
 use super::{Lock, Queue};
 use crate::address::SubQueue;
 use crate::clock::Timestamp;
-use crate::store::StoreOp;
+use crate::store::{EntityName, StoreOp};
 
 /// Most forwarding hops a message may take (Service Bus allows 4).
 pub const MAX_TRANSFER_HOPS: u8 = 4;
@@ -30,7 +30,7 @@ pub const HOP_LIMIT_REASON: &str = "MaxTransferHopCountExceeded";
 #[derive(Debug, Clone)]
 pub struct Transfer {
     /// The source entity path (`queue` or `topic/subscriptions/sub`).
-    pub entity: String,
+    pub entity: EntityName,
     pub sub: SubQueue,
     pub sequence_number: i64,
     /// Where it goes, as configured (an entity name of the namespace).

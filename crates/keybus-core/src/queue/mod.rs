@@ -21,7 +21,7 @@ use crate::duplicates::DuplicateHistory;
 use crate::entity::QueueProperties;
 use crate::error::{ManagementError, SendError, SettleError};
 use crate::record::{MessageRecord, MessageState};
-use crate::store::{EntitySnapshot, StoreOp};
+use crate::store::{EntityName, EntitySnapshot, StoreOp};
 
 /// A lock token: a GUID in RFC 4122 byte order (as `$management` carries it as `uuid`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -269,7 +269,7 @@ pub struct QueueStats {
 /// One queue with its dead-letter sub-queue.
 #[derive(Debug)]
 pub struct Queue {
-    name: String,
+    name: EntityName,
     props: QueueProperties,
     next_seq: i64,
     main: MessageSet,
@@ -286,7 +286,7 @@ impl Queue {
     /// A new, empty queue. `seed` feeds lock-token generation.
     pub fn new(name: impl Into<String>, props: QueueProperties, seed: u64) -> Queue {
         Queue {
-            name: name.into().to_ascii_lowercase(),
+            name: name.into().to_ascii_lowercase().into(),
             props,
             next_seq: 1,
             main: MessageSet::default(),
@@ -347,6 +347,12 @@ impl Queue {
         q
     }
 
+    /// The lower-case path, shared (as store operations carry it).
+    pub fn shared_name(&self) -> EntityName {
+        self.name.clone()
+    }
+
+    /// The lower-case path.
     pub fn name(&self) -> &str {
         &self.name
     }

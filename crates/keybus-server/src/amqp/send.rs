@@ -367,7 +367,7 @@ fn undo_refused_sends(
 ) -> Vec<keybus_core::StoreOp> {
     use keybus_core::PendingSend as Pending;
     let delete = |entity: &str, seq: i64| keybus_core::StoreOp::DeleteMessage {
-        entity: entity.to_string(),
+        entity: entity.into(),
         sub: SubQueue::Main,
         sequence_number: seq,
     };

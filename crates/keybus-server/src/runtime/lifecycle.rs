@@ -286,7 +286,7 @@ impl Broker {
         self.store
             .commit(vec![
                 StoreOp::DeleteEntity {
-                    entity: key.clone(),
+                    entity: key.as_str().into(),
                 },
                 StoreOp::PutEntity(def.clone()),
             ])
@@ -344,7 +344,7 @@ impl Broker {
                 name: source.clone(),
                 kind: EntityKind::Subscription(sd),
             };
-            t.push_op(StoreOp::DeleteEntity { entity: key });
+            t.push_op(StoreOp::DeleteEntity { entity: key.into() });
             t.push_op(StoreOp::PutEntity(def.clone()));
             t.add_subscription(sub, 0);
             (entity.submit(&mut st), def)
@@ -504,7 +504,7 @@ impl Broker {
                     ops.extend(t.take_ops());
                 }
             }
-            ops.push(StoreOp::DeleteEntity { entity: key });
+            ops.push(StoreOp::DeleteEntity { entity: key.into() });
             let fut = self.store.commit(ops);
             st.wake_all(None);
             st.clear_session_links();
