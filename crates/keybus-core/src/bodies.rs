@@ -62,10 +62,6 @@ impl BodyWindow {
         self.read_errors.load(Ordering::Relaxed)
     }
 
-    /// True once the bodies held reach the limit: new ones go to the store only.
-    pub fn is_full(&self) -> bool {
-        self.used() >= self.limit
-    }
 
     pub(crate) fn add(&self, bytes: u64) {
         self.used.fetch_add(bytes, Ordering::Relaxed);
@@ -117,9 +113,18 @@ impl Bodies {
         &self.window
     }
 
-    /// True if a new or unlocked body should be left to the store now.
-    pub(crate) fn should_evict(&self) -> bool {
-        self.source.is_some() && self.window.is_full()
+    /// True if a body that is no longer locked should be left to the store: the window holds
+    /// more than its limit.
+    pub(crate) fn over(&self) -> bool {
+        self.source.is_some() && self.window.used() > self.window.limit
+    }
+
+    /// True if a new message of `size` bytes keeps its body in memory: it fits the window (or
+    /// there is no store to read it back from). Earlier messages keep theirs first, so the
+    /// heads of queues stay in memory.
+    pub(crate) fn fits(&self, size: u32) -> bool {
+        self.source.is_none()
+            || self.window.used().saturating_add(u64::from(size)) <= self.window.limit
     }
 
     /// Read an evicted body back.

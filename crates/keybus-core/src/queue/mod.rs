@@ -124,6 +124,8 @@ struct Entry {
     pending: bool,
     /// Forwarding this message failed: it stays here for receivers.
     stuck: bool,
+    /// The body changed (properties to modify) since it was last written.
+    body_dirty: bool,
 }
 
 impl Entry {
@@ -189,7 +191,7 @@ impl MessageSet {
             return;
         }
         // Neither pending nor locked: past the window its body is left to the store.
-        if self.bodies.should_evict() && e.rec.message.take().is_some() {
+        if self.bodies.over() && e.rec.message.take().is_some() {
             self.resident = self.resident.saturating_sub(u64::from(e.rec.size));
             self.bodies.window().sub(u64::from(e.rec.size));
         }
@@ -448,6 +450,7 @@ impl Queue {
                 lock: None,
                 pending: false,
                 stuck: false,
+                body_dirty: false,
             });
         }
         for mut rec in snapshot.dead_letter {
@@ -458,6 +461,7 @@ impl Queue {
                 lock: None,
                 pending: false,
                 stuck: false,
+                body_dirty: false,
             });
         }
         q.next_seq = snapshot.next_sequence.max(max_seq + 1).max(1);
@@ -655,7 +659,8 @@ impl Queue {
             forwarding::set_hops(&mut message, m.hops);
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.insert_pending(seq, Arc::new(message), m.size, now, None);
+            let keep = self.bodies.fits(m.size);
+            self.insert_pending(seq, Arc::new(message), m.size, now, None, keep);
             seqs.push(seq);
         }
         self.ops.push(StoreOp::PutSequence {
@@ -673,6 +678,7 @@ impl Queue {
         size: u32,
         now: Timestamp,
         body_owner: Option<Arc<str>>,
+        keep_body: bool,
     ) {
         let sched = scheduled_time(&message).filter(|t| *t > now);
         let summary = MessageSummary::of(&message);
@@ -702,11 +708,18 @@ impl Queue {
             sub: SubQueue::Main,
             record: rec.clone(),
         });
+        let mut rec = rec;
+        if !keep_body {
+            // The op carries the body to the store; a pending message is read by no one, and
+            // once committed it is read back from there.
+            rec.message = None;
+        }
         self.main.insert(Entry {
             rec,
             lock: None,
             pending: true,
             stuck: false,
+            body_dirty: false,
         });
         self.stats.incoming += 1;
     }
@@ -724,7 +737,8 @@ impl Queue {
         body_owner: Option<Arc<str>>,
     ) {
         self.next_seq = self.next_seq.max(seq + 1);
-        self.insert_pending(seq, message, size, now, body_owner);
+        let keep = self.bodies.fits(size);
+        self.insert_pending(seq, message, size, now, body_owner, keep);
     }
 
     /// `(sub-queue, sequence number)` of every record that refers to a topic's stored body.
@@ -753,7 +767,9 @@ impl Queue {
         now: Timestamp,
         description: String,
     ) {
-        self.accept_copy(seq, Arc::new(message), size, now, None);
+        self.next_seq = self.next_seq.max(seq + 1);
+        // Kept in memory: it is dead-lettered before its commit (the store has no copy yet).
+        self.insert_pending(seq, Arc::new(message), size, now, None, true);
         self.main
             .entries
             .entry(seq)
@@ -995,6 +1011,7 @@ impl Queue {
             && let Some(m) = e.rec.message.as_mut()
         {
             e.rec.body_owner = None;
+            e.body_dirty = true;
             let msg = Arc::make_mut(m);
             for (k, v) in props {
                 if let Some(name) = k.as_str() {
@@ -1007,12 +1024,18 @@ impl Queue {
         }
     }
 
+    /// Write a message's broker state; its body too only if it changed since it was stored.
     fn persist(&mut self, sub: SubQueue, seq: i64) {
-        if let Some(e) = self.set(sub).entries.get(&seq) {
+        let name = self.name.clone();
+        if let Some(e) = self.set_mut(sub).entries.get_mut(&seq) {
+            let mut record = e.rec.clone();
+            if !std::mem::take(&mut e.body_dirty) {
+                record.message = None;
+            }
             self.ops.push(StoreOp::PutMessage {
-                entity: self.name.clone(),
+                entity: name,
                 sub,
-                record: e.rec.clone(),
+                record,
             });
         }
     }
