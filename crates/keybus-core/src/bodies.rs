@@ -62,7 +62,6 @@ impl BodyWindow {
         self.read_errors.load(Ordering::Relaxed)
     }
 
-
     pub(crate) fn add(&self, bytes: u64) {
         self.used.fetch_add(bytes, Ordering::Relaxed);
     }

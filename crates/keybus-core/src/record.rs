@@ -32,14 +32,11 @@ pub struct MessageSummary {
     pub session_id: Option<Box<str>>,
     /// The message's own time to live (`header.ttl`, milliseconds), applied when a scheduled
     /// message becomes active.
-    pub ttl_ms: Option<i64>,
-    /// The duplicate-detection key, filled in only when a store loads records for an entity
-    /// that detects duplicates (see `LoadOptions`); kept nowhere else.
-    pub message_id: Option<Box<str>>,
+    pub ttl_ms: Option<u32>,
 }
 
 impl MessageSummary {
-    /// The summary of a message (without its duplicate-detection key).
+    /// The summary of a message.
     pub fn of(message: &Message) -> MessageSummary {
         MessageSummary {
             session_id: message
@@ -51,9 +48,7 @@ impl MessageSummary {
                 .header
                 .as_ref()
                 .and_then(|h| h.ttl)
-                .map(i64::from)
                 .filter(|t| *t > 0),
-            message_id: None,
         }
     }
 }

@@ -100,6 +100,9 @@ pub struct EntitySnapshot {
     pub sessions: Vec<SessionRecord>,
     /// Sequence numbers of the message bodies a topic stores for its subscriptions.
     pub bodies: Vec<i64>,
+    /// `(enqueued time, duplicate-detection key)` of the main records enqueued since
+    /// [`LoadOptions::message_ids_since`], in sequence order.
+    pub message_ids: Vec<(Timestamp, String)>,
 }
 
 /// What `load_entity` returns besides the records' broker state.
@@ -108,8 +111,8 @@ pub struct LoadOptions {
     /// Bodies are returned for records in sequence order (main set first) until they add up
     /// to this many bytes; later records come without their body.
     pub max_body_bytes: u64,
-    /// Fill in [`crate::record::MessageSummary::message_id`] for records enqueued at or after
-    /// this time (the duplicate-detection window of an entity that detects duplicates).
+    /// Return the duplicate-detection keys ([`EntitySnapshot::message_ids`]) of the main
+    /// sub-queue's records enqueued at or after this time (the duplicate-detection window of an entity that detects duplicates).
     pub message_ids_since: Option<Timestamp>,
 }
 

@@ -158,8 +158,12 @@ fn peek_reads_without_keeping_and_abandon_leaves_the_body_to_the_store() {
         .acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
         .unwrap();
     assert_eq!(window.used(), 2 * u64::from(SIZE));
-    q.settle(second.lock_token, Outcome::Abandon { properties: None }, clock.now())
-        .unwrap();
+    q.settle(
+        second.lock_token,
+        Outcome::Abandon { properties: None },
+        clock.now(),
+    )
+    .unwrap();
     let ops = q.take_ops();
     assert!(
         ops.iter()
@@ -167,7 +171,11 @@ fn peek_reads_without_keeping_and_abandon_leaves_the_body_to_the_store() {
         "the abandon writes the delivery count without the body"
     );
     store.apply(ops);
-    assert_eq!(window.used(), u64::from(SIZE), "unlocked past the window: evicted");
+    assert_eq!(
+        window.used(),
+        u64::from(SIZE),
+        "unlocked past the window: evicted"
+    );
     q.settle(first.lock_token, Outcome::Complete, clock.now())
         .unwrap();
     store.apply(q.take_ops());
@@ -201,12 +209,19 @@ fn an_expired_cold_message_is_dead_lettered_with_its_body() {
     store.apply(q.take_ops());
     assert_eq!(q.counts().dead_letter, 1);
     let d = q
-        .acquire(SubQueue::DeadLetter, ReceiveMode::ReceiveAndDelete, clock.now())
+        .acquire(
+            SubQueue::DeadLetter,
+            ReceiveMode::ReceiveAndDelete,
+            clock.now(),
+        )
         .unwrap();
     assert_eq!(body(&d.encoded), b"body 7");
     let m = Message::decode(&keybus_amqp::Bytes::copy_from_slice(&d.encoded)).unwrap();
     assert_eq!(
-        keybus_amqp::map_get(m.application_properties.as_ref().unwrap(), "DeadLetterReason"),
+        keybus_amqp::map_get(
+            m.application_properties.as_ref().unwrap(),
+            "DeadLetterReason"
+        ),
         Some(&Value::String("TTLExpiredException".into()))
     );
 }
@@ -222,9 +237,11 @@ fn a_restored_queue_reads_every_body_back_in_order_and_keeps_dedup() {
     send(&mut q, &store, &clock, 0..6);
     drop(q);
     let mut snap = store.snapshot();
-    for r in &mut snap.main {
-        r.summary.message_id = Some(format!("s:m{}", r.sequence_number - 1).into());
-    }
+    snap.message_ids = snap
+        .main
+        .iter()
+        .map(|r| (r.enqueued_time, format!("s:m{}", r.sequence_number - 1)))
+        .collect();
     let window = Arc::new(BodyWindow::new(2 * u64::from(SIZE)));
     let mut r = Queue::restore(
         "q",

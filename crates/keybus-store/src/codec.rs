@@ -236,23 +236,14 @@ fn take<const N: usize>(input: &mut &[u8]) -> [u8; N] {
     out
 }
 
-/// The summary of a message the index needs, with its duplicate-detection key if `with_id`.
-pub(crate) fn summarize(message: &Message, with_id: bool) -> MessageSummary {
-    let mut summary = MessageSummary::of(message);
-    if with_id {
-        summary.message_id = message_id_key(message).map(Box::from);
-    }
-    summary
-}
-
 /// Decode a record written by [`encode_record`]. A record that refers to a topic's body comes
 /// back without a message (the caller reads the body); otherwise its message is decoded for
-/// the summary (with its duplicate-detection key if `with_id`) and kept if `keep_body`.
+/// the summary (and its duplicate-detection key if `with_id`) and kept if `keep_body`.
 pub(crate) fn decode_record(
     bytes: &[u8],
     keep_body: bool,
     with_id: bool,
-) -> Result<MessageRecord, String> {
+) -> Result<(MessageRecord, Option<String>), String> {
     if bytes.len() < RECORD_HEADER_LEN {
         return Err(format!(
             "record has {} bytes, shorter than its header",
@@ -272,18 +263,24 @@ pub(crate) fn decode_record(
     let size = u32::from_be_bytes(take(&mut input));
     let scheduled = i64::from_be_bytes(take(&mut input));
     let expires = i64::from_be_bytes(take(&mut input));
-    let (message, summary, body_owner) = if flags & FLAG_SHARED_BODY != 0 {
+    let (message, summary, body_owner, id) = if flags & FLAG_SHARED_BODY != 0 {
         let owner = std::str::from_utf8(input)
             .map_err(|_| format!("body owner of sequence number {sequence_number} is not UTF-8"))?;
         // The caller fills in the message and summary from the owner's body.
-        (None, MessageSummary::default(), Some(Arc::from(owner)))
+        (
+            None,
+            MessageSummary::default(),
+            Some(Arc::from(owner)),
+            None,
+        )
     } else {
         let m = Message::decode(&Bytes::copy_from_slice(input))
             .map_err(|e| format!("message of sequence number {sequence_number}: {e}"))?;
-        let summary = summarize(&m, with_id);
-        (keep_body.then(|| Arc::new(m)), summary, None)
+        let summary = MessageSummary::of(&m);
+        let id = if with_id { message_id_key(&m) } else { None };
+        (keep_body.then(|| Arc::new(m)), summary, None, id)
     };
-    Ok(MessageRecord {
+    let record = MessageRecord {
         sequence_number,
         enqueued_time,
         state,
@@ -294,7 +291,8 @@ pub(crate) fn decode_record(
         summary,
         size,
         body_owner,
-    })
+    };
+    Ok((record, id))
 }
 
 #[cfg(test)]
@@ -328,6 +326,7 @@ mod tests {
     #[test]
     fn truncated_record_is_rejected() {
         assert!(decode_record(&[1, 0, 0], true, false).is_err());
+        assert!(decode_record(&[1, 0, 0], false, true).is_err());
         let mut bad = vec![9u8; RECORD_HEADER_LEN];
         bad[0] = 9;
         assert!(

@@ -76,7 +76,7 @@ impl Default for FjallOptions {
         Self {
             max_group_ops: 4096,
             max_group_bytes: 4 * 1024 * 1024,
-            cache_bytes: 32 * 1024 * 1024,
+            cache_bytes: 16 * 1024 * 1024,
             memtable_bytes: 8 * 1024 * 1024,
             journal_bytes: 128 * 1024 * 1024,
             retry_interval: Duration::from_secs(1),
@@ -396,16 +396,17 @@ impl Store for FjallStore {
                 .map_err(|e| corrupt(format!("message key of '{entity}': {e}")))?;
             // Bodies in sequence order until the budget is spent (the head of the queue).
             let keep_body = budget >= u64::from(codec::record_size(&value));
-            let with_id = options.message_ids_since.is_some();
-            let mut rec = codec::decode_record(&value, keep_body, with_id)
+            let main = sub == codec::sub_byte(SubQueue::Main);
+            let with_id = main && options.message_ids_since.is_some();
+            let (mut rec, id) = codec::decode_record(&value, keep_body, with_id)
                 .map_err(|e| corrupt(format!("message {seq} of '{entity}': {e}")))?;
             if keep_body {
                 budget -= u64::from(rec.size);
             }
-            if let Some(since) = options.message_ids_since
-                && rec.enqueued_time < since
+            if let (Some(id), Some(since)) = (id, options.message_ids_since)
+                && rec.enqueued_time >= since
             {
-                rec.summary.message_id = None;
+                snap.message_ids.push((rec.enqueued_time, id));
             }
             if rec.sequence_number != seq {
                 return Err(corrupt(format!(
@@ -436,11 +437,15 @@ impl Store for FjallStore {
                         m
                     }
                 };
-                let id = rec.summary.message_id.is_none()
+                if main
                     && options
                         .message_ids_since
-                        .is_some_and(|since| rec.enqueued_time >= since);
-                rec.summary = codec::summarize(&message, id);
+                        .is_some_and(|since| rec.enqueued_time >= since)
+                    && let Some(id) = keybus_core::queue::message_id_key(&message)
+                {
+                    snap.message_ids.push((rec.enqueued_time, id));
+                }
+                rec.summary = keybus_core::MessageSummary::of(&message);
                 rec.message = keep_body.then_some(message);
             }
             if sub == codec::sub_byte(SubQueue::Main) {

@@ -196,14 +196,17 @@ impl Store for MemStore {
             return Ok(EntitySnapshot::default());
         };
         let mut budget = options.max_body_bytes;
-        let mut resolve = |r: &MessageRecord| -> Result<MessageRecord, StoreError> {
+        let mut message_ids = Vec::new();
+        let mut resolve = |r: &MessageRecord, main: bool| -> Result<MessageRecord, StoreError> {
             let mut r = r.clone();
             let message = inner.message(entity, &r)?;
-            if options
-                .message_ids_since
-                .is_some_and(|since| r.enqueued_time >= since)
+            if main
+                && options
+                    .message_ids_since
+                    .is_some_and(|since| r.enqueued_time >= since)
+                && let Some(id) = message_id_key(&message)
             {
-                r.summary.message_id = message_id_key(&message).map(Box::from);
+                message_ids.push((r.enqueued_time, id));
             }
             let keep = budget >= u64::from(r.size);
             if keep {
@@ -212,20 +215,23 @@ impl Store for MemStore {
             r.message = keep.then_some(message);
             Ok(r)
         };
+        let main = d
+            .main
+            .values()
+            .map(|r| resolve(r, true))
+            .collect::<Result<_, _>>()?;
+        let dead_letter = d
+            .dead_letter
+            .values()
+            .map(|r| resolve(r, false))
+            .collect::<Result<_, _>>()?;
         Ok(EntitySnapshot {
             next_sequence: d.next_sequence,
-            main: d
-                .main
-                .values()
-                .map(&mut resolve)
-                .collect::<Result<_, _>>()?,
-            dead_letter: d
-                .dead_letter
-                .values()
-                .map(&mut resolve)
-                .collect::<Result<_, _>>()?,
+            main,
+            dead_letter,
             sessions: d.sessions.values().cloned().collect(),
             bodies: d.bodies.keys().copied().collect(),
+            message_ids,
         })
     }
 

@@ -120,10 +120,10 @@ impl Queue {
                 let Some(e) = set.entries.get_mut(&seq) else {
                     continue;
                 };
-                e.lock = Some(Lock {
+                e.lock = Some(Box::new(Lock {
                     token,
                     until: Timestamp::MAX,
-                });
+                }));
                 let transfer = Transfer {
                     entity,
                     sub,

@@ -14,9 +14,10 @@
 //! is reported by [`Queue::take_read_error`].
 
 pub mod forwarding;
+mod seq_map;
 pub mod sessions;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use keybus_amqp::{Bytes, BytesMut, Header, Message, Symbol, Value};
@@ -120,7 +121,8 @@ struct Lock {
 #[derive(Debug, Clone)]
 struct Entry {
     rec: MessageRecord,
-    lock: Option<Lock>,
+    /// Boxed: few messages are locked at a time, and every entry pays for the field.
+    lock: Option<Box<Lock>>,
     pending: bool,
     /// Forwarding this message failed: it stays here for receivers.
     stuck: bool,
@@ -149,7 +151,7 @@ struct MessageSet {
     /// Where bodies live; `resident` bytes of this set's bodies are in memory.
     bodies: Bodies,
     resident: u64,
-    entries: BTreeMap<i64, Entry>,
+    entries: seq_map::SeqMap<Entry>,
     /// Available messages: all of them, or in a session-enabled set those without a session.
     available: BTreeSet<i64>,
     /// Session-enabled sets index available messages by session id instead (FIFO per session).
@@ -186,7 +188,7 @@ impl MessageSet {
         if e.pending {
             return;
         }
-        if let Some(l) = e.lock {
+        if let Some(l) = e.lock.as_deref() {
             self.lock_expiry.insert((l.until, seq));
             return;
         }
@@ -246,7 +248,7 @@ impl MessageSet {
         if let Some(t) = e.rec.expires_at {
             self.expiry.remove(&(t, seq));
         }
-        if let Some(l) = e.lock {
+        if let Some(l) = e.lock.as_deref() {
             self.lock_expiry.remove(&(l.until, seq));
         }
     }
@@ -436,12 +438,12 @@ impl Queue {
     ) -> Queue {
         let mut q = Queue::new(name, props, seed).with_bodies(bodies);
         let mut max_seq = 0;
-        for mut rec in snapshot.main {
+        for rec in snapshot.main {
             max_seq = max_seq.max(rec.sequence_number);
-            let id = rec.summary.message_id.take().map(String::from);
             if q.props.requires_duplicate_detection
+                && snapshot.message_ids.is_empty()
                 && rec.enqueued_time + q.props.duplicate_detection_window_ms > now
-                && let Some(id) = id.or_else(|| rec.message.as_deref().and_then(message_id_key))
+                && let Some(id) = rec.message.as_deref().and_then(message_id_key)
             {
                 q.remember_id(id, rec.enqueued_time);
             }
@@ -453,9 +455,8 @@ impl Queue {
                 body_dirty: false,
             });
         }
-        for mut rec in snapshot.dead_letter {
+        for rec in snapshot.dead_letter {
             max_seq = max_seq.max(rec.sequence_number);
-            rec.summary.message_id = None;
             q.dlq.insert(Entry {
                 rec,
                 lock: None,
@@ -463,6 +464,13 @@ impl Queue {
                 stuck: false,
                 body_dirty: false,
             });
+        }
+        if q.props.requires_duplicate_detection {
+            for (at, id) in snapshot.message_ids {
+                if at + q.props.duplicate_detection_window_ms > now {
+                    q.remember_id(id, at);
+                }
+            }
         }
         q.next_seq = snapshot.next_sequence.max(max_seq + 1).max(1);
         q.sessions.restore(snapshot.sessions);
@@ -489,7 +497,7 @@ impl Queue {
         self.main.forwarding = self.props.forward_to.is_some();
         self.dlq.forwarding = self.props.forward_dead_lettered_messages_to.is_some();
         for set in [&mut self.main, &mut self.dlq] {
-            let seqs: Vec<i64> = set.entries.keys().copied().collect();
+            let seqs: Vec<i64> = set.entries.keys().collect();
             for seq in seqs {
                 set.unindex(seq);
                 set.index(seq);
@@ -687,7 +695,7 @@ impl Queue {
             None => (
                 MessageState::Active,
                 now,
-                self.ttl_ms(summary.ttl_ms)
+                self.ttl_ms(summary.ttl_ms.map(i64::from))
                     .map(|ttl| now.saturating_add(ttl)),
             ),
         };
@@ -770,10 +778,7 @@ impl Queue {
         self.next_seq = self.next_seq.max(seq + 1);
         // Kept in memory: it is dead-lettered before its commit (the store has no copy yet).
         self.insert_pending(seq, Arc::new(message), size, now, None, true);
-        self.main
-            .entries
-            .entry(seq)
-            .and_modify(|e| e.pending = false);
+        self.main.entries.get_mut(&seq).map(|e| e.pending = false);
         self.dead_letter(
             seq,
             Some("FilterEvaluationException".into()),
@@ -879,7 +884,7 @@ impl Queue {
                 let Some(entry) = set.entries.get_mut(&seq) else {
                     return Taken::Expired;
                 };
-                entry.lock = Some(Lock { token, until });
+                entry.lock = Some(Box::new(Lock { token, until }));
                 let encoded = encode_delivery(&entry.rec, &message, Some(until));
                 set.index(seq);
                 self.locks.insert(token, (sub, seq));
@@ -901,7 +906,7 @@ impl Queue {
             .entries
             .get(&seq)
             .ok_or(SettleError::LockLost)?;
-        match entry.lock {
+        match entry.lock.as_deref() {
             Some(l) if l.token == token && l.until > now => Ok((sub, seq)),
             _ => Err(SettleError::LockLost),
         }
@@ -1166,7 +1171,7 @@ impl Queue {
                 .main
                 .entries
                 .get(&seq)
-                .and_then(|e| self.ttl_ms(e.rec.summary.ttl_ms));
+                .and_then(|e| self.ttl_ms(e.rec.summary.ttl_ms.map(i64::from)));
             if let Some(e) = self.main.entries.get_mut(&seq) {
                 e.rec.state = MessageState::Active;
                 e.rec.enqueued_time = t;
@@ -1201,14 +1206,18 @@ impl Queue {
     ) -> Result<Vec<Bytes>, StoreError> {
         let set = self.set(sub);
         set.entries
-            .range(from..)
+            .range_from(from)
             .filter(|(_, e)| !e.pending)
             .filter(|(_, e)| session.is_none_or(|s| e.session_id() == Some(s)))
             .filter(|(_, e)| sub != SubQueue::Main || e.rec.expires_at.is_none_or(|t| t > now))
             .take(count)
             .map(|(_, e)| {
                 // A transfer lock (forever) is not a client's lock: show none.
-                let until = e.lock.map(|l| l.until).filter(|t| *t != Timestamp::MAX);
+                let until = e
+                    .lock
+                    .as_deref()
+                    .map(|l| l.until)
+                    .filter(|t| *t != Timestamp::MAX);
                 let message = set.read(&self.name, sub, e)?;
                 Ok(encode_delivery(&e.rec, &message, until))
             })
@@ -1270,7 +1279,7 @@ impl Queue {
                     let set = self.set_mut(sub);
                     set.unindex(seq);
                     if let Some(e) = set.entries.get_mut(&seq) {
-                        e.lock = Some(Lock { token, until });
+                        e.lock = Some(Box::new(Lock { token, until }));
                         let encoded = encode_delivery(&e.rec, &message, Some(until));
                         out.push(Delivery {
                             sequence_number: seq,

@@ -107,7 +107,7 @@ impl Default for Limits {
             max_unsettled_per_link: 5000,
             max_frame_size: 1024 * 1024,
             max_store_backlog: 2048,
-            body_window_bytes: 32 * 1024 * 1024,
+            body_window_bytes: 8 * 1024 * 1024,
             token_timeout_ms: 10_000,
             handshake_timeout_ms: 10_000,
             open_timeout_ms: 10_000,
