@@ -8,6 +8,8 @@
 //! so no receiver ever sees a message that is not on disk.
 
 pub mod forwarding;
+pub mod purge;
+pub mod redrive;
 pub mod sessions;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -231,6 +233,7 @@ impl MessageSet {
 /// Broker-owned message annotations, stripped from incoming messages (§5.1).
 const BROKER_ANNOTATIONS: &[&str] = &[
     forwarding::HOPS_ANNOTATION,
+    redrive::REDRIVES_ANNOTATION,
     "x-opt-sequence-number",
     "x-opt-enqueued-time",
     "x-opt-locked-until",
