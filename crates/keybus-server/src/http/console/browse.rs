@@ -204,7 +204,7 @@ fn purge_form(path: &str, dlq: bool) -> Markup {
         section.panel #purge {
             h2 { "Purge" }
             form hx-post={ "/console/purge?e=" (enc(path)) "&dlq=" (u8::from(dlq)) } hx-target="#messages" {
-                label for="p-confirm" { "Type " code { (path) } " to purge every " (what) " it" }
+                label for="p-confirm" { "Type " code { (path) } " to purge " (what) }
                 input #p-confirm type="text" name="confirm" autocomplete="off";
                 button.danger type="submit" { "Purge" }
             }
