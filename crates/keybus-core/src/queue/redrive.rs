@@ -263,6 +263,24 @@ mod tests {
     }
 
     #[test]
+    fn clients_cannot_set_the_redrive_count() {
+        let mut q = queue();
+        let mut m = msg("m1");
+        m.message.message_annotations = Some(vec![(
+            Value::Symbol(Symbol::from(REDRIVES_ANNOTATION)),
+            Value::Long(40),
+        )]);
+        let seqs = q.enqueue(vec![m], 0).unwrap();
+        q.commit_pending(&seqs);
+        let peeked = q.peek(SubQueue::Main, 0, 1, None, 0);
+        let ann = Message::decode(&peeked[0])
+            .unwrap()
+            .message_annotations
+            .unwrap_or_default();
+        assert!(keybus_amqp::map_get(&ann, REDRIVES_ANNOTATION).is_none());
+    }
+
+    #[test]
     fn redrives_are_counted() {
         let mut q = queue();
         let seq = dead_lettered(&mut q, "m1");

@@ -4,9 +4,11 @@
 //! overview's counts and their live events, browsing without locking, send, redrive, purge.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keybus_client::{Outcome, ReceiveMode, ReceiverOptions, Value};
+use keybus_core::{CommitFuture, EntityDefinition, EntitySnapshot, StoreError, StoreOp, SubQueue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -20,6 +22,7 @@ on_both_stores!(
     send_needs_the_csrf_header,
     receiver_sees_no_controls_and_a_forged_post_is_refused,
     redrive_moves_dead_letters_back,
+    redrive_in_a_subscription_is_one_store_batch,
     purge_needs_the_typed_confirmation,
 );
 
@@ -628,4 +631,92 @@ async fn purge_needs_the_typed_confirmation(store: Store) {
         c.peek("t/subscriptions/s2", 1, 10, T).await.unwrap().len(),
         3
     );
+}
+
+/// A store that remembers every batch it is given.
+struct Recording {
+    inner: Arc<dyn keybus_core::Store>,
+    batches: Mutex<Vec<Vec<StoreOp>>>,
+}
+
+impl keybus_core::Store for Recording {
+    fn commit(&self, ops: Vec<StoreOp>) -> CommitFuture {
+        self.batches.lock().unwrap().push(ops.clone());
+        self.inner.commit(ops)
+    }
+    fn list_entities(&self) -> Result<Vec<EntityDefinition>, StoreError> {
+        self.inner.list_entities()
+    }
+    fn load_entity(&self, entity: &str) -> Result<EntitySnapshot, StoreError> {
+        self.inner.load_entity(entity)
+    }
+    fn healthy(&self) -> bool {
+        self.inner.healthy()
+    }
+    fn status(&self) -> Result<(), StoreError> {
+        self.inner.status()
+    }
+}
+
+async fn redrive_in_a_subscription_is_one_store_batch(store: Store) {
+    let mut rec = None;
+    let b = Broker::start_with(store, POLICIES, "", None, |inner| {
+        let r = Arc::new(Recording {
+            inner,
+            batches: Mutex::new(Vec::new()),
+        });
+        rec = Some(r.clone());
+        r
+    })
+    .await;
+    let rec = rec.unwrap();
+    let u = owner(&b).await;
+    let mut c = b
+        .client(&["t", "t/subscriptions/s1", "t/subscriptions/s2"])
+        .await;
+    let snd = c.create_sender("t", T).await.unwrap();
+    c.send(snd, &message("t1", b"body-1"), T).await.unwrap();
+    c.send(snd, &message("t2", b"body-2"), T).await.unwrap();
+    let rcv = c
+        .create_receiver("t/subscriptions/s1", &ReceiverOptions::default(), T)
+        .await
+        .unwrap();
+    for d in c.receive(rcv, 2, T).await.unwrap() {
+        let outcome = Outcome::DeadLetter {
+            reason: Some("Bad".into()),
+            description: None,
+        };
+        c.settle(rcv, &d, outcome, T).await.unwrap();
+    }
+    let before = rec.batches.lock().unwrap().len();
+    let r = u
+        .post(&b, "/console/redrive?e=t%2Fsubscriptions%2Fs1", "which=all")
+        .await;
+    assert!(r.body.contains("Redrove 2 messages"), "{}", r.body);
+    let batches = rec.batches.lock().unwrap()[before..].to_vec();
+    assert_eq!(batches.len(), 1, "one batch: {batches:?}");
+    let deletes = batches[0]
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                StoreOp::DeleteMessage {
+                    sub: SubQueue::DeadLetter,
+                    ..
+                }
+            )
+        })
+        .count();
+    let puts = batches[0]
+        .iter()
+        .filter(|o| matches!(o, StoreOp::PutMessage { sub: SubQueue::Main, record, .. } if record.delivery_count == 0))
+        .count();
+    assert_eq!((deletes, puts), (2, 2), "{:?}", batches[0]);
+    let got = c.receive(rcv, 2, T).await.unwrap();
+    let bodies: Vec<_> = got.iter().map(|d| d.body()).collect();
+    assert_eq!(bodies, vec![b"body-1".to_vec(), b"body-2".to_vec()]);
+    // The other subscription's copies (sharing the topic's stored body) are untouched.
+    let s2 = c.peek("t/subscriptions/s2", 1, 10, T).await.unwrap();
+    assert_eq!(s2.len(), 2);
+    assert_eq!(s2[0].body_raw, keybus_client::Message::body_data(b"body-1"));
 }
