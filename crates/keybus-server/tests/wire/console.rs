@@ -720,3 +720,90 @@ async fn redrive_in_a_subscription_is_one_store_batch(store: Store) {
     assert_eq!(s2.len(), 2);
     assert_eq!(s2[0].body_raw, keybus_client::Message::body_data(b"body-1"));
 }
+
+/// A bearer JWT from an issuer the policy trusts (keybus's own token service, for a managed
+/// identity with the Receiver role on `q`) signs in; the policy's decision follows it.
+#[tokio::test]
+async fn a_bearer_jwt_signs_in_with_its_policy_roles() {
+    let dir = std::env::temp_dir().join(format!(
+        "keybus-console-jwt-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[[principals]]
+id = "console-reader"
+
+[[grants]]
+principal = "console-reader"
+role = "Receiver"
+scope = "queues/q"
+
+[[sts.managed_identities]]
+principal = "console-reader"
+client_id = "6f1c2b0e-0000-4000-8000-000000000009"
+identity_header = "a-long-random-secret-for-the-console-test"
+"#,
+    )
+    .unwrap();
+    let opts = keybus_server::ServeOptions {
+        config: None,
+        data_dir: dir.clone(),
+        in_memory: true,
+        amqp_port: 0,
+        http_port: 0,
+        bind: "127.0.0.1".parse().unwrap(),
+        policy: Some(policy),
+        ..keybus_server::ServeOptions::default()
+    };
+    let config = keybus_server::config::Config::parse("[[queues]]\nname = \"q\"\n").unwrap();
+    let running = keybus_server::start_with(opts, config).await.unwrap();
+    let auth = running.broker.auth();
+    let p = auth.policy();
+    let tenant = p.file.sts.tenant.clone();
+    let issuer = auth.sts.public_names(&p).issuer(&tenant);
+    let (jwt, _) = auth
+        .sts
+        .mint(
+            &issuer,
+            &tenant,
+            "6f1c2b0e-0000-4000-8000-000000000009",
+            "console-reader",
+            Duration::from_secs(600),
+            running.broker.now(),
+        )
+        .unwrap();
+    let b = Broker::wrap(running);
+    let r = http(
+        &b,
+        "POST",
+        "/console/signin",
+        &[("X-Keybus-Csrf", "signin")],
+        &format!("token=Bearer+{jwt}"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let cookie = cookie_of(&r);
+    let page = http(&b, "GET", "/console/browse?e=q", &[("Cookie", &cookie)], "").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("jwt:"), "{}", page.body);
+    assert!(!page.body.contains("/console/send"));
+    let u = User {
+        csrf: csrf_of(&page.body),
+        cookie,
+    };
+    assert_eq!(u.post(&b, "/console/send?e=q", "body=x").await.status, 403);
+    let bad = http(
+        &b,
+        "POST",
+        "/console/signin",
+        &[("X-Keybus-Csrf", "signin")],
+        &format!("token={}x", &jwt[..jwt.len() - 1]),
+    )
+    .await;
+    assert_eq!(bad.status, 401);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -69,6 +69,11 @@ impl Drop for Broker {
 }
 
 impl Broker {
+    /// A broker a test started itself (it owns no directory).
+    pub fn wrap(running: Running) -> Broker {
+        Broker { running, dir: None }
+    }
+
     pub async fn start(store: Store) -> Broker {
         Self::start_wrapped(store, "", |s| s).await
     }
