@@ -8,6 +8,7 @@
 
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import https from "node:https";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe } from "node:test";
@@ -199,6 +200,39 @@ describe("web console in headless chromium", { skip: HAVE_CHROMIUM ? false : `${
     assert.ok(mine, `received ${got.map((m) => m.messageId).join(", ")}`);
     assert.equal(mine.correlationId, "corr-7");
     assert.equal(mine.applicationProperties.origin, "browser");
+  });
+
+  kbtest("console: served over HTTPS too, with a Secure session cookie", { broker: consoleBroker }, async ({ broker }) => {
+    const ca = fs.readFileSync(path.resolve(broker.workdir, broker.caPath));
+    const body = `key_name=${encodeURIComponent(SAS_POLICY)}&key=${encodeURIComponent(SAS_KEY)}`;
+    const res = await new Promise((resolve, reject) => {
+      const req = https.request(
+        {
+          host: "localhost",
+          port: broker.httpsPort,
+          ca,
+          method: "POST",
+          path: "/console/signin",
+          headers: {
+            "content-type": "application/x-www-form-urlencoded",
+            "content-length": Buffer.byteLength(body),
+            "x-keybus-csrf": "signin",
+          },
+        },
+        (r) => {
+          r.resume();
+          r.on("end", () => resolve(r));
+        },
+      );
+      req.on("error", reject);
+      req.end(body);
+    });
+    assert.equal(res.statusCode, 200);
+    const cookie = String(res.headers["set-cookie"]);
+    assert.match(cookie, /; HttpOnly/);
+    assert.match(cookie, /; SameSite=Strict/);
+    assert.match(cookie, /; Secure/);
+    assert.match(String(res.headers["content-security-policy"]), /script-src 'self'/);
   });
 
   kbtest("console: a Receiver sees no send control; forged POSTs are refused", { broker: consoleBroker }, async () => {

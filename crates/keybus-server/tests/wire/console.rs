@@ -807,3 +807,48 @@ identity_header = "a-long-random-secret-for-the-console-test"
     assert_eq!(bad.status, 401);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The overview stays a page with 10,000 entities: 50 rows, paged, filtered by name.
+#[tokio::test]
+async fn the_overview_pages_ten_thousand_entities() {
+    let mut config = String::from(POLICIES);
+    for i in 0..10_000 {
+        config.push_str(&format!("[[queues]]\nname = \"bulk-{i:05}\"\n"));
+    }
+    let opts = keybus_server::ServeOptions {
+        config: None,
+        data_dir: std::env::temp_dir(),
+        in_memory: true,
+        amqp_port: 0,
+        http_port: 0,
+        bind: "127.0.0.1".parse().unwrap(),
+        ..keybus_server::ServeOptions::default()
+    };
+    let config = keybus_server::config::Config::parse(&config).unwrap();
+    let b = Broker::wrap(keybus_server::start_with(opts, config).await.unwrap());
+    let u = owner(&b).await;
+    let started = std::time::Instant::now();
+    let first = u.get(&b, "/console/").await;
+    let took = started.elapsed();
+    assert_eq!(first.status, 200);
+    assert!(
+        first.body.contains("10000 entities · page 1 of 200"),
+        "{}",
+        &first.body[..2000]
+    );
+    assert_eq!(
+        first.body.matches("<tr>").count(),
+        51,
+        "a header row and 50 entities"
+    );
+    assert!(first.body.contains(">bulk-00049<") && !first.body.contains(">bulk-00050<"));
+    assert!(
+        took < Duration::from_secs(2),
+        "the first page took {took:?}"
+    );
+    let last = u.get(&b, "/console/?page=199").await;
+    assert!(last.body.contains(">bulk-09999<"));
+    assert!(!last.body.contains("Next page"));
+    let filtered = u.get(&b, "/console/?q=bulk-0777").await;
+    assert!(filtered.body.contains("10 entities · page 1 of 1"));
+}
