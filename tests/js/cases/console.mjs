@@ -119,8 +119,8 @@ describe("web console in headless chromium", { skip: HAVE_CHROMIUM ? false : `${
     const sender = client.createSender("console-q");
     await sender.sendMessages([{ body: "a" }, { body: "b" }, { body: "c" }]);
     await page.goto(url);
-    assert.equal(new URL(page.url()).search, "", "the one-time token was exchanged and dropped from the address");
     await page.locator("h1", { hasText: "Entities" }).waitFor();
+    assert.equal(new URL(page.url()).search, "", "the one-time token was exchanged and dropped from the address");
     const admin = adminClient(broker);
     for (const q of ["console-q", "console-dl", "console-purge"]) {
       const rt = await admin.getQueueRuntimeProperties(q);

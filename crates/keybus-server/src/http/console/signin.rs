@@ -20,6 +20,7 @@ use super::Console;
 use super::error::ConsoleError;
 use super::form::Form;
 use super::guard::{self, OverTls};
+use super::layout;
 use super::sessions::SESSION_MS;
 use crate::http::common::host_of;
 use crate::http::{PeerInfo, peer_text};
@@ -115,18 +116,40 @@ fn audit_signin(broker: &Broker, peer: &str, p: Option<&Principal>, allow: bool,
     });
 }
 
-/// A response that sets the session cookie and sends the browser to the overview.
-fn signed_in(id: &str, tls: bool, status: StatusCode, htmx: bool) -> Response {
-    let mut r = status.into_response();
-    let h = r.headers_mut();
+/// The session cookie header.
+fn set_cookie(r: &mut Response, id: &str, tls: bool) {
     if let Ok(v) = HeaderValue::from_str(&guard::cookie(id, tls)) {
-        h.insert(header::SET_COOKIE, v);
+        r.headers_mut().insert(header::SET_COOKIE, v);
     }
-    if htmx {
-        h.insert("HX-Redirect", HeaderValue::from_static("/console/"));
-    } else {
-        h.insert(header::LOCATION, HeaderValue::from_static("/console/"));
-    }
+}
+
+/// An htmx answer that sets (or clears) the session cookie and sends the browser to the
+/// overview.
+fn signed_in(id: &str, tls: bool) -> Response {
+    let mut r = StatusCode::OK.into_response();
+    set_cookie(&mut r, id, tls);
+    r.headers_mut()
+        .insert("HX-Redirect", HeaderValue::from_static("/console/"));
+    r
+}
+
+/// The page the one-time token's address answers with: it sets the cookie and moves on to
+/// the overview by a same-origin navigation (a meta refresh, not a redirect: a `SameSite=Strict`
+/// cookie is not sent on a redirect that a link from another site started), which also drops
+/// the token from the address bar.
+fn token_redeemed(id: &str, tls: bool) -> Response {
+    let mut r = layout::html_response(html! {
+        (maud::DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content="0;url=/console/";
+                title { "Signed in · keybus console" }
+            }
+            body { main { h1 { "Signed in" } p { a href="/console/" { "Continue to the console" } } } }
+        }
+    });
+    set_cookie(&mut r, id, tls);
     r
 }
 
@@ -150,7 +173,7 @@ pub(super) fn redeem(
     let (id, _) = console
         .sessions
         .open(p, now.saturating_add(SESSION_MS), now);
-    Ok(signed_in(&id, tls, StatusCode::SEE_OTHER, false))
+    Ok(token_redeemed(&id, tls))
 }
 
 /// `POST /console/signin`.
@@ -182,7 +205,7 @@ pub(super) async fn sign_in(
     audit_signin(&broker, &peer, Some(&p), true, p.kind.as_str());
     let expires = until.min(now.saturating_add(SESSION_MS));
     let (id, _) = console.sessions.open(p, expires, now);
-    Ok(signed_in(&id, tls.is_some(), StatusCode::OK, true))
+    Ok(signed_in(&id, tls.is_some()))
 }
 
 /// `POST /console/signout`.
@@ -195,5 +218,5 @@ pub(super) async fn sign_out(
     let (id, session) = guard::session(&console, &headers, broker.now())?;
     guard::check_csrf(&headers, &session)?;
     console.sessions.close(&id);
-    Ok(signed_in("", tls.is_some(), StatusCode::OK, true))
+    Ok(signed_in("", tls.is_some()))
 }
