@@ -73,9 +73,61 @@ async function cell(page, entity, field) {
   return Number(await page.locator(`td[data-k="${entity}"][data-f="${field}"]`).innerText());
 }
 
+/**
+ * A screenshot of the page at 1280x800, and an accessibility check of it: a language and a
+ * title, one h1 and no skipped heading level, every form control labelled, every button named,
+ * and text contrast of at least 4.5:1 (3:1 for large text) against its background.
+ */
 async function shot(page, name) {
   fs.mkdirSync(SHOTS, { recursive: true });
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: false });
+  const problems = await page.evaluate(() => {
+    const out = [];
+    if (!document.documentElement.lang) out.push("no lang on <html>");
+    if (!document.title.trim()) out.push("no title");
+    const headings = [...document.querySelectorAll("h1, h2, h3, h4, h5, h6")];
+    if (headings.filter((h) => h.tagName === "H1").length !== 1) out.push("not exactly one h1");
+    let level = 0;
+    for (const h of headings) {
+      const l = Number(h.tagName[1]);
+      if (l > level + 1) out.push(`heading level skipped before "${h.textContent.trim()}"`);
+      level = l;
+    }
+    for (const el of document.querySelectorAll("input, textarea, select")) {
+      if (el.type === "hidden") continue;
+      if (!(el.labels && el.labels.length) && !el.getAttribute("aria-label")) out.push(`unlabelled ${el.outerHTML}`);
+    }
+    for (const b of document.querySelectorAll("button, a")) {
+      if (!b.textContent.trim() && !b.getAttribute("aria-label")) out.push(`unnamed ${b.outerHTML}`);
+    }
+    const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+    const lum = ([r, g, b]) => {
+      const f = (v) => {
+        v /= 255;
+        return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+      };
+      return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+    };
+    const background = (el) => {
+      for (let e = el; e; e = e.parentElement) {
+        const c = rgb(getComputedStyle(e).backgroundColor);
+        if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+      }
+      return [255, 255, 255];
+    };
+    for (const el of document.querySelectorAll("body *")) {
+      const text = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+      if (!text || el.offsetParent === null) continue;
+      const s = getComputedStyle(el);
+      const [a, b] = [lum(rgb(s.color).slice(0, 3)), lum(background(el))];
+      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      const size = parseFloat(s.fontSize);
+      const large = size >= 24 || (size >= 18.66 && Number(s.fontWeight) >= 700);
+      if (ratio < (large ? 3 : 4.5)) out.push(`contrast ${ratio.toFixed(2)} for "${el.textContent.trim().slice(0, 30)}"`);
+    }
+    return out;
+  });
+  assert.deepEqual(problems, [], `accessibility of ${name}`);
 }
 
 describe("web console in headless chromium", { skip: HAVE_CHROMIUM ? false : `${CHROMIUM} is not installed: the browser test is skipped (scripts/test installs it when CI=true or as root)` }, () => {
@@ -239,6 +291,8 @@ describe("web console in headless chromium", { skip: HAVE_CHROMIUM ? false : `${
     const base = page.url().replace(/\/console\/.*$/, "/console/");
     await context.clearCookies();
     await page.goto(base);
+    await page.locator("h1", { hasText: "Sign in" }).waitFor();
+    await shot(page, "signin");
     await page.getByLabel("SAS key name").fill("reader");
     await page.getByLabel("SAS key", { exact: true }).fill(READER_KEY);
     await page.getByRole("button", { name: "Sign in" }).click();

@@ -421,6 +421,17 @@ async fn browse_peeks_without_locking(store: Store) {
         && l["resource"]["entity"] == "q"));
     let missing = u.get(&b, "/console/browse?e=nope").await;
     assert_eq!(missing.status, 404);
+    assert!(
+        missing.body.contains("there is no entity &#39;nope&#39;")
+            || missing.body.contains("there is no entity 'nope'"),
+        "{}",
+        missing.body
+    );
+    assert!(
+        missing.body.contains("<h1>Browse</h1>"),
+        "a whole page: {}",
+        missing.body
+    );
 }
 
 async fn send_needs_the_csrf_header(store: Store) {

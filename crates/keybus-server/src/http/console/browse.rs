@@ -25,6 +25,7 @@ use super::error::ConsoleError;
 use super::form::query;
 use super::guard;
 use super::layout::page as shell;
+use super::sessions::Session;
 use super::signin;
 use crate::http::common::UNRESERVED;
 use crate::http::{PeerInfo, peer_text};
@@ -122,7 +123,7 @@ fn message(p: &Peeked, selectable: bool) -> Markup {
     let seq = p.sequence_number;
     html! {
         article.msg data-seq=(seq) {
-            h3 {
+            h2 {
                 @if selectable {
                     input type="checkbox" name="seq" value=(seq) id={ "sel-" (seq) } form="redrive-form";
                     label for={ "sel-" (seq) } { "Message " (seq) }
@@ -196,9 +197,9 @@ fn send_form(path: &str) -> Markup {
 
 fn purge_form(path: &str, dlq: bool) -> Markup {
     let what = if dlq {
-        "dead-letter queue of"
+        "every message of its dead-letter queue"
     } else {
-        "messages of"
+        "every message (active, deferred and scheduled)"
     };
     html! {
         section.panel #purge {
@@ -233,29 +234,49 @@ pub(super) async fn page(
     peer: PeerInfo,
     uri: Uri,
     headers: HeaderMap,
-) -> Result<Response, ConsoleError> {
+) -> Response {
     let Ok((_, session)) = guard::session(&console, &headers, broker.now()) else {
-        return Ok(shell("Sign in", None, signin::form()));
+        return shell("Sign in", None, signin::form());
     };
     let peer = peer_text(&peer);
+    match render(&broker, &session, &peer, &uri) {
+        Ok(r) => r,
+        Err(e) => {
+            // A whole page, with the error where the messages would be.
+            let mut r = shell(
+                "Browse",
+                Some(&session),
+                html! { h1 { "Browse" } p.error role="alert" { (e.to_string()) } },
+            );
+            *r.status_mut() = e.status();
+            r
+        }
+    }
+}
+
+/// The browse page of the entity the query names.
+fn render(
+    broker: &Broker,
+    session: &Session,
+    peer: &str,
+    uri: &Uri,
+) -> Result<Response, ConsoleError> {
     let p = &session.principal;
-    let path = query(&uri, "e").unwrap_or_default();
-    let dlq = query(&uri, "dlq").is_some_and(|v| v == "1");
-    let from: i64 = query(&uri, "from")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let count: usize = query(&uri, "n")
+    let path = query(uri, "e").unwrap_or_default();
+    let dlq = query(uri, "dlq").is_some_and(|v| v == "1");
+    let from: i64 = query(uri, "from").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let count: usize = query(uri, "n")
         .and_then(|v| v.parse().ok())
         .unwrap_or(PAGE)
         .clamp(1, MAX_PAGE);
-    let t = target(&broker, &path)?;
-    enforce_read(&broker, &peer, p, "console.browse", &t.path)?;
+    let t = target(broker, &path)?;
+    enforce_read(broker, peer, p, "console.browse", &t.path)?;
     let sub = if dlq {
         SubQueue::DeadLetter
     } else {
         SubQueue::Main
     };
-    let msgs = peek(&broker, &t, sub, from, count)?;
+    let msgs = peek(broker, &t, sub, from, count)?;
     let next = msgs.last().map(|m| m.sequence_number.saturating_add(1));
     let send_path = match &t.subscription {
         Some(_) => t
@@ -266,8 +287,8 @@ pub(super) async fn page(
             .to_string(),
         None => t.path.clone(),
     };
-    let may_send = can(&broker, p, Right::Send, &send_path);
-    let may_manage = can(&broker, p, Right::Manage, &t.path);
+    let may_send = can(broker, p, Right::Send, &send_path);
+    let may_manage = can(broker, p, Right::Manage, &t.path);
     let base = format!("/console/browse?e={}", enc(&t.path));
     let title = if dlq {
         format!("{} (dead-letter queue)", t.path)
@@ -302,5 +323,5 @@ pub(super) async fn page(
         @if !dlq && may_send { (send_form(&send_path)) }
         @if may_manage { (purge_form(&t.path, dlq)) }
     };
-    Ok(shell(&title, Some(&session), content))
+    Ok(shell(&title, Some(session), content))
 }
