@@ -5,7 +5,7 @@
 //! `guard.rs` the security headers, cookies and the CSRF check; `signin.rs` signing in and
 //! out; `access.rs` every decision through `keybus_auth::Auth` (the same decision code as
 //! AMQP and REST, audited); `layout.rs` the page shell; `overview.rs` the entity table and its
-//! live counts (server-sent events); `browse.rs` peeking an entity or its dead-letter queue
+//! live counts (server-sent events), `rates.rs` their in/out rates; `browse.rs` peeking an entity or its dead-letter queue
 //! through the queue's peek (the code `$management` peek uses); `body.rs` how a body is shown;
 //! `send.rs` test messages; `redrive.rs` and `purge.rs` the dead-letter and purge actions over
 //! the queue's own operations; `form.rs` form decoding; `error.rs` the console's errors.
@@ -20,6 +20,7 @@ mod guard;
 mod layout;
 mod overview;
 mod purge;
+mod rates;
 mod redrive;
 mod send;
 mod sessions;

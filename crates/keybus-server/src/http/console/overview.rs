@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use keybus_auth::Principal;
-use keybus_core::QueueCounts;
+use keybus_core::{QueueCounts, QueueStats};
 use maud::{Markup, html};
 use percent_encoding::utf8_percent_encode;
 use serde_json::json;
@@ -26,6 +26,7 @@ use super::error::ConsoleError;
 use super::form::query;
 use super::guard::{self, OverTls};
 use super::layout::page as shell;
+use super::rates::Rates;
 use super::signin;
 use crate::http::common::UNRESERVED;
 use crate::http::{PeerInfo, peer_text};
@@ -43,6 +44,8 @@ pub(super) struct Row {
     pub(super) path: String,
     pub(super) kind: &'static str,
     pub(super) counts: Option<QueueCounts>,
+    /// Its activity counters (for the rates).
+    pub(super) stats: Option<QueueStats>,
 }
 
 /// The entities `p` may read whose path contains `filter`, by name.
@@ -76,6 +79,7 @@ pub(super) fn rows(entities: &[Arc<Entity>]) -> Vec<Row> {
                     path: path.clone(),
                     kind: "topic",
                     counts: None,
+                    stats: None,
                 });
                 let mut subs: Vec<_> = t
                     .subscriptions()
@@ -86,20 +90,23 @@ pub(super) fn rows(entities: &[Arc<Entity>]) -> Vec<Row> {
                                 s.definition.name.to_ascii_lowercase()
                             ),
                             s.queue.counts(),
+                            s.queue.stats(),
                         )
                     })
                     .collect();
                 subs.sort_by(|a, b| a.0.cmp(&b.0));
-                out.extend(subs.into_iter().map(|(path, c)| Row {
+                out.extend(subs.into_iter().map(|(path, c, stats)| Row {
                     path,
                     kind: "subscription",
                     counts: Some(c),
+                    stats: Some(stats),
                 }));
             }
             None => out.push(Row {
                 path,
                 kind: "queue",
                 counts: st.receiver_ref(None).map(|q| q.counts()),
+                stats: st.receiver_ref(None).map(|q| q.stats()),
             }),
         }
     }
@@ -129,8 +136,10 @@ fn cells(r: &Row) -> Markup {
             td.num data-k=(k) data-f="scheduled" { (c.scheduled) }
             td.num data-k=(k) data-f="deferred" { (c.deferred) }
             td.num data-k=(k) data-f="size" { (c.size_bytes) }
+            td.num data-k=(k) data-f="in_rate" { "…" }
+            td.num data-k=(k) data-f="out_rate" { "…" }
         } @else {
-            td.num.muted colspan="5" { "messages are in its subscriptions" }
+            td.num.muted colspan="7" { "messages are in its subscriptions" }
         }
     }
 }
@@ -148,6 +157,8 @@ fn table(rows: &[Row], live_url: &str) -> Markup {
                     th.num scope="col" { "Scheduled" }
                     th.num scope="col" { "Deferred" }
                     th.num scope="col" { "Size (bytes)" }
+                    th.num scope="col" { "In /s" }
+                    th.num scope="col" { "Out /s" }
                 }
             }
             tbody {
@@ -221,18 +232,34 @@ pub(super) async fn page(
     shell("Entities", Some(&session), content)
 }
 
-/// The JSON of an event: the rows with counts.
-pub(super) fn counts_json(rows: &[Row]) -> String {
+/// The JSON of an event: the rows with counts, and their rates at `now`.
+pub(super) fn counts_json(rows: &[Row], rates: &mut Rates, now: i64) -> String {
     let list: Vec<_> = rows
         .iter()
         .filter_map(|r| {
-            r.counts.map(|c| {
+            let c = r.counts?;
+            let rate = rates.observe(&r.path, r.stats.unwrap_or_default(), now);
+            Some(
                 json!({"k": r.path, "active": c.active, "dead_letter": c.dead_letter,
-                    "scheduled": c.scheduled, "deferred": c.deferred, "size": c.size_bytes})
-            })
+                "scheduled": c.scheduled, "deferred": c.deferred, "size": c.size_bytes,
+                "in_rate": format!("{:.1}", rate.incoming),
+                "out_rate": format!("{:.1}", rate.outgoing)}),
+            )
         })
         .collect();
     serde_json::Value::Array(list).to_string()
+}
+
+/// What one event stream watches and what it sent last.
+struct Watch {
+    broker: Arc<Broker>,
+    console: Arc<Console>,
+    /// The session; the stream ends with it.
+    id: String,
+    entities: Vec<Arc<Entity>>,
+    rates: Rates,
+    last: Option<String>,
+    first: bool,
 }
 
 /// `GET /console/events?page=&q=`: the page's counts as server-sent events, sent when they
@@ -254,27 +281,32 @@ pub(super) async fn events(
         let end = start.saturating_add(PAGE_SIZE).min(all.len());
         all.get(start..end).unwrap_or(&[]).to_vec()
     };
-    let state = (broker, console, id, entities, None::<String>, true);
-    let stream = futures_util::stream::unfold(
-        state,
-        |(broker, console, id, entities, last, first)| async move {
-            if !first {
-                tokio::time::sleep(LIVE_EVERY).await;
+    let state = Watch {
+        broker,
+        console,
+        id,
+        entities,
+        rates: Rates::default(),
+        last: None,
+        first: true,
+    };
+    let stream = futures_util::stream::unfold(state, |mut w| async move {
+        if !w.first {
+            tokio::time::sleep(LIVE_EVERY).await;
+        }
+        w.first = false;
+        loop {
+            let now = w.broker.now();
+            w.console.sessions.get(&w.id, now)?;
+            let data = counts_json(&rows(&w.entities), &mut w.rates, now);
+            if w.last.as_deref() != Some(data.as_str()) {
+                let ev = Event::default().event("counts").data(data.clone());
+                w.last = Some(data);
+                return Some((Ok::<_, Infallible>(ev), w));
             }
-            loop {
-                console.sessions.get(&id, broker.now())?;
-                let data = counts_json(&rows(&entities));
-                if last.as_deref() != Some(data.as_str()) {
-                    let ev = Event::default().event("counts").data(data.clone());
-                    return Some((
-                        Ok::<_, Infallible>(ev),
-                        (broker, console, id, entities, Some(data), false),
-                    ));
-                }
-                tokio::time::sleep(LIVE_EVERY).await;
-            }
-        },
-    );
+            tokio::time::sleep(LIVE_EVERY).await;
+        }
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
@@ -291,6 +323,7 @@ mod tests {
                 path: "t".into(),
                 kind: "topic",
                 counts: None,
+                stats: None,
             },
             Row {
                 path: "q".into(),
@@ -300,11 +333,12 @@ mod tests {
                     dead_letter: 1,
                     ..QueueCounts::default()
                 }),
+                stats: None,
             },
         ];
         assert_eq!(
-            counts_json(&rows),
-            r#"[{"active":2,"dead_letter":1,"deferred":0,"k":"q","scheduled":0,"size":0}]"#
+            counts_json(&rows, &mut Rates::default(), 0),
+            r#"[{"active":2,"dead_letter":1,"deferred":0,"in_rate":"0.0","k":"q","out_rate":"0.0","scheduled":0,"size":0}]"#
         );
     }
 }

@@ -5,7 +5,7 @@
 //    <meta name="keybus-csrf">); the broker refuses a POST without it.
 // 2. Live counts: an element with `data-live="<url>"` opens a server-sent event stream; each
 //    `counts` event is a JSON list of rows `{k, active, dead_letter, scheduled, deferred,
-//    size}` and updates the cells marked `data-k="<k>" data-f="<field>"`. No polling loop.
+//    size, in_rate, out_rate}` and updates the cells marked `data-k="<k>" data-f="<field>"`. No polling loop.
 (function () {
   "use strict";
   function csrf() {
@@ -23,7 +23,7 @@
       var rows;
       try { rows = JSON.parse(ev.data); } catch (_) { return; }
       rows.forEach(function (row) {
-        ["active", "dead_letter", "scheduled", "deferred", "size"].forEach(function (f) {
+        ["active", "dead_letter", "scheduled", "deferred", "size", "in_rate", "out_rate"].forEach(function (f) {
           var sel = 'td[data-k="' + CSS.escape(row.k) + '"][data-f="' + f + '"]';
           var cell = el.querySelector(sel);
           if (cell && cell.textContent !== String(row[f])) { cell.textContent = String(row[f]); }
