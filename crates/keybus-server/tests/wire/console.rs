@@ -12,7 +12,7 @@ use keybus_core::{CommitFuture, EntityDefinition, EntitySnapshot, StoreError, St
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Broker, Store, T, message, on_both_stores};
+use crate::harness::{Broker, Store, T, message, now_ms, on_both_stores};
 
 on_both_stores!(
     one_time_token_signs_in_once,
@@ -24,6 +24,7 @@ on_both_stores!(
     redrive_moves_dead_letters_back,
     redrive_in_a_subscription_is_one_store_batch,
     purge_needs_the_typed_confirmation,
+    scheduled_and_deferred_messages,
 );
 
 const POLICIES: &str = r#"
@@ -877,4 +878,56 @@ async fn the_overview_pages_ten_thousand_entities() {
     assert!(!last.body.contains("Next page"));
     let filtered = u.get(&b, "/console/?q=bulk-0777").await;
     assert!(filtered.body.contains("10 entities · page 1 of 1"));
+}
+
+async fn scheduled_and_deferred_messages(store: Store) {
+    let (b, _audit) = broker(store).await;
+    let u = owner(&b).await;
+    let mut c = b.client(&["q"]).await;
+    let seqs = c
+        .schedule("q", &[message("later", b"x")], now_ms() + 3_600_000, T)
+        .await
+        .unwrap();
+    let snd = c.create_sender("q", T).await.unwrap();
+    c.send(snd, &message("put-off", b"y"), T).await.unwrap();
+    let rcv = c
+        .create_receiver("q", &ReceiverOptions::default(), T)
+        .await
+        .unwrap();
+    let d = c.receive(rcv, 1, T).await.unwrap().remove(0);
+    let deferred = d.sequence_number().unwrap();
+    c.settle(rcv, &d, Outcome::Defer, T).await.unwrap();
+    let page = u.get(&b, "/console/browse?e=q").await;
+    assert!(
+        page.body
+            .contains(&format!("Cancel scheduled message {}", seqs[0])),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains(&format!("Receive and complete deferred message {deferred}"))
+    );
+    // A Listen-only principal may take the deferred one, not cancel the scheduled one.
+    let r = with_key(&b, "reader", "reader-key").await;
+    let rpage = r.get(&b, "/console/browse?e=q").await;
+    assert!(!rpage.body.contains("Cancel scheduled message"));
+    assert!(rpage.body.contains("Receive and complete deferred message"));
+    let refused = r
+        .post(&b, &format!("/console/cancel?e=q&seq={}", seqs[0]), "")
+        .await;
+    assert_eq!(refused.status, 403);
+    let cancel = u
+        .post(&b, &format!("/console/cancel?e=q&seq={}", seqs[0]), "")
+        .await;
+    assert_eq!(cancel.status, 200, "{}", cancel.body);
+    let took = r
+        .post(&b, &format!("/console/deferred?e=q&seq={deferred}"), "")
+        .await;
+    assert_eq!(took.status, 200, "{}", took.body);
+    assert!(c.peek("q", 1, 10, T).await.unwrap().is_empty());
+    let again = r
+        .post(&b, &format!("/console/deferred?e=q&seq={deferred}"), "")
+        .await;
+    assert_eq!(again.status, 404);
 }

@@ -113,7 +113,17 @@ fn state(m: &Message) -> &'static str {
     }
 }
 
-fn message(p: &Peeked, selectable: bool) -> Markup {
+/// What a message's own buttons may do (on the main queue).
+#[derive(Clone, Copy)]
+struct Actions<'a> {
+    path: &'a str,
+    /// Cancel a scheduled message (Send on a queue).
+    cancel: bool,
+    /// Receive and complete a deferred message (Listen).
+    take: bool,
+}
+
+fn message(p: &Peeked, selectable: bool, actions: Actions<'_>) -> Markup {
     let m = &p.message;
     let props = m.properties.clone().unwrap_or_default();
     let app = m.application_properties.clone().unwrap_or_default();
@@ -161,6 +171,16 @@ fn message(p: &Peeked, selectable: bool) -> Markup {
             }
             p.muted { "Body (" (body.label()) ")" }
             pre.body { (body.text()) }
+            @if actions.cancel && state(m) == "scheduled" {
+                button type="button" hx-post={ "/console/cancel?e=" (enc(actions.path)) "&seq=" (seq) } hx-target="#messages" {
+                    "Cancel scheduled message " (seq)
+                }
+            }
+            @if actions.take && state(m) == "deferred" {
+                button type="button" hx-post={ "/console/deferred?e=" (enc(actions.path)) "&seq=" (seq) } hx-target="#messages" {
+                    "Receive and complete deferred message " (seq)
+                }
+            }
         }
     }
 }
@@ -289,6 +309,11 @@ fn render(
     };
     let may_send = can(broker, p, Right::Send, &send_path);
     let may_manage = can(broker, p, Right::Manage, &t.path);
+    let actions = Actions {
+        path: &t.path,
+        cancel: !dlq && t.subscription.is_none() && may_send,
+        take: !dlq && can(broker, p, Right::Listen, &t.path),
+    };
     let base = format!("/console/browse?e={}", enc(&t.path));
     let title = if dlq {
         format!("{} (dead-letter queue)", t.path)
@@ -313,7 +338,7 @@ fn render(
             @if msgs.is_empty() {
                 p.muted.empty { "No messages from sequence number " (from) "." }
             }
-            @for m in &msgs { (message(m, dlq && may_manage)) }
+            @for m in &msgs { (message(m, dlq && may_manage, actions)) }
         }
         @if let Some(n) = next {
             nav.pager aria-label="pages" {

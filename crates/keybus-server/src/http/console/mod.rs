@@ -5,15 +5,18 @@
 //! `guard.rs` the security headers, cookies and the CSRF check; `signin.rs` signing in and
 //! out; `access.rs` every decision through `keybus_auth::Auth` (the same decision code as
 //! AMQP and REST, audited); `layout.rs` the page shell; `overview.rs` the entity table and its
-//! live counts (server-sent events), `rates.rs` their in/out rates; `browse.rs` peeking an entity or its dead-letter queue
-//! through the queue's peek (the code `$management` peek uses); `body.rs` how a body is shown;
-//! `send.rs` test messages; `redrive.rs` and `purge.rs` the dead-letter and purge actions over
-//! the queue's own operations; `form.rs` form decoding; `error.rs` the console's errors.
+//! live counts (server-sent events), `rates.rs` their in/out rates; `browse.rs` peeking an
+//! entity or its dead-letter queue through the queue's peek (the code `$management` peek
+//! uses); `body.rs` how a body is shown; `send.rs` test messages; `redrive.rs` and `purge.rs`
+//! the dead-letter and purge actions over the queue's own operations; `scheduled.rs`
+//! cancelling a scheduled message and `deferred.rs` receiving and completing a deferred one;
+//! `form.rs` form decoding; `error.rs` the console's errors.
 
 mod access;
 mod assets;
 mod body;
 mod browse;
+mod deferred;
 mod error;
 mod form;
 mod guard;
@@ -22,6 +25,7 @@ mod overview;
 mod purge;
 mod rates;
 mod redrive;
+mod scheduled;
 mod send;
 mod sessions;
 mod signin;
@@ -73,6 +77,8 @@ pub fn routes() -> Router<Arc<Broker>> {
         .route("/console/send", post(send::send))
         .route("/console/redrive", post(redrive::redrive))
         .route("/console/purge", post(purge::purge))
+        .route("/console/cancel", post(scheduled::cancel))
+        .route("/console/deferred", post(deferred::take))
         .route("/console/static/{file}", get(assets::serve))
         .layer(axum::middleware::map_response(guard::secure_headers))
 }
