@@ -407,7 +407,7 @@ pub async fn start_with_store(
     let console_url = format!(
         "http://{}/console/?token={}",
         SocketAddr::new(console_ip, http_addr.port()),
-        console.one_time_token()
+        console.take_one_time_token().unwrap_or_default()
     );
     let ticker = tokio::spawn(housekeeping::run(broker.clone()));
     let mut tasks = Vec::new();

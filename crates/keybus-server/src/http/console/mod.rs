@@ -45,17 +45,17 @@ pub struct Console {
 }
 
 impl Console {
-    /// A console with a fresh one-time token (see [`Console::one_time_token`]).
+    /// A console with a fresh one-time token (see [`Console::take_one_time_token`]).
     pub fn new() -> Console {
         Console {
             sessions: Sessions::new(),
         }
     }
 
-    /// The one-time token `keybus serve` prints in the console address; exchanged once for a
-    /// session as the local owner.
-    pub fn one_time_token(&self) -> String {
-        self.sessions.one_time_token()
+    /// The one-time token `keybus serve` prints in the console address (exchanged once for a
+    /// session as the local owner), handed out once: afterwards only its SHA-256 is kept.
+    pub fn take_one_time_token(&self) -> Option<String> {
+        self.sessions.take_one_time_token()
     }
 }
 

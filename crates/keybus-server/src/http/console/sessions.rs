@@ -31,7 +31,8 @@ struct Table {
 /// The one-time token and the session table.
 pub(super) struct Sessions {
     table: Mutex<Table>,
-    one_time_token: String,
+    /// The token in clear until it is handed out to be printed (then only its SHA-256 stays).
+    one_time_token: Mutex<Option<String>>,
 }
 
 /// 32 random bytes, hex.
@@ -48,7 +49,7 @@ impl Sessions {
                 one_time: Some(keybus_auth::token_sha256(&token)),
                 sessions: HashMap::new(),
             }),
-            one_time_token: token,
+            one_time_token: Mutex::new(Some(token)),
         }
     }
 
@@ -56,9 +57,12 @@ impl Sessions {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The one-time token (also after it was used: it is then refused).
-    pub(super) fn one_time_token(&self) -> String {
-        self.one_time_token.clone()
+    /// The one-time token, once (to print it); `None` after.
+    pub(super) fn take_one_time_token(&self) -> Option<String> {
+        self.one_time_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Use the one-time token: true exactly once, for the right token.
@@ -151,7 +155,8 @@ mod tests {
     #[test]
     fn the_one_time_token_works_once() {
         let s = Sessions::new();
-        let t = s.one_time_token();
+        let t = s.take_one_time_token().unwrap();
+        assert_eq!(s.take_one_time_token(), None, "handed out once");
         assert!(!s.redeem("wrong"));
         assert!(s.redeem(&t));
         assert!(!s.redeem(&t));
