@@ -278,3 +278,41 @@ fn an_unreadable_body_is_reported_and_the_message_stays() {
     assert_eq!(q.counts().active, 2, "nothing lost from the index");
     assert!(q.peek(SubQueue::Main, 1, 10, None, clock.now()).is_err());
 }
+
+#[test]
+fn redrive_moves_dead_letters_whose_bodies_are_in_the_store() {
+    let clock = ManualClock::new(1_000_000);
+    let (mut q, store, window) = deep(QueueProperties::default(), 1);
+    send(&mut q, &store, &clock, 0..4);
+    for _ in 0..4 {
+        let d = q
+            .acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
+            .unwrap();
+        q.settle(
+            d.lock_token,
+            Outcome::DeadLetter {
+                reason: Some("r".into()),
+                description: None,
+                properties: None,
+            },
+            clock.now(),
+        )
+        .unwrap();
+        store.apply(q.take_ops());
+    }
+    assert!(
+        window.used() <= u64::from(SIZE),
+        "dead letters past the window are evicted"
+    );
+    let moved = q.redrive(None, clock.now());
+    assert_eq!(moved.len(), 4);
+    store.apply(q.take_ops());
+    q.finish_redrive(&moved, true);
+    for i in 0..4 {
+        let d = q
+            .acquire(SubQueue::Main, ReceiveMode::ReceiveAndDelete, clock.now())
+            .unwrap();
+        assert_eq!(body(&d.encoded), format!("body {i}").as_bytes());
+    }
+    assert!(q.take_read_error().is_none());
+}

@@ -541,7 +541,11 @@ async fn health_is_200_and_503_when_the_store_cannot_write() {
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(keybus_server::http::serve(listener, broken));
+    tokio::spawn(keybus_server::http::serve(
+        listener,
+        broken,
+        std::sync::Arc::new(keybus_server::http::console::Console::new()),
+    ));
     assert!(http_get(addr, "/health").await.starts_with("HTTP/1.1 503"));
 }
 

@@ -14,6 +14,8 @@
 //! is reported by [`Queue::take_read_error`].
 
 pub mod forwarding;
+pub mod purge;
+pub mod redrive;
 mod seq_map;
 pub mod sessions;
 
@@ -315,6 +317,7 @@ impl MessageSet {
 /// Broker-owned message annotations, stripped from incoming messages (§5.1).
 const BROKER_ANNOTATIONS: &[&str] = &[
     forwarding::HOPS_ANNOTATION,
+    redrive::REDRIVES_ANNOTATION,
     "x-opt-sequence-number",
     "x-opt-enqueued-time",
     "x-opt-locked-until",
@@ -778,7 +781,9 @@ impl Queue {
         self.next_seq = self.next_seq.max(seq + 1);
         // Kept in memory: it is dead-lettered before its commit (the store has no copy yet).
         self.insert_pending(seq, Arc::new(message), size, now, None, true);
-        self.main.entries.get_mut(&seq).map(|e| e.pending = false);
+        if let Some(e) = self.main.entries.get_mut(&seq) {
+            e.pending = false;
+        }
         self.dead_letter(
             seq,
             Some("FilterEvaluationException".into()),
