@@ -11,7 +11,7 @@ import json
 import ssl
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 from azure.core.credentials import AccessToken
@@ -143,9 +143,16 @@ def _client(b: kbutil.Broker, cert: Optional[tuple[Path, Path]]) -> ServiceBusCl
     )
 
 
-def _audit(b: kbutil.Broker) -> List[Dict[str, Any]]:
+def _audit(b: kbutil.Broker, until: Optional[Callable[[List[Dict[str, Any]]], bool]] = None) -> List[Dict[str, Any]]:
+    """The audit log's events; with ``until``, read again (for up to 5 s) until they satisfy it:
+    the broker's audit writer thread writes what is recorded a moment later."""
     path = b.data_dir / "audit.jsonl"  # type: ignore[operator]
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    deadline = time.monotonic() + 5.0
+    while True:
+        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if until is None or until(events) or time.monotonic() > deadline:
+            return events
+        time.sleep(0.05)
 
 
 def test_spiffe_principal_sends_and_cannot_receive(setup: Dict[str, Any]) -> None:
@@ -171,15 +178,16 @@ def test_spiffe_principal_sends_and_cannot_receive(setup: Dict[str, Any]) -> Non
             [m] = receiver.receive_messages(max_wait_time=5)
             assert body_bytes(m) == b"over mTLS"
             receiver.complete_message(m)
-    events = _audit(b)
-    assert any(e["event"] == "token.put" and e["reason"] == "mtls" for e in events)
-    assert any(
+    put = lambda e: e["event"] == "token.put" and e.get("reason") == "mtls"  # noqa: E731
+    sent = lambda e: (  # noqa: E731
         e["event"] == "authz"
         and e["decision"] == "allow"
         and (e.get("principal") or {}).get("spiffe") == SENDER_ID
-        and e["action"] == "send"
-        for e in events
+        and e.get("action") == "send"
     )
+    events = _audit(b, lambda es: any(put(e) for e in es) and any(sent(e) for e in es))
+    assert any(put(e) for e in events)
+    assert any(sent(e) for e in events)
 
 
 def test_unknown_spiffe_id_and_no_certificate_get_nothing(setup: Dict[str, Any]) -> None:
@@ -211,7 +219,8 @@ def test_several_uri_sans_are_refused(setup: Dict[str, Any]) -> None:
         with pytest.raises(ServiceBusError):
             with client.get_queue_sender("mtls-q") as sender:
                 sender.send_messages(ServiceBusMessage("two ids"))
-    assert any(e["event"] == "mtls" and e["decision"] == "deny" for e in _audit(b))
+    denied = lambda e: e["event"] == "mtls" and e["decision"] == "deny"  # noqa: E731
+    assert any(denied(e) for e in _audit(b, lambda es: any(denied(e) for e in es)))
 
 
 def test_old_tls_versions_are_refused(setup: Dict[str, Any]) -> None:
