@@ -1,0 +1,40 @@
+//! The one HTTP client the connector uses (targets and token requests): reqwest with rustls,
+//! the ring provider keybus already uses and the platform's roots; no redirects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+    #[error("HTTP client: {0}")]
+    Build(#[from] reqwest::Error),
+}
+
+fn tls_config() -> Result<rustls::ClientConfig, ClientBuildError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(Vec::new(), provider.clone())
+            .map_err(|e| ClientBuildError::Tls(format!("platform roots: {e}")))?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientBuildError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+/// A client whose requests give up after `timeout` (a connect after at most 10 s).
+pub fn build(timeout: Duration) -> Result<reqwest::Client, ClientBuildError> {
+    Ok(reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("keybus-connect/", env!("CARGO_PKG_VERSION")))
+        // Always a preconfigured TLS backend: without one reqwest would look for a
+        // process-wide rustls provider, even for plain http, and panic when there is none.
+        .tls_backend_preconfigured(tls_config()?)
+        .build()?)
+}
