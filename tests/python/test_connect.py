@@ -1,0 +1,308 @@
+"""``keybus connect`` end to end: a keybus broker, a small HTTP target (``http.server`` in a
+thread) and the connector process, which authenticates with the listen-only policy (its own
+principal, never the root key); messages are sent with the Python SDK.
+
+Checks: a 2xx completes the message (headers: BrokerProperties, application properties,
+CloudEvents); 503 then 200 delivers it once; 422 dead-letters it with reason PushRejected and
+the status; ``kill -9`` of the connector while a push is in flight loses nothing (the message
+comes back once its lock runs out); SIGTERM stops the connector cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+import kbutil
+from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSubQueue
+
+Q_OK = kbutil.declare_queue("connect-ok", lock_duration="2s")
+Q_RETRY = kbutil.declare_queue("connect-retry", lock_duration="2s", max_delivery_count=5)
+Q_REJECT = kbutil.declare_queue("connect-reject", lock_duration="2s")
+Q_KILL = kbutil.declare_queue("connect-kill", lock_duration="2s", max_delivery_count=5)
+
+_LISTEN_RE = re.compile(r"keybus connect: http listening on [0-9.]+:(\d+)")
+
+
+class Target:
+    """An HTTP target: each path answers from a script of (status, body) pairs (the last one
+    repeats); ``/hold`` keeps the request until ``release`` is set. Records every request."""
+
+    def __init__(self) -> None:
+        self.scripts: Dict[str, List[Tuple[int, str, Dict[str, str]]]] = {
+            "/ok": [(200, "", {})],
+            "/retry": [(503, "busy", {"Retry-After": "1"}), (200, "", {})],
+            "/reject": [(422, '{"error": "order total is negative"}', {})],
+            "/hold": [(200, "", {})],
+        }
+        self.requests: List[Tuple[str, Dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        self.held = threading.Event()
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                length = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(length)
+                with target.lock:
+                    seen = sum(1 for p, _, _ in target.requests if p == self.path)
+                    target.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                if self.path == "/hold":
+                    target.held.set()
+                    target.release.wait(30)
+                script = target.scripts.get(self.path, [(404, "no such hook", {})])
+                status, text, headers = script[min(seen, len(script) - 1)]
+                data = text.encode()
+                try:
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def requests_to(self, path: str) -> List[Tuple[str, Dict[str, str], bytes]]:
+        with self.lock:
+            return [r for r in self.requests if r[0] == path]
+
+    def wait_for(self, path: str, n: int, timeout: float = 20.0) -> List[Tuple[str, Dict[str, str], bytes]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.requests_to(path)
+            if len(got) >= n:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"{path}: {len(self.requests_to(path))} requests, wanted {n}")
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Connector:
+    """One ``keybus connect`` process on an ephemeral /health port."""
+
+    def __init__(self, workdir: Path, namespace_conn_str: str, connectors: List[Tuple[str, str, str]]) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / "connectors.toml"
+        lines = ["[namespace]", f"connection_string = {json.dumps(namespace_conn_str)}", ""]
+        for name, queue, target in connectors:
+            lines += [
+                "[[connectors]]",
+                f"name = {json.dumps(name)}",
+                f"queue = {json.dumps(queue)}",
+                f"target = {json.dumps(target)}",
+                'timeout = "10s"',
+                'retry_initial = "200ms"',
+                'retry_max = "2s"',
+                "",
+            ]
+        self.config.write_text("\n".join(lines))
+        self.stderr_path = workdir / "connect.stderr.log"
+        self.lines: List[str] = []
+        self.port: Optional[int] = None
+        with open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                [str(kbutil.keybus_bin()), "connect", "--config", str(self.config), "--http-port", "0"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                cwd=str(workdir),
+            )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        deadline = time.monotonic() + kbutil.STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.port is not None and self.health()[0] == 200:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"keybus connect did not become healthy\n{self.diagnostics()}")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.lines.append(line)
+            m = _LISTEN_RE.search(line)
+            if m:
+                self.port = int(m.group(1))
+
+    def health(self) -> Tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError as e:
+            return 0, str(e)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+            return r.read().decode()
+
+    def diagnostics(self) -> str:
+        try:
+            err = self.stderr_path.read_text("utf-8", "replace")[-4000:]
+        except OSError:
+            err = ""
+        return "--- stdout ---\n" + "\n".join(self.lines[-30:]) + "\n--- stderr ---\n" + err
+
+    def kill9(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.reader.join(timeout=5)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    t = Target()
+    yield t
+    t.close()
+
+
+@pytest.fixture(scope="module")
+def connector(broker: kbutil.Broker, target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connector]:
+    listen = kbutil.connection_string(broker.amqp_port, key=kbutil.LISTEN_KEY, policy=kbutil.LISTEN_POLICY)
+    c = Connector(
+        tmp_path_factory.mktemp("connect"),
+        listen,
+        [
+            ("ok", Q_OK, target.url("/ok")),
+            ("retry", Q_RETRY, target.url("/retry")),
+            ("reject", Q_REJECT, target.url("/reject")),
+        ],
+    )
+    yield c
+    code = c.stop()
+    assert code == 0, f"keybus connect exited with {code} on SIGTERM\n{c.diagnostics()}"
+    assert any("connector ok: stopped" in line for line in c.lines), c.diagnostics()
+
+
+def test_two_hundred_completes_with_rest_and_cloudevents_headers(
+    connector: Connector, target: Target, sb_client: ServiceBusClient
+) -> None:
+    with sb_client.get_queue_sender(Q_OK) as sender:
+        sender.send_messages(
+            ServiceBusMessage(
+                b'{"order": 7}',
+                message_id="order-7",
+                content_type="application/json",
+                subject="order.created",
+                correlation_id="corr-1",
+                application_properties={"tenant": "acme", "priority": 5},
+            )
+        )
+    [(_, headers, body)] = target.wait_for("/ok", 1)
+    assert body == b'{"order": 7}'
+    assert headers["content-type"] == "application/json"
+    bp = json.loads(headers["brokerproperties"])
+    assert bp["MessageId"] == "order-7"
+    assert bp["CorrelationId"] == "corr-1"
+    assert bp["Label"] == "order.created"
+    assert bp["DeliveryCount"] == 1
+    assert "LockToken" in bp
+    assert headers["tenant"] == '"acme"'
+    assert headers["priority"] == "5"
+    assert headers["ce-id"] == "order-7"
+    assert headers["ce-specversion"] == "1.0"
+    assert headers["ce-source"].endswith(f"/{Q_OK}")
+    assert headers["ce-subject"] == "order.created"
+    assert headers["ce-type"] == "com.microsoft.servicebus.message"
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", headers["ce-time"])
+    # Completed: nothing left, and the connector counted it.
+    with sb_client.get_queue_receiver(Q_OK, max_wait_time=3) as r:
+        assert r.receive_messages(max_message_count=1, max_wait_time=3) == []
+    assert 'keybus_connect_outcomes_total{connector="ok",outcome="complete"} 1' in connector.metrics()
+
+
+def test_503_then_200_delivers_once(connector: Connector, target: Target, sb_client: ServiceBusClient) -> None:
+    with sb_client.get_queue_sender(Q_RETRY) as sender:
+        sender.send_messages(ServiceBusMessage(b"retry me", message_id="retry-1"))
+    got = target.wait_for("/retry", 2)
+    first, second = (json.loads(h["brokerproperties"]) for _, h, _ in got[:2])
+    assert first["DeliveryCount"] == 1 and second["DeliveryCount"] == 2
+    # The second push succeeded: no third, and the queue is empty.
+    time.sleep(1.5)
+    assert len(target.requests_to("/retry")) == 2
+    with sb_client.get_queue_receiver(Q_RETRY, max_wait_time=3) as r:
+        assert r.receive_messages(max_message_count=1, max_wait_time=3) == []
+    text = connector.metrics()
+    assert 'keybus_connect_retries_total{connector="retry"} 1' in text
+    assert 'keybus_connect_outcomes_total{connector="retry",outcome="complete"} 1' in text
+
+
+def test_422_dead_letters_with_push_rejected_and_the_status(
+    connector: Connector, target: Target, sb_client: ServiceBusClient
+) -> None:
+    with sb_client.get_queue_sender(Q_REJECT) as sender:
+        sender.send_messages(ServiceBusMessage(b'{"total": -1}', message_id="bad-1"))
+    target.wait_for("/reject", 1)
+    with sb_client.get_queue_receiver(Q_REJECT, sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=10) as r:
+        [m] = kbutil.receive_n(r, 1)
+        assert m.message_id == "bad-1"
+        assert m.dead_letter_reason == "PushRejected"
+        assert "422" in m.dead_letter_error_description
+        assert "order total is negative" in m.dead_letter_error_description
+        r.complete_message(m)
+    assert len(target.requests_to("/reject")) == 1
+
+
+def test_kill_9_mid_flight_loses_nothing(
+    broker: kbutil.Broker, target: Target, sb_client: ServiceBusClient, tmp_path: Path
+) -> None:
+    listen = kbutil.connection_string(broker.amqp_port, key=kbutil.LISTEN_KEY, policy=kbutil.LISTEN_POLICY)
+    c = Connector(tmp_path / "kill", listen, [("kill", Q_KILL, target.url("/hold"))])
+    try:
+        with sb_client.get_queue_sender(Q_KILL) as sender:
+            sender.send_messages(ServiceBusMessage(b"precious", message_id="precious-1"))
+        assert target.held.wait(20), c.diagnostics()
+        c.kill9()
+    finally:
+        target.release.set()
+        c.stop()
+    # The lock (2 s) runs out and the message is there again, with its delivery counted.
+    with sb_client.get_queue_receiver(Q_KILL, max_wait_time=10) as r:
+        [m] = kbutil.receive_n(r, 1)
+        assert m.message_id == "precious-1"
+        assert m.delivery_count >= 1
+        r.complete_message(m)
