@@ -31,6 +31,7 @@ Q_OK = kbutil.declare_queue("connect-ok", lock_duration="2s")
 Q_RETRY = kbutil.declare_queue("connect-retry", lock_duration="2s", max_delivery_count=5)
 Q_REJECT = kbutil.declare_queue("connect-reject", lock_duration="2s")
 Q_KILL = kbutil.declare_queue("connect-kill", lock_duration="2s", max_delivery_count=5)
+Q_SLOW = kbutil.declare_queue("connect-slow", lock_duration="2s")
 
 _LISTEN_RE = re.compile(r"keybus connect: http listening on [0-9.]+:(\d+)")
 
@@ -45,6 +46,7 @@ class Target:
             "/retry": [(503, "busy", {"Retry-After": "1"}), (200, "", {})],
             "/reject": [(422, '{"error": "order total is negative"}', {})],
             "/hold": [(200, "", {})],
+            "/slow": [(200, "", {})],
         }
         self.requests: List[Tuple[str, Dict[str, str], bytes]] = []
         self.lock = threading.Lock()
@@ -62,6 +64,8 @@ class Target:
                 with target.lock:
                     seen = sum(1 for p, _, _ in target.requests if p == self.path)
                     target.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                if self.path == "/slow":
+                    time.sleep(3.5)
                 if self.path == "/hold":
                     target.held.set()
                     target.release.wait(30)
@@ -210,6 +214,7 @@ def connector(broker: kbutil.Broker, target: Target, tmp_path_factory: pytest.Te
             ("ok", Q_OK, target.url("/ok")),
             ("retry", Q_RETRY, target.url("/retry")),
             ("reject", Q_REJECT, target.url("/reject")),
+            ("slow", Q_SLOW, target.url("/slow")),
         ],
     )
     yield c
@@ -285,6 +290,24 @@ def test_422_dead_letters_with_push_rejected_and_the_status(
         assert "order total is negative" in m.dead_letter_error_description
         r.complete_message(m)
     assert len(target.requests_to("/reject")) == 1
+
+
+def test_a_push_slower_than_the_lock_keeps_its_lock(
+    connector: Connector, target: Target, sb_client: ServiceBusClient
+) -> None:
+    with sb_client.get_queue_sender(Q_SLOW) as sender:
+        sender.send_messages(ServiceBusMessage(b"take your time", message_id="slow-1"))
+    target.wait_for("/slow", 1)
+    deadline = time.monotonic() + 15
+    needle = 'keybus_connect_outcomes_total{connector="slow",outcome="complete"} 1'
+    while needle not in connector.metrics():
+        assert time.monotonic() < deadline, connector.metrics()
+        time.sleep(0.1)
+    # The lock (2 s) was renewed during the 3.5 s push: completed once, never pushed again.
+    assert 'outcome="lock_lost"' not in connector.metrics()
+    assert len(target.requests_to("/slow")) == 1
+    with sb_client.get_queue_receiver(Q_SLOW, max_wait_time=3) as r:
+        assert r.receive_messages(max_message_count=1, max_wait_time=3) == []
 
 
 def test_kill_9_mid_flight_loses_nothing(
