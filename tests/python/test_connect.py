@@ -32,6 +32,9 @@ Q_RETRY = kbutil.declare_queue("connect-retry", lock_duration="2s", max_delivery
 Q_REJECT = kbutil.declare_queue("connect-reject", lock_duration="2s")
 Q_KILL = kbutil.declare_queue("connect-kill", lock_duration="2s", max_delivery_count=5)
 Q_SLOW = kbutil.declare_queue("connect-slow", lock_duration="2s")
+Q_DRAIN = kbutil.declare_queue("connect-drain", lock_duration="2s")
+Q_RELOAD_A = kbutil.declare_queue("connect-reload-a", lock_duration="2s")
+Q_RELOAD_B = kbutil.declare_queue("connect-reload-b", lock_duration="2s")
 
 _LISTEN_RE = re.compile(r"keybus connect: http listening on [0-9.]+:(\d+)")
 
@@ -47,7 +50,12 @@ class Target:
             "/reject": [(422, '{"error": "order total is negative"}', {})],
             "/hold": [(200, "", {})],
             "/slow": [(200, "", {})],
+            "/drain": [(200, "", {})],
+            "/reload-a": [(200, "", {})],
+            "/reload-b": [(200, "", {})],
         }
+        self.drain_release = threading.Event()
+        self.drain_held = threading.Event()
         self.requests: List[Tuple[str, Dict[str, str], bytes]] = []
         self.lock = threading.Lock()
         self.release = threading.Event()
@@ -66,6 +74,9 @@ class Target:
                     target.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 if self.path == "/slow":
                     time.sleep(3.5)
+                if self.path == "/drain":
+                    target.drain_held.set()
+                    target.drain_release.wait(30)
                 if self.path == "/hold":
                     target.held.set()
                     target.release.wait(30)
@@ -116,19 +127,7 @@ class Connector:
     def __init__(self, workdir: Path, namespace_conn_str: str, connectors: List[Tuple[str, str, str]]) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "connectors.toml"
-        lines = ["[namespace]", f"connection_string = {json.dumps(namespace_conn_str)}", ""]
-        for name, queue, target in connectors:
-            lines += [
-                "[[connectors]]",
-                f"name = {json.dumps(name)}",
-                f"queue = {json.dumps(queue)}",
-                f"target = {json.dumps(target)}",
-                'timeout = "10s"',
-                'retry_initial = "200ms"',
-                'retry_max = "2s"',
-                "",
-            ]
-        self.config.write_text("\n".join(lines))
+        self.write_config(namespace_conn_str, connectors)
         self.stderr_path = workdir / "connect.stderr.log"
         self.lines: List[str] = []
         self.port: Optional[int] = None
@@ -150,6 +149,27 @@ class Connector:
                 break
             time.sleep(0.05)
         raise AssertionError(f"keybus connect did not become healthy\n{self.diagnostics()}")
+
+    def write_config(self, namespace_conn_str: str, connectors: List[Tuple[str, str, str]]) -> None:
+        lines = ["[namespace]", f"connection_string = {json.dumps(namespace_conn_str)}", ""]
+        for name, queue, target in connectors:
+            lines += [
+                "[[connectors]]",
+                f"name = {json.dumps(name)}",
+                f"queue = {json.dumps(queue)}",
+                f"target = {json.dumps(target)}",
+                'timeout = "10s"',
+                'retry_initial = "200ms"',
+                'retry_max = "2s"',
+                "",
+            ]
+        self.config.write_text("\n".join(lines))
+
+    def wait_line(self, needle: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(needle in line for line in self.lines):
+            assert time.monotonic() < deadline, f"no '{needle}' on stdout\n{self.diagnostics()}"
+            time.sleep(0.05)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -329,3 +349,56 @@ def test_kill_9_mid_flight_loses_nothing(
         assert m.message_id == "precious-1"
         assert m.delivery_count >= 1
         r.complete_message(m)
+
+
+def test_sigterm_lets_the_push_in_flight_finish(
+    broker: kbutil.Broker, target: Target, sb_client: ServiceBusClient, tmp_path: Path
+) -> None:
+    listen = kbutil.connection_string(broker.amqp_port, key=kbutil.LISTEN_KEY, policy=kbutil.LISTEN_POLICY)
+    c = Connector(tmp_path / "drain", listen, [("drain", Q_DRAIN, target.url("/drain"))])
+    try:
+        with sb_client.get_queue_sender(Q_DRAIN) as sender:
+            sender.send_messages(ServiceBusMessage(b"finish me", message_id="drain-1"))
+        assert target.drain_held.wait(20), c.diagnostics()
+        c.proc.send_signal(signal.SIGTERM)
+        c.wait_line("connector drain: draining")
+        assert c.proc.poll() is None, "the connector must wait for the push in flight"
+        target.drain_release.set()
+        assert c.stop() == 0, c.diagnostics()
+    finally:
+        target.drain_release.set()
+        c.stop()
+    assert any("connector drain: stopped" in line for line in c.lines), c.diagnostics()
+    # The push finished and was settled: the message is gone, pushed once.
+    assert len(target.requests_to("/drain")) == 1
+    with sb_client.get_queue_receiver(Q_DRAIN, max_wait_time=4) as r:
+        assert r.receive_messages(max_message_count=1, max_wait_time=4) == []
+
+
+def test_sighup_reloads_the_file_and_keeps_running_on_a_bad_one(
+    broker: kbutil.Broker, target: Target, sb_client: ServiceBusClient, tmp_path: Path
+) -> None:
+    listen = kbutil.connection_string(broker.amqp_port, key=kbutil.LISTEN_KEY, policy=kbutil.LISTEN_POLICY)
+    c = Connector(tmp_path / "reload", listen, [("a", Q_RELOAD_A, target.url("/reload-a"))])
+    try:
+        c.write_config(
+            listen,
+            [("a", Q_RELOAD_A, target.url("/reload-a")), ("b", Q_RELOAD_B, target.url("/reload-b"))],
+        )
+        c.proc.send_signal(signal.SIGHUP)
+        c.wait_line("connector b: running")
+        with sb_client.get_queue_sender(Q_RELOAD_B) as sender:
+            sender.send_messages(ServiceBusMessage(b"new connector", message_id="reload-b-1"))
+        target.wait_for("/reload-b", 1)
+        # A file that does not parse is reported; the running connectors stay.
+        c.config.write_text("[namespace]\nconnection_string = 3\n")
+        c.proc.send_signal(signal.SIGHUP)
+        c.wait_line("keeping the running connectors")
+        with sb_client.get_queue_sender(Q_RELOAD_A) as sender:
+            sender.send_messages(ServiceBusMessage(b"still here", message_id="reload-a-1"))
+        target.wait_for("/reload-a", 1)
+        status, body = c.health()
+        assert status == 200, body
+        assert set(json.loads(body)) == {"a", "b"}
+    finally:
+        assert c.stop() == 0, c.diagnostics()
