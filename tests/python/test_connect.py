@@ -35,6 +35,7 @@ Q_SLOW = kbutil.declare_queue("connect-slow", lock_duration="2s")
 Q_DRAIN = kbutil.declare_queue("connect-drain", lock_duration="2s")
 Q_RELOAD_A = kbutil.declare_queue("connect-reload-a", lock_duration="2s")
 Q_RELOAD_B = kbutil.declare_queue("connect-reload-b", lock_duration="2s")
+Q_SESSIONS = kbutil.declare_queue("connect-sessions", lock_duration="2s", requires_session=True)
 
 _LISTEN_RE = re.compile(r"keybus connect: http listening on [0-9.]+:(\d+)")
 
@@ -53,7 +54,11 @@ class Target:
             "/drain": [(200, "", {})],
             "/reload-a": [(200, "", {})],
             "/reload-b": [(200, "", {})],
+            "/sessions": [(200, "", {})],
         }
+        # Pushes of one session in flight now, and the most ever seen at once.
+        self.session_now: Dict[str, int] = {}
+        self.session_max: Dict[str, int] = {}
         self.drain_release = threading.Event()
         self.drain_held = threading.Event()
         self.requests: List[Tuple[str, Dict[str, str], bytes]] = []
@@ -74,6 +79,14 @@ class Target:
                     target.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 if self.path == "/slow":
                     time.sleep(3.5)
+                if self.path == "/sessions":
+                    sid = json.loads(self.headers["brokerproperties"])["SessionId"]
+                    with target.lock:
+                        target.session_now[sid] = target.session_now.get(sid, 0) + 1
+                        target.session_max[sid] = max(target.session_max.get(sid, 0), target.session_now[sid])
+                    time.sleep(0.2)
+                    with target.lock:
+                        target.session_now[sid] -= 1
                 if self.path == "/drain":
                     target.drain_held.set()
                     target.drain_release.wait(30)
@@ -124,10 +137,12 @@ class Target:
 class Connector:
     """One ``keybus connect`` process on an ephemeral /health port."""
 
-    def __init__(self, workdir: Path, namespace_conn_str: str, connectors: List[Tuple[str, str, str]]) -> None:
+    def __init__(
+        self, workdir: Path, namespace_conn_str: str, connectors: List[Tuple[str, str, str]], extra: str = ""
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "connectors.toml"
-        self.write_config(namespace_conn_str, connectors)
+        self.write_config(namespace_conn_str, connectors, extra)
         self.stderr_path = workdir / "connect.stderr.log"
         self.lines: List[str] = []
         self.port: Optional[int] = None
@@ -150,7 +165,9 @@ class Connector:
             time.sleep(0.05)
         raise AssertionError(f"keybus connect did not become healthy\n{self.diagnostics()}")
 
-    def write_config(self, namespace_conn_str: str, connectors: List[Tuple[str, str, str]]) -> None:
+    def write_config(
+        self, namespace_conn_str: str, connectors: List[Tuple[str, str, str]], extra: str = ""
+    ) -> None:
         lines = ["[namespace]", f"connection_string = {json.dumps(namespace_conn_str)}", ""]
         for name, queue, target in connectors:
             lines += [
@@ -161,6 +178,7 @@ class Connector:
                 'timeout = "10s"',
                 'retry_initial = "200ms"',
                 'retry_max = "2s"',
+                extra,
                 "",
             ]
         self.config.write_text("\n".join(lines))
@@ -402,3 +420,37 @@ def test_sighup_reloads_the_file_and_keeps_running_on_a_bad_one(
         assert set(json.loads(body)) == {"a", "b"}
     finally:
         assert c.stop() == 0, c.diagnostics()
+
+
+def test_sessions_are_pushed_in_order_one_request_at_a_time(
+    broker: kbutil.Broker, target: Target, sb_client: ServiceBusClient, tmp_path: Path
+) -> None:
+    listen = kbutil.connection_string(broker.amqp_port, key=kbutil.LISTEN_KEY, policy=kbutil.LISTEN_POLICY)
+    c = Connector(
+        tmp_path / "sessions",
+        listen,
+        [("sessions", Q_SESSIONS, target.url("/sessions"))],
+        extra="sessions = true\nconcurrency = 2",
+    )
+    try:
+        with sb_client.get_queue_sender(Q_SESSIONS) as sender:
+            sender.send_messages(
+                [
+                    ServiceBusMessage(f"{sid}-{i}".encode(), session_id=sid, message_id=f"{sid}-{i}")
+                    for i in range(4)
+                    for sid in ("alpha", "beta")
+                ]
+            )
+        got = target.wait_for("/sessions", 8, timeout=30)
+        deadline = time.monotonic() + 10
+        needle = 'keybus_connect_outcomes_total{connector="sessions",outcome="complete"} 8'
+        while needle not in c.metrics():
+            assert time.monotonic() < deadline, c.metrics()
+            time.sleep(0.1)
+    finally:
+        assert c.stop() == 0, c.diagnostics()
+    for sid in ("alpha", "beta"):
+        order = [b.decode() for _, h, b in got if json.loads(h["brokerproperties"])["SessionId"] == sid]
+        assert order == [f"{sid}-{i}" for i in range(4)]
+        assert target.session_max[sid] == 1
+    assert len(target.requests_to("/sessions")) == 8

@@ -91,6 +91,9 @@ pub struct Connector {
     /// How long one request may take before it counts as failed (and is abandoned).
     pub timeout: Duration,
     pub backoff: Backoff,
+    /// The source is session-enabled: each session is pushed in order, one request in flight
+    /// per session, `concurrency` sessions at a time.
+    pub sessions: bool,
 }
 
 /// A whole connector file.
@@ -121,6 +124,7 @@ struct FileConnector {
     timeout: Option<String>,
     retry_initial: Option<String>,
     retry_max: Option<String>,
+    sessions: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -296,6 +300,7 @@ fn connector(c: FileConnector) -> Result<Connector, ConfigError> {
         concurrency,
         timeout,
         backoff: Backoff { initial, max },
+        sessions: c.sessions.unwrap_or(false),
     })
 }
 
@@ -328,6 +333,7 @@ concurrency = 4
 timeout = "5s"
 retry_initial = "200ms"
 retry_max = "10s"
+sessions = true
 "#,
         ))
         .unwrap();
@@ -342,6 +348,8 @@ retry_max = "10s"
         assert_eq!(orders.source.path(), "orders");
         assert_eq!(orders.concurrency, DEFAULT_CONCURRENCY);
         assert_eq!(orders.timeout, Duration::from_secs(30));
+        assert!(!orders.sessions);
+        assert!(audit.sessions);
         assert_eq!(audit.source.path(), "events/subscriptions/audit");
         assert_eq!(audit.concurrency, 4);
         assert_eq!(

@@ -6,7 +6,8 @@
 //! identity toward the namespace: connection string, managed identity, workload identity),
 //! `request` (a message as an HTTP request: REST receive headers and CloudEvents), `verdict`
 //! (a push's result as complete, dead-letter or retry, and the backoff), `push` (one HTTP
-//! POST), `pump` (one connector's receive, push, settle and lock-renewal loop),
+//! POST), `pump` (one connector's receive, push, settle and lock-renewal loop), `session` (a
+//! session-enabled source: one session at a time per worker, in order),
 //! `supervisor` (start, reload and stop the connectors), `status` (states on stdout and for
 //! `/health`), `metrics`, `http` (`/health` and `/metrics`), `http_client`.
 //!
@@ -20,6 +21,7 @@ mod metrics;
 mod pump;
 mod push;
 mod request;
+mod session;
 mod status;
 mod supervisor;
 mod verdict;

@@ -28,10 +28,10 @@ use crate::status::{Board, State};
 use crate::verdict::{PUSH_REJECTED, PushResult, Verdict, backoff, verdict};
 
 /// How long connecting, attaching and each settlement may take.
-const SETUP: Duration = Duration::from_secs(10);
+pub(crate) const SETUP: Duration = Duration::from_secs(10);
 /// How long one turn of the loop waits for deliveries (the longest a finished push waits to
 /// be settled).
-const TURN: Duration = Duration::from_millis(20);
+pub(crate) const TURN: Duration = Duration::from_millis(20);
 
 /// Why a connection to the source ended.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,7 @@ struct Pushed {
     elapsed: Duration,
 }
 
-fn now_ms(t: SystemTime) -> i64 {
+pub(crate) fn now_ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
@@ -68,7 +68,7 @@ pub fn renew_due(since: i64, until: i64, now: i64) -> bool {
     now >= since + (until - since) / 2
 }
 
-fn locked_until(d: &Delivery) -> Option<i64> {
+pub(crate) fn locked_until(d: &Delivery) -> Option<i64> {
     d.annotation("x-opt-locked-until")
         .and_then(Value::as_timestamp)
 }
@@ -95,19 +95,50 @@ struct Turns {
 }
 
 impl Pump {
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.cfg.name
     }
 
-    /// Run until `stop` turns true (or its sender goes), reconnecting with backoff.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Run until `stop` turns true (or its sender goes), reconnecting with backoff: one
+    /// connection for a plain source, `concurrency` for a session-enabled one (each pushing
+    /// one session at a time, see `session.rs`).
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        if self.cfg.sessions {
+            let me = Arc::new(self);
+            let workers: Vec<JoinHandle<()>> = (0..me.cfg.concurrency)
+                .map(|_| {
+                    let (me, stop) = (me.clone(), stop.clone());
+                    tokio::spawn(async move { me.reconnecting(stop).await })
+                })
+                .collect();
+            for w in workers {
+                let _ = w.await;
+            }
+            me.finish();
+        } else {
+            self.reconnecting(stop).await;
+            self.finish();
+        }
+    }
+
+    fn finish(&self) {
+        self.metrics.set_up(self.name(), false);
+        self.board.set(self.name(), State::Stopped);
+    }
+
+    async fn reconnecting(&self, mut stop: watch::Receiver<bool>) {
         let mut attempt = 0u32;
         loop {
             if *stop.borrow() {
                 break;
             }
             self.board.set(self.name(), State::Connecting);
-            match self.connection(&mut stop, &mut attempt).await {
+            let ended = if self.cfg.sessions {
+                self.session_connection(&mut stop, &mut attempt).await
+            } else {
+                self.connection(&mut stop, &mut attempt).await
+            };
+            match ended {
                 Ok(()) => break,
                 Err(e) => {
                     self.metrics.set_up(self.name(), false);
@@ -124,11 +155,22 @@ impl Pump {
                 }
             }
         }
-        self.metrics.set_up(self.name(), false);
-        self.board.set(self.name(), State::Stopped);
     }
 
-    async fn put_token(
+    /// Connect with the connector's credential and authorise `entity`: the connection and
+    /// when to put a fresh token.
+    pub(crate) async fn open(
+        &self,
+        entity: &str,
+    ) -> Result<(Connection, String, SystemTime), PumpError> {
+        let endpoint = self.credentials.endpoint()?;
+        let mut conn = Connection::connect(&endpoint, SETUP).await?;
+        let audience = endpoint.audience(entity);
+        let refresh_at = self.put_token(&mut conn, &audience).await?;
+        Ok((conn, audience, refresh_at))
+    }
+
+    pub(crate) async fn put_token(
         &self,
         conn: &mut Connection,
         audience: &str,
@@ -145,11 +187,8 @@ impl Pump {
         stop: &mut watch::Receiver<bool>,
         attempt: &mut u32,
     ) -> Result<(), PumpError> {
-        let endpoint = self.credentials.endpoint()?;
-        let mut conn = Connection::connect(&endpoint, SETUP).await?;
         let entity = self.cfg.source.path();
-        let audience = endpoint.audience(&entity);
-        let mut refresh_at = self.put_token(&mut conn, &audience).await?;
+        let (mut conn, audience, mut refresh_at) = self.open(&entity).await?;
         let link = conn
             .create_receiver(&entity, &ReceiverOptions::default(), SETUP)
             .await?;
@@ -243,28 +282,14 @@ impl Pump {
         if until.is_some_and(|u| u <= now) {
             return;
         }
-        self.metrics.delivered(self.name());
-        let req = push_request(
-            &d.message,
-            d.lock_token(),
-            Origin {
-                namespace: self.credentials.namespace(),
-                entity: &t.entity,
-            },
-        );
-        let (http, target, tx, id) = (
-            self.http.clone(),
-            self.cfg.target.clone(),
-            t.tx.clone(),
-            d.delivery_id,
-        );
+        let (tx, id) = (t.tx.clone(), d.delivery_id);
+        let work = self.push_of(&d, &t.entity);
         let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let result = push(&http, &target, req).await;
+            let (result, elapsed) = work.await;
             let _ = tx.send(Pushed {
                 delivery_id: id,
                 result,
-                elapsed: started.elapsed(),
+                elapsed,
             });
         });
         t.inflight.insert(
@@ -278,6 +303,92 @@ impl Pump {
         );
     }
 
+    /// The push of `d` (counted as a delivery), to run in a task: its result and duration.
+    pub(crate) fn push_of(
+        &self,
+        d: &Delivery,
+        entity: &str,
+    ) -> impl Future<Output = (PushResult, Duration)> + Send + 'static {
+        self.metrics.delivered(self.name());
+        let req = push_request(
+            &d.message,
+            d.lock_token(),
+            Origin {
+                namespace: self.credentials.namespace(),
+                entity,
+            },
+        );
+        let (http, target) = (self.http.clone(), self.cfg.target.clone());
+        async move {
+            let started = Instant::now();
+            let result = push(&http, &target, req).await;
+            (result, started.elapsed())
+        }
+    }
+
+    /// The settlement of a push's result, the `failures`-th consecutive failure of the
+    /// target if it failed (updated), and how long to pause the target.
+    pub(crate) fn judge(
+        &self,
+        result: &PushResult,
+        elapsed: Duration,
+        failures: &mut u32,
+    ) -> (Outcome, Counted, Option<Duration>) {
+        self.metrics.latency(self.name(), elapsed.as_secs_f64());
+        let attempt = failures.saturating_add(1);
+        match verdict(result, self.cfg.backoff, attempt, SystemTime::now()) {
+            Verdict::Complete => {
+                *failures = 0;
+                (Outcome::Complete, Counted::Complete, None)
+            }
+            Verdict::Reject { description } => {
+                *failures = 0;
+                tracing::info!(connector = self.name(), %description, "push rejected: dead-lettering");
+                (
+                    Outcome::DeadLetter {
+                        reason: Some(PUSH_REJECTED.to_string()),
+                        description: Some(description),
+                    },
+                    Counted::DeadLetter,
+                    None,
+                )
+            }
+            Verdict::Retry { after, why } => {
+                *failures = attempt;
+                self.metrics.retried(self.name());
+                self.board.set(
+                    self.name(),
+                    State::Retrying {
+                        why,
+                        after_ms: after.as_millis(),
+                    },
+                );
+                (Outcome::Abandon, Counted::Abandon, Some(after))
+            }
+        }
+    }
+
+    /// Settle `d` on `link` and count it; a refused settlement (the lock was lost) is counted
+    /// and otherwise ignored: the broker delivers the message again.
+    pub(crate) async fn settle_counted(
+        &self,
+        conn: &mut Connection,
+        link: LinkId,
+        d: &Delivery,
+        outcome: Outcome,
+        counted: Counted,
+    ) -> Result<(), PumpError> {
+        match conn.settle(link, d, outcome, SETUP).await {
+            Ok(()) => self.metrics.outcome(self.name(), counted),
+            Err(ClientError::Rejected(r)) => {
+                tracing::warn!(connector = self.name(), refusal = %r, "settlement refused (lock lost): the message will be delivered again");
+                self.metrics.outcome(self.name(), Counted::LockLost);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
     /// Settle a finished push by its verdict.
     async fn settle(
         &self,
@@ -288,52 +399,12 @@ impl Pump {
         let Some(f) = t.inflight.remove(&p.delivery_id) else {
             return Ok(());
         };
-        self.metrics.latency(self.name(), p.elapsed.as_secs_f64());
-        let attempt = t.failures.saturating_add(1);
-        let (outcome, counted) = match verdict(
-            &p.result,
-            self.cfg.backoff,
-            attempt,
-            SystemTime::now(),
-        ) {
-            Verdict::Complete => {
-                t.failures = 0;
-                (Outcome::Complete, Counted::Complete)
-            }
-            Verdict::Reject { description } => {
-                t.failures = 0;
-                tracing::info!(connector = self.name(), %description, "push rejected: dead-lettering");
-                (
-                    Outcome::DeadLetter {
-                        reason: Some(PUSH_REJECTED.to_string()),
-                        description: Some(description),
-                    },
-                    Counted::DeadLetter,
-                )
-            }
-            Verdict::Retry { after, why } => {
-                t.failures = attempt;
-                t.paused_until = Some(Instant::now() + after);
-                self.metrics.retried(self.name());
-                self.board.set(
-                    self.name(),
-                    State::Retrying {
-                        why,
-                        after_ms: after.as_millis(),
-                    },
-                );
-                (Outcome::Abandon, Counted::Abandon)
-            }
-        };
-        match conn.settle(t.link, &f.delivery, outcome, SETUP).await {
-            Ok(()) => self.metrics.outcome(self.name(), counted),
-            Err(ClientError::Rejected(r)) => {
-                tracing::warn!(connector = self.name(), refusal = %r, "settlement refused (lock lost): the message will be delivered again");
-                self.metrics.outcome(self.name(), Counted::LockLost);
-            }
-            Err(e) => return Err(e.into()),
+        let (outcome, counted, pause) = self.judge(&p.result, p.elapsed, &mut t.failures);
+        if let Some(after) = pause {
+            t.paused_until = Some(Instant::now() + after);
         }
-        Ok(())
+        self.settle_counted(conn, t.link, &f.delivery, outcome, counted)
+            .await
     }
 
     /// Release what the link holds and never started (stopping).
@@ -388,7 +459,7 @@ impl Pump {
 }
 
 /// Drive the connection for `wait` without asking for deliveries.
-async fn idle(conn: &mut Connection, wait: Duration) -> Result<(), ClientError> {
+pub(crate) async fn idle(conn: &mut Connection, wait: Duration) -> Result<(), ClientError> {
     match conn
         .run_until(Instant::now() + wait, "an idle turn", |_| false)
         .await
