@@ -138,7 +138,12 @@ class Connector:
     """One ``keybus connect`` process on an ephemeral /health port."""
 
     def __init__(
-        self, workdir: Path, namespace_conn_str: str, connectors: List[Tuple[str, str, str]], extra: str = ""
+        self,
+        workdir: Path,
+        namespace_conn_str: str,
+        connectors: List[Tuple[str, str, str]],
+        extra: str = "",
+        env: Optional[Dict[str, str]] = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "connectors.toml"
@@ -153,6 +158,7 @@ class Connector:
                 stdout=subprocess.PIPE,
                 stderr=err,
                 cwd=str(workdir),
+                env={**os.environ, **(env or {})},
             )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -168,7 +174,10 @@ class Connector:
     def write_config(
         self, namespace_conn_str: str, connectors: List[Tuple[str, str, str]], extra: str = ""
     ) -> None:
-        lines = ["[namespace]", f"connection_string = {json.dumps(namespace_conn_str)}", ""]
+        if namespace_conn_str.startswith("[namespace]"):
+            lines = [namespace_conn_str, ""]
+        else:
+            lines = ["[namespace]", f"connection_string = {json.dumps(namespace_conn_str)}", ""]
         for name, queue, target in connectors:
             lines += [
                 "[[connectors]]",
@@ -454,3 +463,107 @@ def test_sessions_are_pushed_in_order_one_request_at_a_time(
         assert order == [f"{sid}-{i}" for i in range(4)]
         assert target.session_max[sid] == 1
     assert len(target.requests_to("/sessions")) == 8
+
+
+MI_CLIENT = "33333333-3333-4333-8333-333333333333"
+MI_SECRET = "connector-mi-secret-0123456789"
+HOOK_AUDIENCE = "api://orders-hook"
+TENANT = "keybus-connect-test"
+
+
+def test_managed_identity_toward_the_namespace_and_a_bearer_token_toward_the_target(
+    broker_factory, tmp_path: Path
+) -> None:
+    import jwt  # PyJWT
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f"""
+[[principals]]
+id = "pusher"
+
+[[grants]]
+principal = "pusher"
+role = "Receiver"
+scope = "queues/id-q"
+
+[sts]
+tenant = "{TENANT}"
+audiences = ["{HOOK_AUDIENCE}"]
+
+[[sts.managed_identities]]
+principal = "pusher"
+client_id = "{MI_CLIENT}"
+identity_header = "{MI_SECRET}"
+"""
+    )
+    b = broker_factory.start(
+        broker_factory.write_toml({"id-q": {"lock_duration": "2s"}}, name="id.toml"),
+        data_dir=tmp_path / "data",
+        name="keybus-connect-id",
+        extra_args=["--dev-tls", "--amqps-port", "0", "--https-port", "0", "--policy", str(policy)],
+    )
+    with urllib.request.urlopen(f"http://127.0.0.1:{b.http_port}/{TENANT}/discovery/v2.0/keys", timeout=5) as r:
+        jwks = json.loads(r.read())
+    t = Target()
+    t.scripts["/auth"] = [(200, "", {})]
+    namespace = f'[namespace]\nendpoint = "sb://127.0.0.1:{b.amqp_port}"\ncredential = "managed_identity"'
+    c = Connector(
+        tmp_path / "connect",
+        namespace,
+        [("hook", "id-q", t.url("/auth"))],
+        extra=f'audience = "{HOOK_AUDIENCE}"',
+        env={
+            "IDENTITY_ENDPOINT": f"http://127.0.0.1:{b.http_port}/msi/token",
+            "IDENTITY_HEADER": MI_SECRET,
+        },
+    )
+    try:
+        with ServiceBusClient.from_connection_string(b.conn_str, retry_total=1) as sb:
+            with sb.get_queue_sender("id-q") as sender:
+                sender.send_messages(ServiceBusMessage(b"with identity", message_id="id-1"))
+            [(_, headers, body)] = t.wait_for("/auth", 1)
+            assert body == b"with identity"
+            scheme, _, token = headers["authorization"].partition(" ")
+            assert scheme == "Bearer"
+            kid = jwt.get_unverified_header(token)["kid"]
+            [key] = [k for k in jwks["keys"] if k["kid"] == kid]
+            claims = jwt.decode(
+                token,
+                jwt.PyJWK(key).key,
+                algorithms=["ES256"],
+                audience=HOOK_AUDIENCE,
+            )
+            assert claims["appid"] == MI_CLIENT
+            assert claims["iss"].endswith(f"/{TENANT}/v2.0")
+            deadline = time.monotonic() + 10
+            needle = 'keybus_connect_outcomes_total{connector="hook",outcome="complete"} 1'
+            while needle not in c.metrics():
+                assert time.monotonic() < deadline, c.metrics()
+                time.sleep(0.1)
+    finally:
+        assert c.stop() == 0, c.diagnostics()
+        t.close()
+    # The broker refuses the target's token (its audience is not Service Bus).
+    from azure.core.credentials import AccessToken
+    from azure.servicebus import TransportType
+
+    class Fixed:
+        def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+            return AccessToken(token, int(time.time()) + 600)
+
+    with kbutil.auth_refused():
+        with ServiceBusClient(
+            "localhost",
+            Fixed(),
+            custom_endpoint_address=f"sb://localhost:{b.amqps_port}",
+            connection_verify=b.ca_path,
+            transport_type=TransportType.Amqp,
+            retry_total=0,
+        ) as sb:
+            with sb.get_queue_receiver("id-q", max_wait_time=2) as r:
+                r.receive_messages(max_wait_time=2)
+    time.sleep(0.5)
+    audit = [json.loads(line) for line in (tmp_path / "data" / "audit.jsonl").read_text().splitlines() if line.strip()]
+    refusals = [a for a in audit if a.get("event") == "token.put" and a.get("decision") == "deny"]
+    assert refusals and "audience" in json.dumps(refusals[-1]).lower(), refusals

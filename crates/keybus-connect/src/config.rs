@@ -94,6 +94,9 @@ pub struct Connector {
     /// The source is session-enabled: each session is pushed in order, one request in flight
     /// per session, `concurrency` sessions at a time.
     pub sessions: bool,
+    /// Present `Authorization: Bearer <token>` with a token for this audience, minted for
+    /// the connector's identity by its token service.
+    pub audience: Option<String>,
 }
 
 /// A whole connector file.
@@ -125,6 +128,7 @@ struct FileConnector {
     retry_initial: Option<String>,
     retry_max: Option<String>,
     sessions: Option<bool>,
+    audience: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -159,13 +163,21 @@ impl Config {
         if file.connectors.is_empty() {
             return Err(ConfigError::Empty);
         }
+        let identity = !matches!(namespace.credential, Credential::ConnectionString(_));
         let mut names = HashSet::new();
         let mut connectors = Vec::new();
         for c in file.connectors {
             if !names.insert(c.name.clone()) {
                 return Err(ConfigError::Duplicate(c.name));
             }
-            connectors.push(connector(c)?);
+            let c = connector(c)?;
+            if c.audience.is_some() && !identity {
+                return Err(ConfigError::Connector {
+                    name: c.name,
+                    why: "audience needs a token service: credential = \"managed_identity\" or \"workload_identity\"".into(),
+                });
+            }
+            connectors.push(c);
         }
         Ok(Config {
             namespace,
@@ -301,6 +313,12 @@ fn connector(c: FileConnector) -> Result<Connector, ConfigError> {
         timeout,
         backoff: Backoff { initial, max },
         sessions: c.sessions.unwrap_or(false),
+        audience: match c.audience {
+            Some(a) if a.is_empty() || a.chars().any(char::is_whitespace) => {
+                return Err(bad(format!("audience '{a}' is not an audience")));
+            }
+            other => other,
+        },
     })
 }
 
@@ -374,9 +392,14 @@ client_id = "pusher"
 name = "a"
 queue = "q"
 target = "http://x/"
+audience = "api://orders-hook"
 "#,
         )
         .unwrap();
+        assert_eq!(
+            c.connectors[0].audience.as_deref(),
+            Some("api://orders-hook")
+        );
         assert_eq!(c.namespace.endpoint, "sb://keybus.local:5671");
         assert_eq!(
             c.namespace.credential,
@@ -417,6 +440,7 @@ target = "http://x/"
                 .contains("retry_max")
         );
         assert!(one("queue = \"q\"\nsurprise = 1\n").contains("surprise"));
+        assert!(one("queue = \"q\"\naudience = \"api://x\"\n").contains("needs a token service"));
         assert!(
             err(&with_connectors(
                 "[[connectors]]\nname = \"c\"\nqueue = \"q\"\ntarget = \"ftp://x/\"\n"

@@ -32,6 +32,10 @@ pub enum CredentialError {
         status: u16,
         body: String,
     },
+    #[error(
+        "a connection string has no token service (a bearer audience needs a managed or workload identity)"
+    )]
+    NoTokenService,
     #[error("bad connection string: {0}")]
     Endpoint(#[from] keybus_client::EndpointError),
 }
@@ -102,11 +106,28 @@ impl Credentials {
                     expires: now + Duration::from_secs(24 * 3600),
                 })
             }
+            Credential::ManagedIdentity { .. } | Credential::WorkloadIdentity { .. } => {
+                self.identity_token(SERVICE_BUS_RESOURCE, now).await
+            }
+        }
+    }
+
+    /// A token of the connector's identity for `resource` (an audience): Service Bus, or a
+    /// service the connector pushes to. A connection string has no token service.
+    pub async fn identity_token(
+        &self,
+        resource: &str,
+        now: SystemTime,
+    ) -> Result<Token, CredentialError> {
+        match &self.namespace.credential {
+            Credential::ConnectionString(_) => Err(CredentialError::NoTokenService),
             Credential::ManagedIdentity { client_id } => {
-                self.managed_identity(client_id.as_deref(), now).await
+                self.managed_identity(client_id.as_deref(), resource, now)
+                    .await
             }
             Credential::WorkloadIdentity { client_id } => {
-                self.workload_identity(client_id.as_deref(), now).await
+                self.workload_identity(client_id.as_deref(), resource, now)
+                    .await
             }
         }
     }
@@ -114,6 +135,7 @@ impl Credentials {
     async fn managed_identity(
         &self,
         client_id: Option<&str>,
+        resource: &str,
         now: SystemTime,
     ) -> Result<Token, CredentialError> {
         const WHAT: &str = "managed identity";
@@ -126,7 +148,7 @@ impl Credentials {
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("api-version", MI_API_VERSION);
-            q.append_pair("resource", SERVICE_BUS_RESOURCE);
+            q.append_pair("resource", resource);
             if let Some(id) = client_id {
                 q.append_pair("client_id", id);
             }
@@ -139,6 +161,7 @@ impl Credentials {
     async fn workload_identity(
         &self,
         client_id: Option<&str>,
+        resource: &str,
         now: SystemTime,
     ) -> Result<Token, CredentialError> {
         const WHAT: &str = "workload identity";
@@ -164,7 +187,7 @@ impl Credentials {
         let form = form_body(&[
             ("grant_type", "client_credentials"),
             ("client_id", &client_id),
-            ("scope", &format!("{SERVICE_BUS_RESOURCE}.default")),
+            ("scope", &scope(resource)),
             (
                 "client_assertion_type",
                 "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
@@ -200,6 +223,16 @@ impl Credentials {
             });
         }
         serde_json::from_slice(&body).map_err(|e| failed(format!("not JSON: {e}")))
+    }
+}
+
+/// The `.default` scope of `resource` (`https://servicebus.azure.net/` gives
+/// `https://servicebus.azure.net/.default`, `api://x` gives `api://x/.default`).
+fn scope(resource: &str) -> String {
+    if resource.ends_with('/') {
+        format!("{resource}.default")
+    } else {
+        format!("{resource}/.default")
     }
 }
 
@@ -274,6 +307,15 @@ mod tests {
                 .to_string()
                 .contains("no access_token")
         );
+    }
+
+    #[test]
+    fn scopes_of_resources() {
+        assert_eq!(
+            scope(SERVICE_BUS_RESOURCE),
+            "https://servicebus.azure.net/.default"
+        );
+        assert_eq!(scope("api://orders-hook"), "api://orders-hook/.default");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! Files, one idea each: `config` (the connector file), `credential` (the connector's own
 //! identity toward the namespace: connection string, managed identity, workload identity),
-//! `request` (a message as an HTTP request: REST receive headers and CloudEvents), `verdict`
+//! `bearer` (the token presented to a target for its audience), `request` (a message as an HTTP request: REST receive headers and CloudEvents), `verdict`
 //! (a push's result as complete, dead-letter or retry, and the backoff), `push` (one HTTP
 //! POST), `pump` (one connector's receive, push, settle and lock-renewal loop), `session` (a
 //! session-enabled source: one session at a time per worker, in order),
@@ -13,6 +13,7 @@
 //!
 //! It is built on `keybus-client` and never depends on the broker's crates.
 
+mod bearer;
 mod config;
 mod credential;
 mod http;

@@ -19,6 +19,7 @@ use keybus_client::{ClientError, Connection, Delivery, LinkId, Outcome, Receiver
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::bearer::Bearer;
 use crate::config::Connector;
 use crate::credential::{CredentialError, Credentials};
 use crate::metrics::{Counted, Metrics};
@@ -80,6 +81,8 @@ pub struct Pump {
     pub http: reqwest::Client,
     pub metrics: Metrics,
     pub board: Board,
+    /// The token presented to the target, if the connector names an audience.
+    pub bearer: Option<Arc<Bearer>>,
 }
 
 /// The state of one connection's loop.
@@ -319,9 +322,20 @@ impl Pump {
             },
         );
         let (http, target) = (self.http.clone(), self.cfg.target.clone());
+        let bearer = self.bearer.clone();
         async move {
             let started = Instant::now();
-            let result = push(&http, &target, req).await;
+            let token = match bearer {
+                None => None,
+                Some(b) => match b.get(SystemTime::now()).await {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        let failed = PushResult::Failed(format!("no bearer token: {e}"));
+                        return (failed, started.elapsed());
+                    }
+                },
+            };
+            let result = push(&http, &target, req, token).await;
             (result, started.elapsed())
         }
     }

@@ -18,13 +18,22 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// POST `req` to `target` with `client` (whose timeout bounds the whole exchange).
-pub async fn push(client: &reqwest::Client, target: &str, req: PushRequest) -> PushResult {
+/// POST `req` to `target` with `client` (whose timeout bounds the whole exchange), with
+/// `Authorization: Bearer` when a `bearer` token is given.
+pub async fn push(
+    client: &reqwest::Client,
+    target: &str,
+    req: PushRequest,
+    bearer: Option<String>,
+) -> PushResult {
     let mut builder = client
         .post(target)
         .header("content-type", req.content_type.as_str());
     for (k, v) in &req.headers {
         builder = builder.header(k.as_str(), v.as_str());
+    }
+    if let Some(t) = bearer {
+        builder = builder.header("authorization", format!("Bearer {t}"));
     }
     let mut resp = match builder.body(req.body).send().await {
         Ok(r) => r,

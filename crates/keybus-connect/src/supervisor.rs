@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::bearer::Bearer;
 use crate::config::{Config, Connector, Namespace};
 use crate::credential::Credentials;
 use crate::http_client::{self, ClientBuildError};
@@ -73,7 +74,12 @@ impl Supervisor {
             if keep.contains(&c.name) {
                 continue;
             }
+            let bearer = c
+                .audience
+                .clone()
+                .map(|a| Arc::new(Bearer::new(credentials.clone(), a)));
             let pump = Pump {
+                bearer,
                 http: http_client::build(c.timeout)?,
                 cfg: c.clone(),
                 credentials: credentials.clone(),
