@@ -567,3 +567,81 @@ identity_header = "{MI_SECRET}"
     audit = [json.loads(line) for line in (tmp_path / "data" / "audit.jsonl").read_text().splitlines() if line.strip()]
     refusals = [a for a in audit if a.get("event") == "token.put" and a.get("decision") == "deny"]
     assert refusals and "audience" in json.dumps(refusals[-1]).lower(), refusals
+
+
+WI_CLIENT = "44444444-4444-4444-8444-444444444444"
+WI_SUBJECT = "system:serviceaccount:hooks:connector"
+EXCHANGE = "api://AzureADTokenExchange"
+
+
+def test_workload_identity_toward_the_namespace_and_the_target(broker_factory, tmp_path: Path) -> None:
+    import jwt  # PyJWT
+    from test_rbac import ISSUER, Issuer
+
+    issuer = Issuer(tmp_path)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f"""
+[[issuers]]
+id = "k8s"
+kind = "oidc"
+issuer = "{ISSUER}"
+jwks_file = "{issuer.jwks_path}"
+audiences = ["{EXCHANGE}"]
+
+[[principals]]
+id = "wi-pusher"
+
+[[grants]]
+principal = "wi-pusher"
+role = "Receiver"
+scope = "queues/wi-q"
+
+[sts]
+tenant = "{TENANT}"
+audiences = ["{HOOK_AUDIENCE}"]
+
+[[sts.clients]]
+client_id = "{WI_CLIENT}"
+principal = "wi-pusher"
+federated = [{{ issuer = "{ISSUER}", subject = "{WI_SUBJECT}", audiences = ["{EXCHANGE}"] }}]
+"""
+    )
+    b = broker_factory.start(
+        broker_factory.write_toml({"wi-q": {"lock_duration": "2s"}}, name="wi.toml"),
+        data_dir=tmp_path / "data",
+        name="keybus-connect-wi",
+        extra_args=["--dev-tls", "--amqps-port", "0", "--https-port", "0", "--policy", str(policy)],
+    )
+    token_file = tmp_path / "federated.jwt"
+    token_file.write_text(issuer.token(WI_SUBJECT, aud=EXCHANGE))
+    t = Target()
+    t.scripts["/wi"] = [(200, "", {})]
+    namespace = (
+        f'[namespace]\nendpoint = "sb://127.0.0.1:{b.amqp_port}"\ncredential = "workload_identity"\n'
+        f"ca_file = {json.dumps(b.ca_file)}"
+    )
+    c = Connector(
+        tmp_path / "connect",
+        namespace,
+        [("wi", "wi-q", t.url("/wi"))],
+        extra=f'audience = "{HOOK_AUDIENCE}"',
+        env={
+            "AZURE_AUTHORITY_HOST": f"https://localhost:{b.https_port}",
+            "AZURE_TENANT_ID": TENANT,
+            "AZURE_CLIENT_ID": WI_CLIENT,
+            "AZURE_FEDERATED_TOKEN_FILE": str(token_file),
+        },
+    )
+    try:
+        with ServiceBusClient.from_connection_string(b.conn_str, retry_total=1) as sb:
+            with sb.get_queue_sender("wi-q") as sender:
+                sender.send_messages(ServiceBusMessage(b"federated", message_id="wi-1"))
+        [(_, headers, body)] = t.wait_for("/wi", 1)
+        assert body == b"federated"
+        claims = jwt.decode(headers["authorization"].split(" ", 1)[1], options={"verify_signature": False})
+        assert claims["aud"] == HOOK_AUDIENCE
+        assert claims["appid"] == WI_CLIENT
+    finally:
+        assert c.stop() == 0, c.diagnostics()
+        t.close()

@@ -50,6 +50,9 @@ pub struct Namespace {
     /// `sb://host[:port]` (from the connection string, or `endpoint`).
     pub endpoint: String,
     pub credential: Credential,
+    /// Extra trusted roots (PEM) for HTTPS: the token service and the targets (say, keybus's
+    /// `--dev-tls` CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Where a connector receives from.
@@ -113,6 +116,7 @@ struct FileNamespace {
     endpoint: Option<String>,
     credential: Option<String>,
     client_id: Option<String>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +191,15 @@ impl Config {
 }
 
 fn namespace(n: FileNamespace) -> Result<Namespace, ConfigError> {
+    let ca_file = n.ca_file.clone();
+    namespace_credential(n).map(|(endpoint, credential)| Namespace {
+        endpoint,
+        credential,
+        ca_file,
+    })
+}
+
+fn namespace_credential(n: FileNamespace) -> Result<(String, Credential), ConfigError> {
     let bad = |why: &str| ConfigError::Namespace(why.to_string());
     match (n.connection_string, n.endpoint, n.credential.as_deref()) {
         (Some(cs), None, None) => {
@@ -195,10 +208,7 @@ fn namespace(n: FileNamespace) -> Result<Namespace, ConfigError> {
             if n.client_id.is_some() {
                 return Err(bad("client_id goes with a managed or workload identity"));
             }
-            Ok(Namespace {
-                endpoint: e.uri_base,
-                credential: Credential::ConnectionString(cs),
-            })
+            Ok((e.uri_base, Credential::ConnectionString(cs)))
         }
         (Some(_), _, _) => Err(bad(
             "give either connection_string, or endpoint with credential",
@@ -224,10 +234,7 @@ fn namespace(n: FileNamespace) -> Result<Namespace, ConfigError> {
             if authority.is_empty() || authority.contains('/') {
                 return Err(bad("endpoint must be sb://host[:port]"));
             }
-            Ok(Namespace {
-                endpoint: format!("sb://{authority}"),
-                credential,
-            })
+            Ok((format!("sb://{authority}"), credential))
         }
         (None, Some(_), None) => Err(bad(
             "endpoint needs credential = \"managed_identity\" or \"workload_identity\"",
@@ -387,6 +394,7 @@ sessions = true
 endpoint = "sb://keybus.local:5671/"
 credential = "managed_identity"
 client_id = "pusher"
+ca_file = "/etc/keybus/ca.pem"
 
 [[connectors]]
 name = "a"
@@ -401,6 +409,10 @@ audience = "api://orders-hook"
             Some("api://orders-hook")
         );
         assert_eq!(c.namespace.endpoint, "sb://keybus.local:5671");
+        assert_eq!(
+            c.namespace.ca_file.as_deref(),
+            Some(Path::new("/etc/keybus/ca.pem"))
+        );
         assert_eq!(
             c.namespace.credential,
             Credential::ManagedIdentity {

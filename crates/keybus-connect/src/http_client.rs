@@ -9,14 +9,25 @@ use std::time::Duration;
 pub enum ClientBuildError {
     #[error("TLS set-up: {0}")]
     Tls(String),
+    #[error("cannot read ca_file {path}: {err}")]
+    CaFile { path: String, err: std::io::Error },
     #[error("HTTP client: {0}")]
     Build(#[from] reqwest::Error),
 }
 
-fn tls_config() -> Result<rustls::ClientConfig, ClientBuildError> {
+fn tls_config(extra_ca: Option<&[u8]>) -> Result<rustls::ClientConfig, ClientBuildError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let extra: Vec<CertificateDer<'static>> = match extra_ca {
+        Some(pem) => CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| ClientBuildError::Tls(format!("ca_file: {e}")))?,
+        None => Vec::new(),
+    };
     let verifier =
-        rustls_platform_verifier::Verifier::new_with_extra_roots(Vec::new(), provider.clone())
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
             .map_err(|e| ClientBuildError::Tls(format!("platform roots: {e}")))?;
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -26,8 +37,12 @@ fn tls_config() -> Result<rustls::ClientConfig, ClientBuildError> {
         .with_no_client_auth())
 }
 
-/// A client whose requests give up after `timeout` (a connect after at most 10 s).
-pub fn build(timeout: Duration) -> Result<reqwest::Client, ClientBuildError> {
+/// A client whose requests give up after `timeout` (a connect after at most 10 s), trusting
+/// the platform's roots and the PEM certificates of `extra_ca`.
+pub fn build(
+    timeout: Duration,
+    extra_ca: Option<&[u8]>,
+) -> Result<reqwest::Client, ClientBuildError> {
     Ok(reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
@@ -35,6 +50,6 @@ pub fn build(timeout: Duration) -> Result<reqwest::Client, ClientBuildError> {
         .user_agent(concat!("keybus-connect/", env!("CARGO_PKG_VERSION")))
         // Always a preconfigured TLS backend: without one reqwest would look for a
         // process-wide rustls provider, even for plain http, and panic when there is none.
-        .tls_backend_preconfigured(tls_config()?)
+        .tls_backend_preconfigured(tls_config(extra_ca)?)
         .build()?)
 }

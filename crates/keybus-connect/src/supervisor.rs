@@ -46,10 +46,18 @@ impl Supervisor {
             .namespace
             .as_ref()
             .is_some_and(|(n, _)| *n == config.namespace);
+        let extra_ca = match &config.namespace.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|err| ClientBuildError::CaFile {
+                path: path.display().to_string(),
+                err,
+            })?),
+            None => None,
+        };
         let credentials = match (&self.namespace, same_namespace) {
             (Some((_, c)), true) => c.clone(),
             _ => {
-                let http = http_client::build(std::time::Duration::from_secs(30))?;
+                let http =
+                    http_client::build(std::time::Duration::from_secs(30), extra_ca.as_deref())?;
                 Arc::new(Credentials::new(config.namespace.clone(), http))
             }
         };
@@ -80,7 +88,7 @@ impl Supervisor {
                 .map(|a| Arc::new(Bearer::new(credentials.clone(), a)));
             let pump = Pump {
                 bearer,
-                http: http_client::build(c.timeout)?,
+                http: http_client::build(c.timeout, extra_ca.as_deref())?,
                 cfg: c.clone(),
                 credentials: credentials.clone(),
                 metrics: self.metrics.clone(),
