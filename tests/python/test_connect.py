@@ -35,6 +35,7 @@ Q_SLOW = kbutil.declare_queue("connect-slow", lock_duration="2s")
 Q_DRAIN = kbutil.declare_queue("connect-drain", lock_duration="2s")
 Q_RELOAD_A = kbutil.declare_queue("connect-reload-a", lock_duration="2s")
 Q_RELOAD_B = kbutil.declare_queue("connect-reload-b", lock_duration="2s")
+Q_REFUSED = kbutil.declare_queue("connect-refused", lock_duration="5s", max_delivery_count=3)
 Q_SESSIONS = kbutil.declare_queue("connect-sessions", lock_duration="2s", requires_session=True)
 
 _LISTEN_RE = re.compile(r"keybus connect: http listening on [0-9.]+:(\d+)")
@@ -645,3 +646,32 @@ federated = [{{ issuer = "{ISSUER}", subject = "{WI_SUBJECT}", audiences = ["{EX
     finally:
         assert c.stop() == 0, c.diagnostics()
         t.close()
+
+
+def test_a_refusing_target_is_retried_with_backoff_until_max_delivery_count(
+    broker: kbutil.Broker, sb_client: ServiceBusClient, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    listen = kbutil.connection_string(broker.amqp_port, key=kbutil.LISTEN_KEY, policy=kbutil.LISTEN_POLICY)
+    c = Connector(tmp_path / "refused", listen, [("refused", Q_REFUSED, f"http://127.0.0.1:{closed}/hook")])
+    try:
+        started = time.monotonic()
+        with sb_client.get_queue_sender(Q_REFUSED) as sender:
+            sender.send_messages(ServiceBusMessage(b"nobody home", message_id="refused-1"))
+        with sb_client.get_queue_receiver(Q_REFUSED, sub_queue=ServiceBusSubQueue.DEAD_LETTER, max_wait_time=15) as r:
+            [m] = kbutil.receive_n(r, 1)
+            assert m.message_id == "refused-1"
+            assert m.dead_letter_reason == "MaxDeliveryCountExceeded"
+            r.complete_message(m)
+        # Three attempts, each abandoned, with backoff between them (200 ms, 400 ms): no spin.
+        assert time.monotonic() - started >= 0.6
+        text = c.metrics()
+        assert 'keybus_connect_retries_total{connector="refused"} 3' in text, text
+        assert 'keybus_connect_outcomes_total{connector="refused",outcome="abandon"} 3' in text, text
+        assert any("connector refused: target failing" in line for line in c.lines), c.diagnostics()
+    finally:
+        assert c.stop() == 0, c.diagnostics()
