@@ -6,7 +6,8 @@
 //!
 //! Nothing is lost: a message is settled only by its verdict; a failed target pauses the
 //! pushes for the backoff (the failed message is abandoned, so the broker's delivery count
-//! and max delivery count apply); a lost connection drops the locks, which run out and give
+//! and max delivery count apply; during the pause the link has no credit and what it still
+//! brings is released, so no message waits out a pause under its lock); a lost connection drops the locks, which run out and give
 //! the messages to the next receiver. On stop, no more credit is granted, held deliveries
 //! that were never pushed are released, pushes in flight may finish until their timeout and
 //! whatever is still in flight then is abandoned.
@@ -264,7 +265,17 @@ impl Pump {
             self.renew_locks(conn, t).await?;
             let paused = t.paused_until.is_some_and(|u| Instant::now() < u);
             let free = self.cfg.concurrency.saturating_sub(t.inflight.len());
-            if paused || free == 0 {
+            if paused {
+                // Nothing waits out the pause under a lock: what the outstanding credit
+                // brings goes back at once, its delivery count unchanged.
+                if conn.receiver(t.link).is_some_and(|r| r.credit > 0) {
+                    conn.stop_credit(t.link);
+                }
+                self.release_held(conn, t).await?;
+                idle(conn, TURN).await?;
+                continue;
+            }
+            if free == 0 {
                 idle(conn, TURN).await?;
                 continue;
             }
