@@ -508,7 +508,8 @@ identity_header = "{MI_SECRET}"
         jwks = json.loads(r.read())
     t = Target()
     t.scripts["/auth"] = [(200, "", {})]
-    namespace = f'[namespace]\nendpoint = "sb://127.0.0.1:{b.amqp_port}"\ncredential = "managed_identity"'
+    # Plain AMQP here; the workload identity test below goes over AMQPS.
+    namespace = f'[namespace]\nendpoint = "sb://127.0.0.1:{b.amqp_port}"\ncredential = "managed_identity"\ntls = false'
     c = Connector(
         tmp_path / "connect",
         namespace,
@@ -575,7 +576,7 @@ WI_SUBJECT = "system:serviceaccount:hooks:connector"
 EXCHANGE = "api://AzureADTokenExchange"
 
 
-def test_workload_identity_toward_the_namespace_and_the_target(broker_factory, tmp_path: Path) -> None:
+def test_workload_identity_over_amqps_toward_the_namespace_and_the_target(broker_factory, tmp_path: Path) -> None:
     import jwt  # PyJWT
     from test_rbac import ISSUER, Issuer
 
@@ -619,7 +620,7 @@ federated = [{{ issuer = "{ISSUER}", subject = "{WI_SUBJECT}", audiences = ["{EX
     t = Target()
     t.scripts["/wi"] = [(200, "", {})]
     namespace = (
-        f'[namespace]\nendpoint = "sb://127.0.0.1:{b.amqp_port}"\ncredential = "workload_identity"\n'
+        f'[namespace]\nendpoint = "sb://localhost:{b.amqps_port}"\ncredential = "workload_identity"\n'
         f"ca_file = {json.dumps(b.ca_file)}"
     )
     c = Connector(

@@ -53,6 +53,9 @@ pub struct Namespace {
     /// Extra trusted roots (PEM) for HTTPS: the token service and the targets (say, keybus's
     /// `--dev-tls` CA).
     pub ca_file: Option<std::path::PathBuf>,
+    /// AMQPS (TLS, port 5671 unless the endpoint names one): the default, except for a
+    /// connection string with `UseDevelopmentEmulator=true`.
+    pub tls: bool,
 }
 
 /// Where a connector receives from.
@@ -117,6 +120,7 @@ struct FileNamespace {
     credential: Option<String>,
     client_id: Option<String>,
     ca_file: Option<std::path::PathBuf>,
+    tls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -192,10 +196,16 @@ impl Config {
 
 fn namespace(n: FileNamespace) -> Result<Namespace, ConfigError> {
     let ca_file = n.ca_file.clone();
+    let emulator = n.connection_string.as_deref().is_some_and(|cs| {
+        cs.split(';')
+            .any(|p| p.trim().eq_ignore_ascii_case("UseDevelopmentEmulator=true"))
+    });
+    let tls = n.tls.unwrap_or(!emulator);
     namespace_credential(n).map(|(endpoint, credential)| Namespace {
         endpoint,
         credential,
         ca_file,
+        tls,
     })
 }
 
@@ -427,6 +437,21 @@ audience = "api://orders-hook"
             wi.namespace.credential,
             Credential::WorkloadIdentity { client_id: None }
         );
+        assert!(c.namespace.tls && wi.namespace.tls);
+        let plain = |ns: &str| {
+            Config::parse(&format!(
+                "[namespace]\n{ns}\n[[connectors]]\nname = \"a\"\nqueue = \"q\"\ntarget = \"http://x/\"\n"
+            ))
+            .unwrap()
+            .namespace
+            .tls
+        };
+        assert!(!plain(&format!(
+            "connection_string = \"{CS};UseDevelopmentEmulator=true\""
+        )));
+        assert!(!plain(
+            "endpoint = \"sb://h:5672\"\ncredential = \"managed_identity\"\ntls = false"
+        ));
     }
 
     #[test]

@@ -7,13 +7,17 @@
 
 use std::time::{Duration, SystemTime};
 
-use keybus_client::Endpoint;
+use std::sync::Arc;
+
+use keybus_client::{ClientError, Connection, Endpoint};
 use serde_json::Value as Json;
 
 use crate::config::{Credential, Namespace};
 
 /// The resource (and `<resource>/.default` scope) Service Bus tokens are asked for.
 pub const SERVICE_BUS_RESOURCE: &str = "https://servicebus.azure.net/";
+/// AMQPS's port when the endpoint names none.
+const AMQPS_PORT: u16 = 5671;
 /// The App Service managed identity API version the SDKs send.
 const MI_API_VERSION: &str = "2019-08-01";
 
@@ -40,6 +44,15 @@ pub enum CredentialError {
     Endpoint(#[from] keybus_client::EndpointError),
 }
 
+/// Why the namespace could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    #[error("{0}")]
+    Endpoint(#[from] CredentialError),
+    #[error("{0}")]
+    Client(#[from] ClientError),
+}
+
 /// A token and when to get a new one.
 #[derive(Debug, Clone)]
 pub struct Token {
@@ -58,10 +71,12 @@ impl Token {
     }
 }
 
-/// The namespace's address and the way to tokens for it.
+/// The namespace's address and the way to it and to tokens for it.
 pub struct Credentials {
     namespace: Namespace,
     http: reqwest::Client,
+    /// AMQPS's TLS configuration (`None`: plain AMQP).
+    amqp_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 fn env(name: &'static str, what: &'static str) -> Result<String, CredentialError> {
@@ -72,8 +87,25 @@ fn env(name: &'static str, what: &'static str) -> Result<String, CredentialError
 }
 
 impl Credentials {
-    pub fn new(namespace: Namespace, http: reqwest::Client) -> Credentials {
-        Credentials { namespace, http }
+    pub fn new(
+        namespace: Namespace,
+        http: reqwest::Client,
+        amqp_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Credentials {
+        Credentials {
+            namespace,
+            http,
+            amqp_tls,
+        }
+    }
+
+    /// Connect to the namespace: AMQPS with the configured roots, or plain AMQP.
+    pub async fn connect(&self, timeout: Duration) -> Result<Connection, ConnectFailure> {
+        let endpoint = self.endpoint()?;
+        Ok(match &self.amqp_tls {
+            Some(tls) => Connection::connect_tls(&endpoint, tls.clone(), timeout).await?,
+            None => Connection::connect(&endpoint, timeout).await?,
+        })
     }
 
     /// The namespace, `sb://host[:port]`.
@@ -84,15 +116,19 @@ impl Credentials {
     /// What `Connection::connect` needs: host and port (and, for a connection string, its
     /// key).
     pub fn endpoint(&self) -> Result<Endpoint, CredentialError> {
-        if let Credential::ConnectionString(cs) = &self.namespace.credential {
-            return Ok(Endpoint::parse(cs)?);
+        let mut e = match &self.namespace.credential {
+            Credential::ConnectionString(cs) => Endpoint::parse(cs)?,
+            // An identity: the same parser over a placeholder signature (never sent; tokens
+            // come from `token`).
+            _ => Endpoint::parse(&format!(
+                "Endpoint={};SharedAccessSignature=none",
+                self.namespace.endpoint
+            ))?,
+        };
+        if self.namespace.tls && !names_port(&e.uri_base) {
+            e.port = AMQPS_PORT;
         }
-        // An identity: the same parser over a placeholder signature (never sent; tokens
-        // come from `token`).
-        Ok(Endpoint::parse(&format!(
-            "Endpoint={};SharedAccessSignature=none",
-            self.namespace.endpoint
-        ))?)
+        Ok(e)
     }
 
     /// A token for `audience` (`sb://host/entity`).
@@ -226,6 +262,14 @@ impl Credentials {
     }
 }
 
+/// Does `sb://host[:port]` name a port (an IPv6 host is in brackets)?
+fn names_port(uri_base: &str) -> bool {
+    let authority = uri_base.strip_prefix("sb://").unwrap_or(uri_base);
+    authority
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| !host.starts_with('[') || host.ends_with(']'))
+}
+
 /// The `.default` scope of `resource` (`https://servicebus.azure.net/` gives
 /// `https://servicebus.azure.net/.default`, `api://x` gives `api://x/.default`).
 fn scope(resource: &str) -> String {
@@ -307,6 +351,14 @@ mod tests {
                 .to_string()
                 .contains("no access_token")
         );
+    }
+
+    #[test]
+    fn endpoints_name_their_port_or_not() {
+        assert!(names_port("sb://127.0.0.1:5672"));
+        assert!(names_port("sb://[::1]:5671"));
+        assert!(!names_port("sb://contoso.servicebus.windows.net"));
+        assert!(!names_port("sb://[::1]"));
     }
 
     #[test]

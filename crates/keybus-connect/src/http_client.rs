@@ -15,7 +15,8 @@ pub enum ClientBuildError {
     Build(#[from] reqwest::Error),
 }
 
-fn tls_config(extra_ca: Option<&[u8]>) -> Result<rustls::ClientConfig, ClientBuildError> {
+/// Platform roots plus the PEM certificates of `extra_ca`, with ring: for HTTPS and AMQPS.
+pub fn tls_config(extra_ca: Option<&[u8]>) -> Result<rustls::ClientConfig, ClientBuildError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
 

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::bearer::Bearer;
 use crate::config::Connector;
-use crate::credential::{CredentialError, Credentials};
+use crate::credential::{ConnectFailure, CredentialError, Credentials};
 use crate::metrics::{Counted, Metrics};
 use crate::push::push;
 use crate::request::{Origin, push_request};
@@ -42,6 +42,8 @@ pub enum PumpError {
     Client(#[from] ClientError),
     #[error("{0}")]
     Credential(#[from] CredentialError),
+    #[error("{0}")]
+    Connect(#[from] ConnectFailure),
 }
 
 /// A push in flight.
@@ -168,7 +170,7 @@ impl Pump {
         entity: &str,
     ) -> Result<(Connection, String, SystemTime), PumpError> {
         let endpoint = self.credentials.endpoint()?;
-        let mut conn = Connection::connect(&endpoint, SETUP).await?;
+        let mut conn = self.credentials.connect(SETUP).await?;
         let audience = endpoint.audience(entity);
         let refresh_at = self.put_token(&mut conn, &audience).await?;
         Ok((conn, audience, refresh_at))

@@ -58,7 +58,11 @@ impl Supervisor {
             _ => {
                 let http =
                     http_client::build(std::time::Duration::from_secs(30), extra_ca.as_deref())?;
-                Arc::new(Credentials::new(config.namespace.clone(), http))
+                let amqp_tls = match config.namespace.tls {
+                    true => Some(Arc::new(http_client::tls_config(extra_ca.as_deref())?)),
+                    false => None,
+                };
+                Arc::new(Credentials::new(config.namespace.clone(), http, amqp_tls))
             }
         };
         let keep: Vec<String> = config
