@@ -175,7 +175,7 @@ class Connector:
     def write_config(
         self, namespace_conn_str: str, connectors: List[Tuple[str, str, str]], extra: str = ""
     ) -> None:
-        if namespace_conn_str.startswith("[namespace]"):
+        if "[namespace]" in namespace_conn_str:
             lines = [namespace_conn_str, ""]
         else:
             lines = ["[namespace]", f"connection_string = {json.dumps(namespace_conn_str)}", ""]
