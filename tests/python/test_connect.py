@@ -676,3 +676,78 @@ def test_a_refusing_target_is_retried_with_backoff_until_max_delivery_count(
         assert any("connector refused: target failing" in line for line in c.lines), c.diagnostics()
     finally:
         assert c.stop() == 0, c.diagnostics()
+
+
+Q_MTLS = kbutil.declare_queue("connect-mtls", lock_duration="2s")
+
+
+def test_a_client_certificate_toward_an_mtls_target(
+    broker: kbutil.Broker, sb_client: ServiceBusClient, tmp_path: Path
+) -> None:
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from test_mtls import Pki
+
+    pki = Pki(tmp_path)
+    client_cert, client_key = pki.client("keybus-connector", [])
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hook")]))
+        .issuer_name(pki.ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(pki.ca_key, hashes.SHA256())
+    )
+    server_pem = tmp_path / "server.pem"
+    server_key = tmp_path / "server-key.pem"
+    server_pem.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    server_key.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    t = Target()
+    t.scripts["/mtls"] = [(200, "", {})]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(server_pem, server_key)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(pki.ca_path)
+    t.server.socket = ctx.wrap_socket(t.server.socket, server_side=True)
+    listen = kbutil.connection_string(broker.amqp_port, key=kbutil.LISTEN_KEY, policy=kbutil.LISTEN_POLICY)
+    namespace = f"[namespace]\nconnection_string = {json.dumps(listen)}\nca_file = {json.dumps(str(pki.ca_path))}"
+    c = Connector(
+        tmp_path / "connect",
+        namespace,
+        [("mtls", Q_MTLS, f"https://127.0.0.1:{t.port}/mtls")],
+        extra=f"client_cert = {json.dumps(str(client_cert))}\nclient_key = {json.dumps(str(client_key))}",
+    )
+    try:
+        # Without a client certificate the target lets nobody in.
+        with pytest.raises(OSError):
+            urllib.request.urlopen(
+                f"https://127.0.0.1:{t.port}/mtls",
+                data=b"x",
+                timeout=5,
+                context=ssl.create_default_context(cafile=str(pki.ca_path)),
+            )
+        with sb_client.get_queue_sender(Q_MTLS) as sender:
+            sender.send_messages(ServiceBusMessage(b"over mtls", message_id="mtls-1"))
+        [(_, _, body)] = t.wait_for("/mtls", 1)
+        assert body == b"over mtls"
+    finally:
+        assert c.stop() == 0, c.diagnostics()
+        t.close()

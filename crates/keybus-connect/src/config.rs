@@ -103,6 +103,8 @@ pub struct Connector {
     /// Present `Authorization: Bearer <token>` with a token for this audience, minted for
     /// the connector's identity by its token service.
     pub audience: Option<String>,
+    /// A client certificate chain and key (PEM files) presented to the target (mTLS).
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// A whole connector file.
@@ -137,6 +139,8 @@ struct FileConnector {
     retry_max: Option<String>,
     sessions: Option<bool>,
     audience: Option<String>,
+    client_cert: Option<std::path::PathBuf>,
+    client_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +340,11 @@ fn connector(c: FileConnector) -> Result<Connector, ConfigError> {
             }
             other => other,
         },
+        client_cert: match (c.client_cert, c.client_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(bad("client_cert and client_key go together".into())),
+        },
     })
 }
 
@@ -478,6 +487,7 @@ audience = "api://orders-hook"
         );
         assert!(one("queue = \"q\"\nsurprise = 1\n").contains("surprise"));
         assert!(one("queue = \"q\"\naudience = \"api://x\"\n").contains("needs a token service"));
+        assert!(one("queue = \"q\"\nclient_cert = \"c.pem\"\n").contains("go together"));
         assert!(
             err(&with_connectors(
                 "[[connectors]]\nname = \"c\"\nqueue = \"q\"\ntarget = \"ftp://x/\"\n"

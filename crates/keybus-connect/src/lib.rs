@@ -84,7 +84,9 @@ pub async fn run(opts: Options) -> Result<(), ConnectError> {
             _ = hup.recv() => match Config::load(&opts.config) {
                 Ok(c) => {
                     println!("keybus connect: SIGHUP: reloading {}", opts.config.display());
-                    supervisor.apply(c).await?;
+                    if let Err(e) = supervisor.apply(c).await {
+                        println!("keybus connect: SIGHUP: {e}; keeping the running connectors");
+                    }
                 }
                 Err(e) => println!("keybus connect: SIGHUP: {e}; keeping the running connectors"),
             },

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::bearer::Bearer;
 use crate::config::{Config, Connector, Namespace};
 use crate::credential::Credentials;
-use crate::http_client::{self, ClientBuildError};
+use crate::http_client::{self, ClientBuildError, ClientIdentity};
 use crate::metrics::Metrics;
 use crate::pump::Pump;
 use crate::status::Board;
@@ -40,24 +40,25 @@ impl Supervisor {
         }
     }
 
-    /// Make the running connectors those of `config`.
+    /// Make the running connectors those of `config`. On an error (a file that cannot be
+    /// read, a bad certificate) nothing changed.
     pub async fn apply(&mut self, config: Config) -> Result<(), ClientBuildError> {
         let same_namespace = self
             .namespace
             .as_ref()
             .is_some_and(|(n, _)| *n == config.namespace);
         let extra_ca = match &config.namespace.ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|err| ClientBuildError::CaFile {
-                path: path.display().to_string(),
-                err,
-            })?),
+            Some(path) => Some(read(path)?),
             None => None,
         };
         let credentials = match (&self.namespace, same_namespace) {
             (Some((_, c)), true) => c.clone(),
             _ => {
-                let http =
-                    http_client::build(std::time::Duration::from_secs(30), extra_ca.as_deref())?;
+                let http = http_client::build(
+                    std::time::Duration::from_secs(30),
+                    extra_ca.as_deref(),
+                    None,
+                )?;
                 let amqp_tls = match config.namespace.tls {
                     true => Some(Arc::new(http_client::tls_config(extra_ca.as_deref())?)),
                     false => None,
@@ -71,6 +72,33 @@ impl Supervisor {
             .filter(|c| same_namespace && self.running.get(&c.name).is_some_and(|r| r.cfg == **c))
             .map(|c| c.name.clone())
             .collect();
+        // Everything that can fail (files, TLS set-up) happens before anything stops, so a
+        // reload that fails leaves the running connectors as they were.
+        let mut fresh = Vec::new();
+        for c in config.connectors {
+            if keep.contains(&c.name) {
+                continue;
+            }
+            let identity = match &c.client_cert {
+                Some((cert, key)) => Some(ClientIdentity {
+                    cert_pem: read(cert)?,
+                    key_pem: read(key)?,
+                }),
+                None => None,
+            };
+            let bearer = c
+                .audience
+                .clone()
+                .map(|a| Arc::new(Bearer::new(credentials.clone(), a)));
+            fresh.push(Pump {
+                bearer,
+                http: http_client::build(c.timeout, extra_ca.as_deref(), identity.as_ref())?,
+                cfg: c,
+                credentials: credentials.clone(),
+                metrics: self.metrics.clone(),
+                board: self.board.clone(),
+            });
+        }
         let gone: Vec<String> = self
             .running
             .keys()
@@ -82,28 +110,14 @@ impl Supervisor {
                 stop(r).await;
             }
         }
-        for c in config.connectors {
-            if keep.contains(&c.name) {
-                continue;
-            }
-            let bearer = c
-                .audience
-                .clone()
-                .map(|a| Arc::new(Bearer::new(credentials.clone(), a)));
-            let pump = Pump {
-                bearer,
-                http: http_client::build(c.timeout, extra_ca.as_deref())?,
-                cfg: c.clone(),
-                credentials: credentials.clone(),
-                metrics: self.metrics.clone(),
-                board: self.board.clone(),
-            };
+        for pump in fresh {
+            let cfg = pump.cfg.clone();
             let (tx, rx) = watch::channel(false);
             let task = tokio::spawn(pump.run(rx));
             self.running.insert(
-                c.name.clone(),
+                cfg.name.clone(),
                 Running {
-                    cfg: c,
+                    cfg,
                     stop: tx,
                     task,
                 },
@@ -123,6 +137,13 @@ impl Supervisor {
             let _ = r.task.await;
         }
     }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ClientBuildError> {
+    std::fs::read(path).map_err(|err| ClientBuildError::File {
+        path: path.display().to_string(),
+        err,
+    })
 }
 
 async fn stop(r: Running) {
