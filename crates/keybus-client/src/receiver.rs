@@ -188,6 +188,44 @@ impl Connection {
         Ok(r.held.drain(..n).collect())
     }
 
+    /// Receive what comes first: grant credit for up to `max` messages and return as soon as
+    /// at least one is here (with whatever else came with it, at most `max`), or nothing once
+    /// `wait` has passed.
+    pub async fn receive_any(
+        &mut self,
+        link: LinkId,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, ClientError> {
+        let held = self.receiver(link).map_or(0, |r| r.held.len());
+        let want = u32::try_from(max.saturating_sub(held)).unwrap_or(u32::MAX);
+        let credit = self.receiver(link).map_or(0, |r| r.credit);
+        if want > credit {
+            if let Some(r) = self.receiver_mut(link) {
+                r.credit = want;
+            }
+            self.queue_link_flow(link, want);
+        }
+        match self
+            .run_until(Instant::now() + wait, "a delivery", move |c| {
+                c.receiver(link).is_none_or(|r| !r.held.is_empty())
+            })
+            .await
+        {
+            Ok(()) | Err(ClientError::Timeout { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(self.take_up_to(link, max))
+    }
+
+    fn take_up_to(&mut self, link: LinkId, max: usize) -> Vec<Delivery> {
+        let Some(r) = self.receiver_mut(link) else {
+            return Vec::new();
+        };
+        let n = r.held.len().min(max);
+        r.held.drain(..n).collect()
+    }
+
     /// Take the deliveries the link holds without asking for more.
     pub fn take_held(&mut self, link: LinkId) -> Vec<Delivery> {
         self.receiver_mut(link)

@@ -94,6 +94,17 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// One more (`true`) or one less request in flight (session workers, which share the
+    /// gauge).
+    pub fn in_flight_step(&self, connector: &str, up: bool) {
+        let g = self.in_flight.get_or_create(&Self::by(connector));
+        if up {
+            g.inc();
+        } else {
+            g.dec();
+        }
+    }
+
     pub fn set_up(&self, connector: &str, up: bool) {
         self.up
             .get_or_create(&Self::by(connector))

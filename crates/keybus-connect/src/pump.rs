@@ -35,6 +35,10 @@ pub(crate) const SETUP: Duration = Duration::from_secs(10);
 /// be settled).
 pub(crate) const TURN: Duration = Duration::from_millis(20);
 
+/// How long an idle connector waits for a delivery before it looks at its stop signal,
+/// token and locks again.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+
 /// Why a connection to the source ended.
 #[derive(Debug, thiserror::Error)]
 pub enum PumpError {
@@ -148,7 +152,10 @@ impl Pump {
                 Ok(()) => break,
                 Err(e) => {
                     self.metrics.set_up(self.name(), false);
-                    self.metrics.set_in_flight(self.name(), 0);
+                    if !self.cfg.sessions {
+                        // (Session workers share the gauge and step it themselves.)
+                        self.metrics.set_in_flight(self.name(), 0);
+                    }
                     attempt = attempt.saturating_add(1);
                     let wait = backoff(self.cfg.backoff, attempt);
                     tracing::warn!(connector = self.name(), error = %e, "source connection ended");
@@ -284,7 +291,14 @@ impl Pump {
             if t.paused_until.take().is_some() {
                 self.board.set(self.name(), State::Running);
             }
-            for d in conn.receive(t.link, free, TURN).await? {
+            // Idle: wait longer for the first delivery (it returns the moment one is here);
+            // busy: come back within a turn to settle what finished.
+            let wait = if t.inflight.is_empty() {
+                IDLE_WAIT
+            } else {
+                TURN
+            };
+            for d in conn.receive_any(t.link, free, wait).await? {
                 self.start(t, d);
             }
         }

@@ -8,9 +8,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use keybus_client::{ClientError, Connection, LinkId, ReceiverOptions, SessionFilter};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::pump::{Pump, PumpError, SETUP, locked_until, now_ms, renew_due};
 use crate::status::State;
+use crate::verdict::PushResult;
 
 /// How long a next-available attach may wait for a session (the broker answers within its
 /// own 60 s by default).
@@ -26,6 +28,12 @@ struct Held {
     lock_since: i64,
 }
 
+/// The connection's CBS audience and when its token is due for a fresh one.
+struct Auth {
+    audience: String,
+    refresh_at: SystemTime,
+}
+
 impl Pump {
     /// One connection of a session worker: `Ok` when stopped cleanly.
     pub(crate) async fn session_connection(
@@ -34,7 +42,11 @@ impl Pump {
         attempt: &mut u32,
     ) -> Result<(), PumpError> {
         let entity = self.cfg.source.path();
-        let (mut conn, audience, mut refresh_at) = self.open(&entity).await?;
+        let (mut conn, audience, refresh_at) = self.open(&entity).await?;
+        let mut auth = Auth {
+            audience,
+            refresh_at,
+        };
         self.board.set(self.name(), State::Running);
         self.metrics.set_up(self.name(), true);
         *attempt = 0;
@@ -48,9 +60,7 @@ impl Pump {
                 let _ = conn.close().await;
                 return Ok(());
             }
-            if SystemTime::now() >= refresh_at {
-                refresh_at = self.put_token(&mut conn, &audience).await?;
-            }
+            self.refresh(&mut conn, &mut auth).await?;
             let attached = tokio::select! {
                 r = conn.create_receiver(&entity, &options, ACCEPT) => r,
                 _ = stop.changed() => return Ok(()),
@@ -72,7 +82,7 @@ impl Pump {
                 lock_since: now_ms(SystemTime::now()),
             };
             match self
-                .one_session(&mut conn, &mut held, &entity, stop, &mut failures)
+                .one_session(&mut conn, &mut held, &mut auth, stop, &mut failures)
                 .await
             {
                 Ok(()) => {}
@@ -92,11 +102,13 @@ impl Pump {
         &self,
         conn: &mut Connection,
         held: &mut Held,
-        entity: &str,
+        auth: &mut Auth,
         stop: &watch::Receiver<bool>,
         failures: &mut u32,
     ) -> Result<(), PumpError> {
+        let entity = self.cfg.source.path();
         loop {
+            self.refresh(conn, auth).await?;
             if *stop.borrow() {
                 conn.stop_credit(held.link);
                 for d in conn.take_held(held.link) {
@@ -113,18 +125,14 @@ impl Pump {
                 held.locked_until = Some(u);
                 held.lock_since = now_ms(SystemTime::now());
             }
-            self.metrics.set_in_flight(self.name(), 1);
-            let mut task = tokio::spawn(self.push_of(&d, entity));
-            let (result, elapsed) = loop {
-                tokio::select! {
-                    r = &mut task => break r.unwrap_or((
-                        crate::verdict::PushResult::Failed("the push task ended early".into()),
-                        Duration::ZERO,
-                    )),
-                    () = tokio::time::sleep(crate::pump::TURN) => self.keep_session(conn, held, entity).await?,
-                }
-            };
-            self.metrics.set_in_flight(self.name(), 0);
+            self.metrics.in_flight_step(self.name(), true);
+            let mut task = tokio::spawn(self.push_of(&d, &entity));
+            let pushed = self.await_push(conn, held, auth, &mut task).await;
+            self.metrics.in_flight_step(self.name(), false);
+            if pushed.is_err() {
+                task.abort();
+            }
+            let (result, elapsed) = pushed?;
             let (outcome, counted, pause) = self.judge(&result, elapsed, failures);
             self.settle_counted(conn, held.link, &d, outcome, counted)
                 .await?;
@@ -132,7 +140,7 @@ impl Pump {
                 let until = Instant::now() + after;
                 while Instant::now() < until && !*stop.borrow() {
                     tokio::time::sleep(crate::pump::TURN).await;
-                    self.keep_session(conn, held, entity).await?;
+                    self.keep_session(conn, held, auth).await?;
                 }
                 if !*stop.borrow() {
                     self.board.set(self.name(), State::Running);
@@ -141,18 +149,48 @@ impl Pump {
         }
     }
 
-    /// Drive the connection and renew the session lock once half its time is gone.
+    /// Wait for the push `task`, keeping the session meanwhile.
+    async fn await_push(
+        &self,
+        conn: &mut Connection,
+        held: &mut Held,
+        auth: &mut Auth,
+        task: &mut JoinHandle<(PushResult, Duration)>,
+    ) -> Result<(PushResult, Duration), PumpError> {
+        loop {
+            tokio::select! {
+                r = &mut *task => return Ok(r.unwrap_or((
+                    PushResult::Failed("the push task ended early".into()),
+                    Duration::ZERO,
+                ))),
+                () = tokio::time::sleep(crate::pump::TURN) => self.keep_session(conn, held, auth).await?,
+            }
+        }
+    }
+
+    /// Put a fresh token once the current one is half-way to expiry.
+    async fn refresh(&self, conn: &mut Connection, auth: &mut Auth) -> Result<(), PumpError> {
+        if SystemTime::now() >= auth.refresh_at {
+            auth.refresh_at = self.put_token(conn, &auth.audience).await?;
+        }
+        Ok(())
+    }
+
+    /// Drive the connection, refresh the token when due and renew the session lock once
+    /// half its time is gone.
     async fn keep_session(
         &self,
         conn: &mut Connection,
         held: &mut Held,
-        entity: &str,
+        auth: &mut Auth,
     ) -> Result<(), PumpError> {
+        self.refresh(conn, auth).await?;
+        let entity = self.cfg.source.path();
         let now = now_ms(SystemTime::now());
         if let Some(until) = held.locked_until
             && renew_due(held.lock_since, until, now)
         {
-            held.locked_until = conn.renew_session_lock(entity, &held.id, SETUP).await?;
+            held.locked_until = conn.renew_session_lock(&entity, &held.id, SETUP).await?;
             held.lock_since = now;
         }
         crate::pump::idle(conn, Duration::ZERO).await?;

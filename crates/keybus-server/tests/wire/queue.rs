@@ -13,6 +13,7 @@ on_both_stores!(
     abandon_raises_delivery_count,
     release_keeps_delivery_count,
     withdrawn_credit_brings_nothing,
+    receive_any_returns_the_first_arrivals,
     defer_and_receive_deferred,
     dead_letter_with_reason,
     receive_and_delete,
@@ -169,6 +170,29 @@ async fn withdrawn_credit_brings_nothing(store: Store) {
     let d = c.receive(rcv, 1, T).await.unwrap().remove(0);
     assert_eq!(d.message_id(), Some("w1"));
     c.settle(rcv, &d, Outcome::Complete, T).await.unwrap();
+}
+
+async fn receive_any_returns_the_first_arrivals(store: Store) {
+    let b = Broker::start(store).await;
+    let mut c = b.client(&["q"]).await;
+    let snd = c.create_sender("q", T).await.unwrap();
+    c.send(snd, &message("f1", b"x"), T).await.unwrap();
+    let rcv = c
+        .create_receiver("q", &ReceiverOptions::default(), T)
+        .await
+        .unwrap();
+    // One message for a credit of ten: back at once, not after the wait.
+    let started = std::time::Instant::now();
+    let got = c
+        .receive_any(rcv, 10, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message_id(), Some("f1"));
+    c.settle(rcv, &got[0], Outcome::Complete, T).await.unwrap();
+    // Nothing there: nothing after the wait.
+    assert!(c.receive_any(rcv, 10, QUIET).await.unwrap().is_empty());
 }
 
 async fn defer_and_receive_deferred(store: Store) {
