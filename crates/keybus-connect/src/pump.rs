@@ -7,10 +7,10 @@
 //! Nothing is lost: a message is settled only by its verdict; a failed target pauses the
 //! pushes for the backoff (the failed message is abandoned, so the broker's delivery count
 //! and max delivery count apply; during the pause the link has no credit and what it still
-//! brings is released, so no message waits out a pause under its lock); a lost connection drops the locks, which run out and give
-//! the messages to the next receiver. On stop, no more credit is granted, held deliveries
-//! that were never pushed are released, pushes in flight may finish until their timeout and
-//! whatever is still in flight then is abandoned.
+//! brings is released, so no message waits out a pause under its lock); a lost connection
+//! drops the locks, which run out and give the messages to the next receiver. On stop, no
+//! more credit is granted, held deliveries that were never pushed are released, pushes in
+//! flight may finish until their timeout and whatever is still in flight then is abandoned.
 
 use std::collections::HashMap;
 use std::sync::Arc;
