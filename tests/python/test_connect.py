@@ -36,6 +36,16 @@ Q_DRAIN = kbutil.declare_queue("connect-drain", lock_duration="2s")
 Q_RELOAD_A = kbutil.declare_queue("connect-reload-a", lock_duration="2s")
 Q_RELOAD_B = kbutil.declare_queue("connect-reload-b", lock_duration="2s")
 Q_REFUSED = kbutil.declare_queue("connect-refused", lock_duration="5s", max_delivery_count=3)
+kbutil.declare_toml(
+    """
+[[topics]]
+name = "connect-events"
+
+[[topics.subscriptions]]
+name = "audit"
+lock_duration = "2s"
+"""
+)
 Q_SESSIONS = kbutil.declare_queue("connect-sessions", lock_duration="2s", requires_session=True)
 
 _LISTEN_RE = re.compile(r"keybus connect: http listening on [0-9.]+:(\d+)")
@@ -145,6 +155,7 @@ class Connector:
         connectors: List[Tuple[str, str, str]],
         extra: str = "",
         env: Optional[Dict[str, str]] = None,
+        wait_healthy: bool = True,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "connectors.toml"
@@ -165,7 +176,7 @@ class Connector:
         self.reader.start()
         deadline = time.monotonic() + kbutil.STARTUP_TIMEOUT
         while time.monotonic() < deadline:
-            if self.port is not None and self.health()[0] == 200:
+            if self.port is not None and (not wait_healthy or self.health()[0] == 200):
                 return
             if self.proc.poll() is not None:
                 break
@@ -183,7 +194,11 @@ class Connector:
             lines += [
                 "[[connectors]]",
                 f"name = {json.dumps(name)}",
-                f"queue = {json.dumps(queue)}",
+                (
+                    "topic = {}\nsubscription = {}".format(*map(json.dumps, queue.split("/subscriptions/")))
+                    if "/subscriptions/" in queue
+                    else f"queue = {json.dumps(queue)}"
+                ),
                 f"target = {json.dumps(target)}",
                 'timeout = "10s"',
                 'retry_initial = "200ms"',
@@ -751,3 +766,40 @@ def test_a_client_certificate_toward_an_mtls_target(
     finally:
         assert c.stop() == 0, c.diagnostics()
         t.close()
+
+
+def test_a_subscription_source(broker: kbutil.Broker, sb_client: ServiceBusClient, tmp_path: Path) -> None:
+    t = Target()
+    t.scripts["/events"] = [(200, "", {})]
+    listen = kbutil.connection_string(broker.amqp_port, key=kbutil.LISTEN_KEY, policy=kbutil.LISTEN_POLICY)
+    c = Connector(tmp_path / "sub", listen, [("audit", "connect-events/subscriptions/audit", t.url("/events"))])
+    try:
+        with sb_client.get_topic_sender("connect-events") as sender:
+            sender.send_messages(ServiceBusMessage(b"an event", message_id="ev-1", subject="user.created"))
+        [(_, headers, body)] = t.wait_for("/events", 1)
+        assert body == b"an event"
+        assert headers["ce-source"].endswith("/connect-events/subscriptions/audit")
+        assert headers["ce-subject"] == "user.created"
+        with sb_client.get_subscription_receiver("connect-events", "audit", max_wait_time=3) as r:
+            assert r.receive_messages(max_message_count=1, max_wait_time=3) == []
+    finally:
+        assert c.stop() == 0, c.diagnostics()
+        t.close()
+
+
+def test_health_is_503_while_the_namespace_cannot_be_reached(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    nowhere = kbutil.connection_string(closed)
+    c = Connector(tmp_path / "nowhere", nowhere, [("lost", "q", "http://127.0.0.1:9/")], wait_healthy=False)
+    try:
+        c.wait_line("connector lost: disconnected")
+        status, body = c.health()
+        assert status == 503, body
+        assert "disconnected" in json.loads(body)["lost"]
+        assert 'keybus_connect_up{connector="lost"} 0' in c.metrics()
+    finally:
+        assert c.stop() == 0, c.diagnostics()
