@@ -10,7 +10,8 @@
 #
 # Environment: KEYBUS_BIN (default target/release/keybus), DATA_DIR (default a new temporary
 # directory, removed at the end unless KEEP=1), AMQP_PORT (5682), HTTP_PORT (5310),
-# SIGNAL (INT: a clean shutdown; KILL: a crash).
+# SIGNAL (INT: a clean shutdown; KILL: a crash), LIMITS (TOML lines for `[limits]`, e.g.
+# "body_window_bytes = 8388608").
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -70,6 +71,11 @@ stop_broker() {
 # 1 KB bodies plus headers: about 1.2 KB of queue size per message, and room to spare.
 MB=$(( MESSAGES * 2 / 1024 + 1024 ))
 "$KEYBUS_BIN" bench config --queues 1 --queue-max-size-mb "$MB" >"$CONFIG"
+if [[ -n "${LIMITS:-}" ]]; then
+    # Into the generated [limits] table.
+    awk -v extra="$LIMITS" '{ print } /^\[limits\]/ { print extra }' "$CONFIG" >"$CONFIG.new"
+    mv "$CONFIG.new" "$CONFIG"
+fi
 [[ -x "$KEYBUS_BIN" ]] || die "no $KEYBUS_BIN (cargo build --release -p keybus)"
 
 echo "==> depth: $MESSAGES messages, $RESTARTS restarts (SIGNAL=$SIGNAL), data dir $DATA_DIR ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"

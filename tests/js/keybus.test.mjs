@@ -16,3 +16,4 @@ import "./cases/websocket.mjs";
 import "./cases/admin.mjs";
 import "./cases/rbac.mjs";
 import "./cases/identity.mjs";
+import "./cases/console.mjs";

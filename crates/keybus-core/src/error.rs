@@ -138,6 +138,9 @@ pub enum ManagementError {
     MessageNotFound(i64),
     #[error("{0}")]
     Argument(String),
+    /// A message body could not be read back from the store.
+    #[error("the store could not read the message back: {0}")]
+    Store(String),
 }
 
 impl ManagementError {
@@ -148,6 +151,7 @@ impl ManagementError {
             Self::Session(e) => e.condition(),
             Self::MessageNotFound(_) => ErrorCondition::MessageNotFound,
             Self::Argument(_) => ErrorCondition::ArgumentError,
+            Self::Store(_) => ErrorCondition::InternalError,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! a runtime: the server wires it up.
 
 pub mod address;
+pub mod bodies;
 pub mod clock;
 pub mod duplicates;
 pub mod entity;
@@ -22,6 +23,7 @@ pub mod store;
 pub mod topic;
 
 pub use address::{NodeAddress, NodeKind, SubQueue};
+pub use bodies::{Bodies, BodyWindow};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use entity::{
     CorrelationFilter, DEFAULT_MAX_MESSAGE_SIZE, EntityDefinition, EntityKind, EntityMeta,
@@ -37,9 +39,10 @@ pub use queue::{
     forwarding::{HOP_LIMIT_REASON, MAX_TRANSFER_HOPS, Transfer},
     sessions::LIST_ALL_SESSIONS,
 };
-pub use record::{MessageRecord, MessageState};
+pub use record::{MessageRecord, MessageState, MessageSummary};
 pub use settings::{EntitySettings, FixedProperty, UNLIMITED_MS, limited};
 pub use store::{
-    CommitFuture, EntityName, EntitySnapshot, SessionRecord, Store, StoreError, StoreOp,
+    CommitFuture, EntityName, EntitySnapshot, LoadOptions, MessageSource, SessionRecord, Store,
+    StoreError, StoreOp,
 };
 pub use topic::{Fanout, RuleError, Subscription, Topic};

@@ -169,6 +169,18 @@ impl MessagingEntity {
         }
     }
 
+    /// The first body that could not be read back since the last call, of the entity or any
+    /// of its subscriptions (see [`Queue::take_read_error`]).
+    pub fn take_read_error(&mut self) -> Option<crate::store::StoreError> {
+        match self {
+            MessagingEntity::Queue(q) => q.take_read_error(),
+            MessagingEntity::Topic(t) => t
+                .subscriptions_mut()
+                .filter_map(|s| s.queue.take_read_error())
+                .next(),
+        }
+    }
+
     /// Sessions whose lock ran out since the last call: (session id, lock holder).
     pub fn take_lost_sessions(&mut self) -> Vec<(String, u64)> {
         match self {

@@ -13,7 +13,14 @@
 //!   says so through [`Store::admit`] (the broker's metering wrapper counts the backlog).
 //!
 //! A subscription's record may refer to its topic's body instead of holding the message
-//! ([`MessageRecord::body_owner`]): `load_entity` returns such records with the body filled in.
+//! ([`MessageRecord::body_owner`]): `load_entity` and `read_message` return such records with
+//! the body filled in.
+//!
+//! Deep queues: `load_entity` returns bodies only up to [`LoadOptions::max_body_bytes`] (in
+//! sequence order, so the head of each queue), the rest as records without a body, and
+//! [`Store::read_message`] reads one body back. A `PutMessage` whose record has no body
+//! (`message: None`) replaces the stored record's broker state (state, delivery count,
+//! times) and keeps the body already stored under that key.
 //!
 //! Keys are (entity path, sub-queue, sequence number), so a PostgreSQL backend maps them to
 //! one `messages` table with a primary key on those columns, and several broker nodes can
@@ -93,6 +100,28 @@ pub struct EntitySnapshot {
     pub sessions: Vec<SessionRecord>,
     /// Sequence numbers of the message bodies a topic stores for its subscriptions.
     pub bodies: Vec<i64>,
+    /// `(enqueued time, duplicate-detection key)` of the main records enqueued since
+    /// [`LoadOptions::message_ids_since`], in sequence order.
+    pub message_ids: Vec<(Timestamp, String)>,
+}
+
+/// What `load_entity` returns besides the records' broker state.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Bodies are returned for records in sequence order (main set first) until they add up
+    /// to this many bytes; later records come without their body.
+    pub max_body_bytes: u64,
+    /// Return the duplicate-detection keys ([`EntitySnapshot::message_ids`]) of the main
+    /// sub-queue's records enqueued at or after this time (the duplicate-detection window of an entity that detects duplicates).
+    pub message_ids_since: Option<Timestamp>,
+}
+
+impl LoadOptions {
+    /// Every body, no duplicate-detection keys.
+    pub const ALL_BODIES: LoadOptions = LoadOptions {
+        max_body_bytes: u64::MAX,
+        message_ids_since: None,
+    };
 }
 
 /// Failures of the store.
@@ -118,14 +147,30 @@ pub enum StoreError {
 /// Resolves once a batch is durable.
 pub type CommitFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
 
+/// Reads one stored message body back (deep queues). Blocking: a point read of the store, made
+/// under the entity's lock when a message without its body in memory is delivered, peeked or
+/// forwarded.
+pub trait MessageSource {
+    /// The message stored as `seq` in `entity`'s sub-queue `sub` (its topic's body when the
+    /// record refers to one). A committed message that is missing is [`StoreError::Corrupt`].
+    fn read_message(
+        &self,
+        entity: &str,
+        sub: SubQueue,
+        seq: i64,
+    ) -> Result<std::sync::Arc<keybus_amqp::Message>, StoreError>;
+}
+
 /// The persistence port.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: MessageSource + Send + Sync + 'static {
     /// Submit a batch. Concurrent batches share one sync (group commit).
     fn commit(&self, ops: Vec<StoreOp>) -> CommitFuture;
     /// All entity definitions. Blocking; called at start-up.
     fn list_entities(&self) -> Result<Vec<EntityDefinition>, StoreError>;
-    /// Everything stored for one entity (lower-case path). Blocking; called at start-up.
-    fn load_entity(&self, entity: &str) -> Result<EntitySnapshot, StoreError>;
+    /// Everything stored for one entity (lower-case path), bodies as `options` say. Blocking;
+    /// called at start-up.
+    fn load_entity(&self, entity: &str, options: LoadOptions)
+    -> Result<EntitySnapshot, StoreError>;
     /// False once a write failed (the store refuses writes from then on, until it recovers).
     fn healthy(&self) -> bool;
     /// `Err` with the cause while the store refuses writes (the error later commits fail with).

@@ -57,7 +57,7 @@ fn forwarded_messages_never_reach_receivers_and_leave_once_durable() {
     assert!(q.take_forwardable(10, clock.now()).is_empty());
     clock.advance_ms(10 * 60_000);
     q.tick(clock.now());
-    let peeked = q.peek(SubQueue::Main, 1, 10, None, clock.now());
+    let peeked = q.peek(SubQueue::Main, 1, 10, None, clock.now()).unwrap();
     let m = Message::decode(&peeked[0]).unwrap();
     assert!(
         keybus_amqp::map_get(
@@ -67,7 +67,11 @@ fn forwarded_messages_never_reach_receivers_and_leave_once_durable() {
         .is_none()
     );
     q.forwarded(SubQueue::Main, seq);
-    assert!(q.peek(SubQueue::Main, 1, 10, None, clock.now()).is_empty());
+    assert!(
+        q.peek(SubQueue::Main, 1, 10, None, clock.now())
+            .unwrap()
+            .is_empty()
+    );
     assert!(q.take_ops().is_empty(), "the caller's batch deletes it");
 }
 

@@ -3,7 +3,7 @@
 
 use keybus_amqp::{Header, Message, Properties, Symbol, Value};
 use keybus_core::{
-    Clock, IncomingMessage, ManualClock, MessageState, Outcome, Queue, QueueProperties,
+    Bodies, Clock, IncomingMessage, ManualClock, MessageState, Outcome, Queue, QueueProperties,
     ReceiveMode, SettleError, StoreOp, SubQueue,
 };
 
@@ -68,7 +68,11 @@ fn sequence_numbers_rise_and_pending_is_invisible() {
         q.acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
             .is_none()
     );
-    assert!(q.peek(SubQueue::Main, 1, 10, None, clock.now()).is_empty());
+    assert!(
+        q.peek(SubQueue::Main, 1, 10, None, clock.now())
+            .unwrap()
+            .is_empty()
+    );
     let ops = q.take_ops();
     assert!(matches!(
         ops.last(),
@@ -108,7 +112,11 @@ fn complete_removes_and_late_settle_loses_lock() {
         q.settle(d.lock_token, Outcome::Complete, clock.now()),
         Err(SettleError::LockLost)
     );
-    assert!(q.peek(SubQueue::Main, 1, 10, None, clock.now()).is_empty());
+    assert!(
+        q.peek(SubQueue::Main, 1, 10, None, clock.now())
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -222,7 +230,9 @@ fn dead_letter_with_reason_and_properties() {
         clock.now(),
     )
     .unwrap();
-    let peeked = q.peek(SubQueue::DeadLetter, 1, 10, None, clock.now());
+    let peeked = q
+        .peek(SubQueue::DeadLetter, 1, 10, None, clock.now())
+        .unwrap();
     assert_eq!(peeked.len(), 1);
     let m = decode(&peeked[0]);
     assert_eq!(app(&m, "DeadLetterReason"), Some(Value::String("r".into())));
@@ -260,7 +270,7 @@ fn defer_then_receive_by_sequence_number() {
         q.acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
             .is_none()
     );
-    let peek = q.peek(SubQueue::Main, 1, 1, None, clock.now());
+    let peek = q.peek(SubQueue::Main, 1, 1, None, clock.now()).unwrap();
     assert_eq!(
         annotation(&decode(&peek[0]), "x-opt-message-state"),
         Some(Value::Int(MessageState::Deferred as i32))
@@ -310,7 +320,7 @@ fn scheduled_messages_wait_and_cancel() {
         q.acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
             .is_none()
     );
-    let peek = q.peek(SubQueue::Main, 1, 10, None, clock.now());
+    let peek = q.peek(SubQueue::Main, 1, 10, None, clock.now()).unwrap();
     assert_eq!(peek.len(), 2);
     assert_eq!(
         annotation(&decode(&peek[0]), "x-opt-message-state"),
@@ -429,7 +439,14 @@ fn receive_and_delete_and_restore() {
             _ => {}
         }
     }
-    let mut r = Queue::restore("q", QueueProperties::default(), snap, 1, clock.now());
+    let mut r = Queue::restore(
+        "q",
+        QueueProperties::default(),
+        snap,
+        1,
+        clock.now(),
+        Bodies::default(),
+    );
     let a = r
         .acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
         .unwrap();

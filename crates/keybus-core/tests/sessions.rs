@@ -4,8 +4,8 @@
 
 use keybus_amqp::{Bytes, Message, Properties, Value};
 use keybus_core::{
-    Clock, IncomingMessage, LIST_ALL_SESSIONS, ManualClock, Outcome, Queue, QueueProperties,
-    ReceiveMode, SendError, SessionError, StoreOp, SubQueue,
+    Bodies, Clock, IncomingMessage, LIST_ALL_SESSIONS, ManualClock, Outcome, Queue,
+    QueueProperties, ReceiveMode, SendError, SessionError, StoreOp, SubQueue,
 };
 
 fn msg(id: &str, session: Option<&str>) -> IncomingMessage {
@@ -202,7 +202,14 @@ fn session_state_needs_the_lock_and_is_persisted() {
         },
         ..Default::default()
     };
-    let mut r = Queue::restore("q", q.properties().clone(), snapshot, 1, clock.now());
+    let mut r = Queue::restore(
+        "q",
+        q.properties().clone(),
+        snapshot,
+        1,
+        clock.now(),
+        Bodies::default(),
+    );
     r.lock_session(Some("a"), 5, clock.now()).unwrap();
     assert_eq!(
         r.session_state("a", &[5], clock.now()),
@@ -253,7 +260,9 @@ fn peek_and_deferred_receive_within_a_session() {
         ],
     );
     assert_eq!(
-        q.peek(SubQueue::Main, 1, 10, Some("a"), clock.now()).len(),
+        q.peek(SubQueue::Main, 1, 10, Some("a"), clock.now())
+            .unwrap()
+            .len(),
         2
     );
     q.lock_session(Some("a"), 1, clock.now()).unwrap();

@@ -171,6 +171,7 @@ fn pending_copies_are_invisible_and_cancel_reaches_every_subscription() {
             .unwrap()
             .queue
             .peek(SubQueue::Main, 1, 10, None, 1_000)
+            .unwrap()
             .is_empty()
     );
     t.commit_pending(&fanout);
@@ -179,6 +180,7 @@ fn pending_copies_are_invisible_and_cancel_reaches_every_subscription() {
             .unwrap()
             .queue
             .peek(SubQueue::Main, 1, 10, None, 1_000)
+            .unwrap()
             .len(),
         1
     );
@@ -188,6 +190,7 @@ fn pending_copies_are_invisible_and_cancel_reaches_every_subscription() {
             .unwrap()
             .queue
             .peek(SubQueue::Main, 1, 10, None, 1_000)
+            .unwrap()
             .is_empty()
     );
     assert!(
@@ -195,6 +198,7 @@ fn pending_copies_are_invisible_and_cancel_reaches_every_subscription() {
             .unwrap()
             .queue
             .peek(SubQueue::Main, 1, 10, None, 1_000)
+            .unwrap()
             .is_empty()
     );
 }

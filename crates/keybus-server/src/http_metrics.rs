@@ -40,6 +40,8 @@ struct EntityCollector {
     connections: i64,
     /// Entities waiting for the forwarder, and deadlines on the housekeeper's agenda.
     agenda: (usize, usize),
+    /// Bytes of bodies in memory, the window's limit, and bodies that could not be read back.
+    bodies: (u64, u64, u64),
     admission: crate::runtime::admission::Snapshot,
     budgets: crate::runtime::admission::Budgets,
 }
@@ -137,6 +139,29 @@ impl Collector for EntityCollector {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             ConstGauge::new(v as i64).encode(family)?;
         }
+        let (used, limit, read_errors) = self.bodies;
+        for (name, help, v) in [
+            (
+                "keybus_body_window_bytes",
+                "Bytes of message bodies held in memory (the rest are read back from the store)",
+                used,
+            ),
+            (
+                "keybus_body_window_limit_bytes",
+                "The body window ([limits] body_window_bytes)",
+                limit,
+            ),
+        ] {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(family)?;
+        }
+        let family = encoder.encode_descriptor(
+            "keybus_body_read_errors",
+            "Message bodies that could not be read back from the store",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(read_errors).encode(family)?;
         self.encode_admission(&mut encoder)
     }
 }
@@ -303,6 +328,10 @@ pub(crate) fn render(broker: &Broker) -> Result<String, fmt::Error> {
         rows: rows(broker),
         connections: broker.open_connections() as i64,
         agenda: broker.agenda_len(),
+        bodies: {
+            let w = broker.bodies().window();
+            (w.used(), w.limit(), w.read_errors())
+        },
         admission: broker.admission().snapshot(),
         budgets: broker.admission().budgets.clone(),
     }));

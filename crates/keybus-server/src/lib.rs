@@ -198,6 +198,8 @@ pub struct Running {
     pub https_addr: Option<SocketAddr>,
     pub tls_files: Option<tls::TlsFiles>,
     pub connection_string: String,
+    /// The web console's address with its one-time sign-in token.
+    pub console_url: String,
     pub broker: Arc<Broker>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -243,6 +245,7 @@ pub async fn serve(
     println!("keybus: amqp listening on {}", running.amqp_addr);
     println!("keybus: http listening on {}", running.http_addr);
     println!("keybus: connection string: {}", running.connection_string);
+    println!("keybus: console: {}", running.console_url);
     shutdown.await;
     running.stop();
     tracing::info!("keybus stopped");
@@ -394,6 +397,18 @@ pub async fn start_with_store(
         "keybus started"
     );
 
+    // The console's one-time token: its address is printed with the connection string.
+    let console = Arc::new(http::console::Console::new());
+    let console_ip = if opts.bind.is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        opts.bind
+    };
+    let console_url = format!(
+        "http://{}/console/?token={}",
+        SocketAddr::new(console_ip, http_addr.port()),
+        console.take_one_time_token().unwrap_or_default()
+    );
     let ticker = tokio::spawn(housekeeping::run(broker.clone()));
     let mut tasks = Vec::new();
     let (mut amqps_addr, mut https_addr, mut tls_files) = (None, None, None);
@@ -425,6 +440,7 @@ pub async fn start_with_store(
             https,
             tokio_rustls::TlsAcceptor::from(t.http.clone()),
             broker.clone(),
+            console.clone(),
         )));
     }
     // The token service's issuer and accepted hosts, unless the policy sets `sts.public_url`.
@@ -435,7 +451,7 @@ pub async fn start_with_store(
         .set_default_public(sts::PublicNames::for_bind(opts.bind, https_port));
     let forwarder = tokio::spawn(forwarding::run(broker.clone()));
     tasks.push(tokio::spawn(watch_policy(broker.clone())));
-    let http_task = tokio::spawn(http::serve(http_listener, broker.clone()));
+    let http_task = tokio::spawn(http::serve(http_listener, broker.clone(), console.clone()));
     let accept = {
         let broker = broker.clone();
         tokio::spawn(async move {
@@ -470,6 +486,7 @@ pub async fn start_with_store(
         https_addr,
         tls_files,
         connection_string,
+        console_url,
         broker,
         tasks,
     })

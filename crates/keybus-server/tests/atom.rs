@@ -652,19 +652,39 @@ async fn lifecycle_changes_are_durable() {
     send(&b, "dq", &["q1", "q2"]).await;
     send(&b, "dt", &["t1", "t2"]).await;
     // Two bodies, referred to by a and b.
-    assert_eq!(store.load_entity("dt").unwrap().bodies.len(), 2);
+    assert_eq!(
+        store
+            .load_entity("dt", keybus_core::LoadOptions::ALL_BODIES)
+            .unwrap()
+            .bodies
+            .len(),
+        2
+    );
     b.delete_subscription("dt", "a").await.unwrap();
-    assert_eq!(store.load_entity("dt").unwrap().bodies.len(), 2);
+    assert_eq!(
+        store
+            .load_entity("dt", keybus_core::LoadOptions::ALL_BODIES)
+            .unwrap()
+            .bodies
+            .len(),
+        2
+    );
     assert!(
         store
-            .load_entity("dt/subscriptions/a")
+            .load_entity("dt/subscriptions/a", keybus_core::LoadOptions::ALL_BODIES)
             .unwrap()
             .main
             .is_empty()
     );
     b.delete_subscription("dt", "b").await.unwrap();
     // No subscription refers to them any more: both bodies are gone.
-    assert!(store.load_entity("dt").unwrap().bodies.is_empty());
+    assert!(
+        store
+            .load_entity("dt", keybus_core::LoadOptions::ALL_BODIES)
+            .unwrap()
+            .bodies
+            .is_empty()
+    );
     b.create_entity(subscription("dt", "b")).await.unwrap();
 
     // A new broker over the same store sees what the API made.
@@ -703,10 +723,16 @@ async fn lifecycle_changes_are_durable() {
         .map(|d| d.key())
         .collect();
     assert!(left.is_empty(), "{left:?}");
-    assert!(store.load_entity("dq").unwrap().main.is_empty());
     assert!(
         store
-            .load_entity("dt/subscriptions/c")
+            .load_entity("dq", keybus_core::LoadOptions::ALL_BODIES)
+            .unwrap()
+            .main
+            .is_empty()
+    );
+    assert!(
+        store
+            .load_entity("dt/subscriptions/c", keybus_core::LoadOptions::ALL_BODIES)
             .unwrap()
             .main
             .is_empty()

@@ -482,6 +482,17 @@ async fn no_sasl_layer_is_accepted() {
 /// A store that refuses every write, as a full or failed disk would.
 struct BrokenStore;
 
+impl keybus_core::MessageSource for BrokenStore {
+    fn read_message(
+        &self,
+        _: &str,
+        _: keybus_core::SubQueue,
+        _: i64,
+    ) -> Result<std::sync::Arc<keybus_amqp::Message>, keybus_core::StoreError> {
+        Err(keybus_core::StoreError::Poisoned)
+    }
+}
+
 impl keybus_core::Store for BrokenStore {
     fn commit(&self, _ops: Vec<keybus_core::StoreOp>) -> keybus_core::CommitFuture {
         Box::pin(async { Err(keybus_core::StoreError::Poisoned) })
@@ -489,7 +500,11 @@ impl keybus_core::Store for BrokenStore {
     fn list_entities(&self) -> Result<Vec<keybus_core::EntityDefinition>, keybus_core::StoreError> {
         Ok(Vec::new())
     }
-    fn load_entity(&self, _: &str) -> Result<keybus_core::EntitySnapshot, keybus_core::StoreError> {
+    fn load_entity(
+        &self,
+        _: &str,
+        _: keybus_core::LoadOptions,
+    ) -> Result<keybus_core::EntitySnapshot, keybus_core::StoreError> {
         Ok(keybus_core::EntitySnapshot::default())
     }
     fn healthy(&self) -> bool {
@@ -526,7 +541,11 @@ async fn health_is_200_and_503_when_the_store_cannot_write() {
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(keybus_server::http::serve(listener, broken));
+    tokio::spawn(keybus_server::http::serve(
+        listener,
+        broken,
+        std::sync::Arc::new(keybus_server::http::console::Console::new()),
+    ));
     assert!(http_get(addr, "/health").await.starts_with("HTTP/1.1 503"));
 }
 

@@ -7,6 +7,8 @@
 
 #[path = "wire/backpressure.rs"]
 mod backpressure;
+#[path = "wire/console.rs"]
+mod console;
 #[path = "wire/deadlines.rs"]
 mod deadlines;
 #[path = "wire/harness.rs"]

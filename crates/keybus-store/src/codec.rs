@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use keybus_amqp::Message;
-use keybus_core::{MessageRecord, MessageState, SessionRecord, SubQueue};
+use keybus_core::queue::message_id_key;
+use keybus_core::{MessageRecord, MessageState, MessageSummary, SessionRecord, SubQueue};
 
 /// Version of the whole on-disk layout, written at creation and checked on open.
 pub const FORMAT_VERSION: u32 = 1;
@@ -104,9 +105,47 @@ pub(crate) fn parse_message_key_suffix(suffix: &[u8]) -> Result<(u8, i64), Strin
     }
 }
 
+/// What follows a record's header: the message, or the name of the topic whose body it is.
+pub(crate) enum Tail<'a> {
+    Message(&'a Message),
+    Owner(&'a str),
+    /// The tail of a stored record (a record put without its body keeps the stored one).
+    Stored(&'a [u8]),
+}
+
 /// Encode a record into `buf` (cleared first): version byte, flags, state, then the fixed
-/// big-endian fields, then the AMQP-encoded message.
-pub(crate) fn encode_record(buf: &mut BytesMut, rec: &MessageRecord) {
+/// big-endian fields, then the AMQP-encoded message. `None` if the record has no body
+/// ([`MessageRecord::message`]) and refers to no topic body: see [`encode_record_over`].
+pub(crate) fn encode_record(buf: &mut BytesMut, rec: &MessageRecord) -> Option<()> {
+    let tail = match (&rec.body_owner, &rec.message) {
+        (Some(owner), _) => Tail::Owner(owner),
+        (None, Some(m)) => Tail::Message(m),
+        (None, None) => return None,
+    };
+    encode_with_tail(buf, rec, tail, rec.body_owner.is_some());
+    Some(())
+}
+
+/// Encode a record without its body over the `stored` value of the same key: the broker
+/// state from `rec`, the message (or topic reference) from `stored`.
+pub(crate) fn encode_record_over(
+    buf: &mut BytesMut,
+    rec: &MessageRecord,
+    stored: &[u8],
+) -> Result<(), String> {
+    if stored.len() < RECORD_HEADER_LEN {
+        return Err(format!(
+            "stored record {} has {} bytes, shorter than its header",
+            rec.sequence_number,
+            stored.len()
+        ));
+    }
+    let shared = stored[1] & FLAG_SHARED_BODY != 0;
+    encode_with_tail(buf, rec, Tail::Stored(&stored[RECORD_HEADER_LEN..]), shared);
+    Ok(())
+}
+
+fn encode_with_tail(buf: &mut BytesMut, rec: &MessageRecord, tail: Tail<'_>, shared: bool) {
     buf.clear();
     let mut flags = 0;
     if rec.scheduled_time.is_some() {
@@ -115,7 +154,7 @@ pub(crate) fn encode_record(buf: &mut BytesMut, rec: &MessageRecord) {
     if rec.expires_at.is_some() {
         flags |= FLAG_EXPIRES;
     }
-    if rec.body_owner.is_some() {
+    if shared {
         flags |= FLAG_SHARED_BODY;
     }
     buf.reserve(RECORD_HEADER_LEN + rec.size as usize);
@@ -128,9 +167,10 @@ pub(crate) fn encode_record(buf: &mut BytesMut, rec: &MessageRecord) {
     buf.put_u32(rec.size);
     buf.put_i64(rec.scheduled_time.unwrap_or(0));
     buf.put_i64(rec.expires_at.unwrap_or(0));
-    match &rec.body_owner {
-        Some(owner) => buf.extend_from_slice(owner.as_bytes()),
-        None => rec.message.encode(buf),
+    match tail {
+        Tail::Owner(owner) => buf.extend_from_slice(owner.as_bytes()),
+        Tail::Message(m) => m.encode(buf),
+        Tail::Stored(bytes) => buf.extend_from_slice(bytes),
     }
 }
 
@@ -146,6 +186,38 @@ pub(crate) fn parse_body_key_suffix(suffix: &[u8]) -> Result<i64, String> {
         .try_into()
         .map_err(|_| format!("body key suffix has {} bytes, expected 8", suffix.len()))?;
     Ok(seq_from_key(b))
+}
+
+/// The encoded size of the message of a stored record value (0 if it is too short).
+pub(crate) fn record_size(bytes: &[u8]) -> u32 {
+    // version, flags, state, seq, enqueued, delivery count, then the size.
+    const AT: usize = 1 + 1 + 1 + 8 + 8 + 4;
+    bytes
+        .get(AT..AT + 4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_be_bytes)
+}
+
+/// The message part of a stored record value, if it holds one (not a topic reference).
+pub(crate) fn record_message(bytes: &[u8]) -> Result<Option<Arc<Message>>, String> {
+    if bytes.len() < RECORD_HEADER_LEN {
+        return Err(format!(
+            "record has {} bytes, shorter than its header",
+            bytes.len()
+        ));
+    }
+    if bytes[1] & FLAG_SHARED_BODY != 0 {
+        return Ok(None);
+    }
+    decode_body(&bytes[RECORD_HEADER_LEN..]).map(Some)
+}
+
+/// The topic a stored record value refers to for its body, if any.
+pub(crate) fn record_owner(bytes: &[u8]) -> Option<&str> {
+    if bytes.len() < RECORD_HEADER_LEN || bytes[1] & FLAG_SHARED_BODY == 0 {
+        return None;
+    }
+    std::str::from_utf8(&bytes[RECORD_HEADER_LEN..]).ok()
 }
 
 /// Decode a stored body.
@@ -164,8 +236,14 @@ fn take<const N: usize>(input: &mut &[u8]) -> [u8; N] {
     out
 }
 
-/// Decode a record written by [`encode_record`].
-pub(crate) fn decode_record(bytes: &[u8]) -> Result<MessageRecord, String> {
+/// Decode a record written by [`encode_record`]. A record that refers to a topic's body comes
+/// back without a message (the caller reads the body); otherwise its message is decoded for
+/// the summary (and its duplicate-detection key if `with_id`) and kept if `keep_body`.
+pub(crate) fn decode_record(
+    bytes: &[u8],
+    keep_body: bool,
+    with_id: bool,
+) -> Result<(MessageRecord, Option<String>), String> {
     if bytes.len() < RECORD_HEADER_LEN {
         return Err(format!(
             "record has {} bytes, shorter than its header",
@@ -185,27 +263,36 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<MessageRecord, String> {
     let size = u32::from_be_bytes(take(&mut input));
     let scheduled = i64::from_be_bytes(take(&mut input));
     let expires = i64::from_be_bytes(take(&mut input));
-    let (message, body_owner) = if flags & FLAG_SHARED_BODY != 0 {
+    let (message, summary, body_owner, id) = if flags & FLAG_SHARED_BODY != 0 {
         let owner = std::str::from_utf8(input)
             .map_err(|_| format!("body owner of sequence number {sequence_number} is not UTF-8"))?;
-        // The caller fills in the message from the owner's body.
-        (Message::default(), Some(Arc::from(owner)))
+        // The caller fills in the message and summary from the owner's body.
+        (
+            None,
+            MessageSummary::default(),
+            Some(Arc::from(owner)),
+            None,
+        )
     } else {
         let m = Message::decode(&Bytes::copy_from_slice(input))
             .map_err(|e| format!("message of sequence number {sequence_number}: {e}"))?;
-        (m, None)
+        let summary = MessageSummary::of(&m);
+        let id = if with_id { message_id_key(&m) } else { None };
+        (keep_body.then(|| Arc::new(m)), summary, None, id)
     };
-    Ok(MessageRecord {
+    let record = MessageRecord {
         sequence_number,
         enqueued_time,
         state,
         delivery_count,
         scheduled_time: (flags & FLAG_SCHEDULED != 0).then_some(scheduled),
         expires_at: (flags & FLAG_EXPIRES != 0).then_some(expires),
-        message: Arc::new(message),
+        message,
+        summary,
         size,
         body_owner,
-    })
+    };
+    Ok((record, id))
 }
 
 #[cfg(test)]
@@ -238,9 +325,14 @@ mod tests {
 
     #[test]
     fn truncated_record_is_rejected() {
-        assert!(decode_record(&[1, 0, 0]).is_err());
+        assert!(decode_record(&[1, 0, 0], true, false).is_err());
+        assert!(decode_record(&[1, 0, 0], false, true).is_err());
         let mut bad = vec![9u8; RECORD_HEADER_LEN];
         bad[0] = 9;
-        assert!(decode_record(&bad).unwrap_err().contains("version"));
+        assert!(
+            decode_record(&bad, true, false)
+                .unwrap_err()
+                .contains("version")
+        );
     }
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use keybus_amqp::Message;
 use keybus_core::{
-    EntityDefinition, EntityKind, EntitySnapshot, MessageRecord, MessageState, QueueProperties,
-    SessionRecord, Store, StoreError, StoreOp, SubQueue,
+    EntityDefinition, EntityKind, EntitySnapshot, LoadOptions, MessageRecord, MessageState,
+    MessageSummary, QueueProperties, SessionRecord, Store, StoreError, StoreOp, SubQueue,
 };
 
 /// Result of one conformance case.
@@ -57,6 +57,9 @@ pub const CASES: &[Case] = &[
     ),
     ("session_states", session_states),
     ("shared_bodies", shared_bodies),
+    ("put_without_body_keeps_it", put_without_body_keeps_it),
+    ("read_message_reads_bodies", read_message_reads_bodies),
+    ("load_bounds_bodies", load_bounds_bodies),
 ];
 
 /// Run every case of [`CASES`] against a fresh store from `make`; all failures are reported.
@@ -146,17 +149,28 @@ pub fn test_message(tag: i64, len: usize) -> Result<Message, String> {
 
 /// A 1 KB record with sequence number `seq`; `tag` varies the payload and delivery count.
 pub fn record(seq: i64, tag: u32) -> Result<MessageRecord, String> {
-    Ok(MessageRecord {
-        sequence_number: seq,
-        enqueued_time: 1_700_000_000_000 + seq,
-        state: MessageState::Active,
-        delivery_count: tag,
-        scheduled_time: None,
-        expires_at: None,
-        message: Arc::new(test_message(seq ^ i64::from(tag), 1024)?),
-        size: 1024 + 8,
-        body_owner: None,
-    })
+    Ok(with_message(
+        MessageRecord {
+            sequence_number: seq,
+            enqueued_time: 1_700_000_000_000 + seq,
+            state: MessageState::Active,
+            delivery_count: tag,
+            scheduled_time: None,
+            expires_at: None,
+            message: None,
+            summary: MessageSummary::default(),
+            size: 1024 + 8,
+            body_owner: None,
+        },
+        test_message(seq ^ i64::from(tag), 1024)?,
+    ))
+}
+
+/// `record` holding `message`, with its summary.
+pub fn with_message(mut record: MessageRecord, message: Message) -> MessageRecord {
+    record.summary = MessageSummary::of(&message);
+    record.message = Some(Arc::new(message));
+    record
 }
 
 pub fn queue(name: &str) -> EntityDefinition {
@@ -195,7 +209,7 @@ fn seqs(records: &[MessageRecord]) -> Vec<i64> {
 
 fn load(store: &dyn Store, entity: &str) -> Result<EntitySnapshot, String> {
     store
-        .load_entity(entity)
+        .load_entity(entity, LoadOptions::ALL_BODIES)
         .map_err(|e| format!("load_entity({entity}) failed: {e}"))
 }
 
@@ -260,9 +274,9 @@ pub fn records_round_trip(store: &dyn Store) -> CaseResult {
     let mut b = record(2, 0)?;
     b.state = MessageState::Deferred;
     b.expires_at = Some(i64::MAX);
-    b.message = Arc::new(test_message(2, 0)?);
-    let mut c = record(3, u32::MAX)?;
-    c.message = Arc::new(test_message(3, 200_000)?);
+    let b = with_message(b, test_message(2, 0)?);
+    let c = record(3, u32::MAX)?;
+    let mut c = with_message(c, test_message(3, 200_000)?);
     c.size = 200_008;
     commit(
         store,
@@ -614,12 +628,12 @@ pub fn shared_bodies(store: &dyn Store) -> CaseResult {
             StoreOp::PutBody {
                 entity: "t".into(),
                 sequence_number: 5,
-                message: body.message.clone(),
+                message: body_of(&body)?,
             },
             StoreOp::PutBody {
                 entity: "t".into(),
                 sequence_number: 6,
-                message: body.message.clone(),
+                message: body_of(&body)?,
             },
             put("t/subscriptions/a", SubQueue::Main, shared.clone()),
             put("t/subscriptions/b", SubQueue::DeadLetter, dlq),
@@ -714,7 +728,7 @@ pub fn session_states(store: &dyn Store) -> CaseResult {
 pub fn reopen_keeps_everything<S: Store>(open: impl Fn() -> Result<S, StoreError>) -> CaseResult {
     let open = || open().map_err(|e| format!("open failed: {e}"));
     let mut big = record(7, 1)?;
-    big.message = Arc::new(test_message(7, 300_000)?);
+    big = with_message(big, test_message(7, 300_000)?);
     big.size = 300_008;
     big.scheduled_time = Some(42);
     {
@@ -853,4 +867,141 @@ pub fn crash_verify(store: &dyn Store, ack: &Path) -> Result<(i64, i64), String>
         }
     }
     Ok((last_acked, applied))
+}
+
+fn body_of(record: &MessageRecord) -> Result<Arc<Message>, String> {
+    record
+        .message
+        .clone()
+        .ok_or_else(|| "test record has no body".to_string())
+}
+
+/// A record put without its body (`message: None`) replaces the stored broker state and keeps
+/// the stored body, whether that was committed before or put earlier in the same batch.
+pub fn put_without_body_keeps_it(store: &dyn Store) -> CaseResult {
+    let q = "meta";
+    let first = record(1, 0)?;
+    commit(store, vec![put(q, SubQueue::Main, first.clone())])?;
+    let mut update = first.clone();
+    update.message = None;
+    update.delivery_count = 4;
+    update.state = MessageState::Deferred;
+    let second = record(2, 0)?;
+    let mut second_update = second.clone();
+    second_update.message = None;
+    second_update.delivery_count = 9;
+    commit(
+        store,
+        vec![
+            put(q, SubQueue::Main, update.clone()),
+            put(q, SubQueue::Main, second.clone()),
+            put(q, SubQueue::Main, second_update.clone()),
+        ],
+    )?;
+    let snap = load(store, q)?;
+    let mut want_first = update;
+    want_first.message = first.message;
+    let mut want_second = second_update;
+    want_second.message = second.message;
+    expect_eq("records", snap.main, vec![want_first, want_second])?;
+    // Nothing to update once the record is gone.
+    let mut gone = record(3, 0)?;
+    gone.message = None;
+    commit(store, vec![put(q, SubQueue::Main, gone)])?;
+    expect_eq(
+        "after a put of a missing record",
+        seqs(&load(store, q)?.main),
+        vec![1, 2],
+    )
+}
+
+/// `read_message` returns a record's own body, or its topic's; a missing message is an error.
+pub fn read_message_reads_bodies(store: &dyn Store) -> CaseResult {
+    let own = record(1, 0)?;
+    let topic_body = record(2, 7)?;
+    let mut shared = topic_body.clone();
+    shared.body_owner = Some(Arc::from("rt"));
+    shared.message = None;
+    commit(
+        store,
+        vec![
+            put("rq", SubQueue::DeadLetter, own.clone()),
+            StoreOp::PutBody {
+                entity: "rt".into(),
+                sequence_number: 2,
+                message: body_of(&topic_body)?,
+            },
+            put("rt/subscriptions/s", SubQueue::Main, shared),
+        ],
+    )?;
+    let read = |entity: &str, sub: SubQueue, seq: i64| {
+        store
+            .read_message(entity, sub, seq)
+            .map_err(|e| format!("read_message({entity}, {seq}) failed: {e}"))
+    };
+    expect_eq(
+        "own body",
+        read("rq", SubQueue::DeadLetter, 1)?,
+        body_of(&own)?,
+    )?;
+    expect_eq(
+        "topic body",
+        read("rt/subscriptions/s", SubQueue::Main, 2)?,
+        body_of(&topic_body)?,
+    )?;
+    match store.read_message("rq", SubQueue::Main, 1) {
+        Err(StoreError::Corrupt(_)) => Ok(()),
+        other => Err(format!("reading a missing message: {other:?}")),
+    }
+}
+
+/// `load_entity` returns bodies in sequence order up to the budget and the rest without; every
+/// record keeps its summary, and duplicate-detection keys come only when asked for.
+pub fn load_bounds_bodies(store: &dyn Store) -> CaseResult {
+    let q = "deep";
+    let mut ops = Vec::new();
+    let mut want = Vec::new();
+    for s in 1..=6 {
+        let mut m = test_message(s, 1024)?;
+        m.properties = Some(keybus_amqp::Properties {
+            message_id: Some(keybus_amqp::Value::String(format!("id-{s}"))),
+            group_id: Some(format!("session-{s}")),
+            ..Default::default()
+        });
+        let r = with_message(record(s, 0)?, m);
+        ops.push(put(q, SubQueue::Main, r.clone()));
+        want.push(r);
+    }
+    commit(store, ops)?;
+    let size = u64::from(want[0].size);
+    let since = want[4].enqueued_time;
+    let snap = store
+        .load_entity(
+            q,
+            LoadOptions {
+                max_body_bytes: 3 * size + size / 2,
+                message_ids_since: Some(since),
+            },
+        )
+        .map_err(|e| format!("load_entity failed: {e}"))?;
+    let with_body: Vec<bool> = snap.main.iter().map(|r| r.message.is_some()).collect();
+    expect_eq(
+        "bodies loaded",
+        with_body,
+        vec![true, true, true, false, false, false],
+    )?;
+    for (got, want) in snap.main.iter().zip(&want) {
+        expect_eq(
+            "session of the summary",
+            got.summary.session_id.as_deref(),
+            want.summary.session_id.as_deref(),
+        )?;
+    }
+    let ids: Vec<(i64, String)> = want
+        .iter()
+        .filter(|r| r.enqueued_time >= since)
+        .map(|r| (r.enqueued_time, format!("s:id-{}", r.sequence_number)))
+        .collect();
+    expect_eq("duplicate-detection keys", snap.message_ids, ids)?;
+    Ok(())
 }

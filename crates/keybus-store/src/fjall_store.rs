@@ -35,7 +35,8 @@ use bytes::BytesMut;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use keybus_amqp::Message;
 use keybus_core::{
-    CommitFuture, EntityDefinition, EntitySnapshot, Store, StoreError, StoreOp, SubQueue,
+    CommitFuture, EntityDefinition, EntitySnapshot, LoadOptions, MessageSource, Store, StoreError,
+    StoreOp, SubQueue,
 };
 use tokio::sync::oneshot;
 
@@ -75,7 +76,7 @@ impl Default for FjallOptions {
         Self {
             max_group_ops: 4096,
             max_group_bytes: 4 * 1024 * 1024,
-            cache_bytes: 32 * 1024 * 1024,
+            cache_bytes: 16 * 1024 * 1024,
             memtable_bytes: 8 * 1024 * 1024,
             journal_bytes: 128 * 1024 * 1024,
             retry_interval: Duration::from_secs(1),
@@ -368,8 +369,13 @@ impl Store for FjallStore {
         Ok(out)
     }
 
-    fn load_entity(&self, entity: &str) -> Result<EntitySnapshot, StoreError> {
+    fn load_entity(
+        &self,
+        entity: &str,
+        options: LoadOptions,
+    ) -> Result<EntitySnapshot, StoreError> {
         let tables = self.tables()?;
+        let mut budget = options.max_body_bytes;
         let mut snap = EntitySnapshot::default();
         if let Some(v) = tables
             .sequences
@@ -388,8 +394,20 @@ impl Store for FjallStore {
                 .map_err(|e| io(&format!("reading messages of '{entity}'"), e))?;
             let (sub, seq) = codec::parse_message_key_suffix(&key[prefix.len()..])
                 .map_err(|e| corrupt(format!("message key of '{entity}': {e}")))?;
-            let mut rec = codec::decode_record(&value)
+            // Bodies in sequence order until the budget is spent (the head of the queue).
+            let keep_body = budget >= u64::from(codec::record_size(&value));
+            let main = sub == codec::sub_byte(SubQueue::Main);
+            let with_id = main && options.message_ids_since.is_some();
+            let (mut rec, id) = codec::decode_record(&value, keep_body, with_id)
                 .map_err(|e| corrupt(format!("message {seq} of '{entity}': {e}")))?;
+            if keep_body {
+                budget -= u64::from(rec.size);
+            }
+            if let (Some(id), Some(since)) = (id, options.message_ids_since)
+                && rec.enqueued_time >= since
+            {
+                snap.message_ids.push((rec.enqueued_time, id));
+            }
             if rec.sequence_number != seq {
                 return Err(corrupt(format!(
                     "message stored under sequence number {seq} of '{entity}' carries {}",
@@ -398,7 +416,7 @@ impl Store for FjallStore {
             }
             if let Some(owner) = rec.body_owner.clone() {
                 let cache_key = (owner.clone(), seq);
-                rec.message = match bodies.get(&cache_key) {
+                let message = match bodies.get(&cache_key) {
                     Some(m) => m.clone(),
                     None => {
                         codec::body_key(&mut key_buf, &owner, seq);
@@ -413,10 +431,22 @@ impl Store for FjallStore {
                             })?;
                         let m = codec::decode_body(&bytes)
                             .map_err(|e| corrupt(format!("body {seq} of '{owner}': {e}")))?;
-                        bodies.insert(cache_key, m.clone());
+                        if keep_body {
+                            bodies.insert(cache_key, m.clone());
+                        }
                         m
                     }
                 };
+                if main
+                    && options
+                        .message_ids_since
+                        .is_some_and(|since| rec.enqueued_time >= since)
+                    && let Some(id) = keybus_core::queue::message_id_key(&message)
+                {
+                    snap.message_ids.push((rec.enqueued_time, id));
+                }
+                rec.summary = keybus_core::MessageSummary::of(&message);
+                rec.message = keep_body.then_some(message);
             }
             if sub == codec::sub_byte(SubQueue::Main) {
                 snap.main.push(rec);
@@ -457,6 +487,41 @@ impl Store for FjallStore {
         } else {
             Err(self.shared.cause())
         }
+    }
+}
+
+impl MessageSource for FjallStore {
+    fn read_message(
+        &self,
+        entity: &str,
+        sub: SubQueue,
+        seq: i64,
+    ) -> Result<Arc<Message>, StoreError> {
+        let tables = self.tables()?;
+        let mut key = Vec::new();
+        codec::message_key(&mut key, entity, sub, seq);
+        let value = tables
+            .messages
+            .get(&key)
+            .map_err(|e| io(&format!("reading message {seq} of '{entity}'"), e))?
+            .ok_or_else(|| corrupt(format!("message {seq} of '{entity}' is not in the store")))?;
+        if let Some(owner) = codec::record_owner(&value) {
+            codec::body_key(&mut key, owner, seq);
+            let bytes = tables
+                .bodies
+                .get(&key)
+                .map_err(|e| io("reading a message body", e))?
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "message {seq} of '{entity}' refers to a missing body of '{owner}'"
+                    ))
+                })?;
+            return codec::decode_body(&bytes)
+                .map_err(|e| corrupt(format!("body {seq} of '{owner}': {e}")));
+        }
+        codec::record_message(&value)
+            .map_err(|e| corrupt(format!("message {seq} of '{entity}': {e}")))?
+            .ok_or_else(|| corrupt(format!("message {seq} of '{entity}' has no body")))
     }
 }
 
@@ -783,7 +848,46 @@ impl Writer {
                         record,
                     } => {
                         codec::message_key(&mut self.key, entity, *sub, record.sequence_number);
-                        codec::encode_record(&mut self.value, record);
+                        if codec::encode_record(&mut self.value, record).is_none() {
+                            // No body: keep the one stored under this key, or put earlier in
+                            // this group (not yet applied).
+                            let earlier = group[..ri]
+                                .iter()
+                                .flat_map(|r| r.iter())
+                                .chain(request[..oi].iter())
+                                .rev()
+                                .find_map(|op| match op {
+                                    StoreOp::PutMessage {
+                                        entity: e,
+                                        sub: s,
+                                        record: r,
+                                    } if e == entity
+                                        && codec::sub_byte(*s) == codec::sub_byte(*sub)
+                                        && r.sequence_number == record.sequence_number
+                                        && (r.message.is_some() || r.body_owner.is_some()) =>
+                                    {
+                                        Some(r)
+                                    }
+                                    _ => None,
+                                });
+                            let stored = match earlier {
+                                Some(r) => {
+                                    let mut v = BytesMut::new();
+                                    codec::encode_record(&mut v, r);
+                                    Some(v.to_vec())
+                                }
+                                None => messages
+                                    .get(self.key.as_slice())
+                                    .map_err(|e| io("reading a stored message", e))?
+                                    .map(|v| v.to_vec()),
+                            };
+                            // A record that is gone (deleted before) has nothing to update.
+                            let Some(stored) = stored else {
+                                continue;
+                            };
+                            codec::encode_record_over(&mut self.value, record, &stored)
+                                .map_err(corrupt)?;
+                        }
                         batch.insert(messages, self.key.as_slice(), &self.value[..]);
                     }
                     StoreOp::DeleteMessage {

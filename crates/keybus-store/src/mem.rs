@@ -6,9 +6,10 @@ use std::sync::Arc;
 use keybus_amqp::Message;
 use std::sync::{Mutex, MutexGuard};
 
+use keybus_core::queue::message_id_key;
 use keybus_core::{
-    CommitFuture, EntityDefinition, EntityName, EntitySnapshot, MessageRecord, SessionRecord,
-    Store, StoreError, StoreOp, SubQueue,
+    CommitFuture, EntityDefinition, EntityName, EntitySnapshot, LoadOptions, MessageRecord,
+    MessageSource, SessionRecord, Store, StoreError, StoreOp, SubQueue,
 };
 
 #[derive(Default)]
@@ -56,11 +57,17 @@ impl Inner {
             StoreOp::PutMessage {
                 entity,
                 sub,
-                record,
+                mut record,
             } => {
-                self.data(entity)
-                    .set(sub)
-                    .insert(record.sequence_number, record);
+                let set = self.data(entity).set(sub);
+                if record.message.is_none() && record.body_owner.is_none() {
+                    // Broker state only: keep the stored body (nothing to update if gone).
+                    let Some(stored) = set.get(&record.sequence_number) else {
+                        return;
+                    };
+                    record.message = stored.message.clone();
+                }
+                set.insert(record.sequence_number, record);
             }
             StoreOp::DeleteMessage {
                 entity,
@@ -123,6 +130,47 @@ impl std::fmt::Debug for MemStore {
     }
 }
 
+impl Inner {
+    /// The message of a stored record: its own, or its topic's body.
+    fn message(&self, entity: &str, r: &MessageRecord) -> Result<Arc<Message>, StoreError> {
+        let seq = r.sequence_number;
+        match &r.body_owner {
+            Some(owner) => self
+                .data
+                .get(&**owner)
+                .and_then(|o| o.bodies.get(&seq))
+                .cloned()
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "message {seq} of '{entity}' refers to a missing body of '{owner}'"
+                    ))
+                }),
+            None => r.message.clone().ok_or_else(|| {
+                StoreError::Corrupt(format!("message {seq} of '{entity}' has no body"))
+            }),
+        }
+    }
+}
+
+impl MessageSource for MemStore {
+    fn read_message(
+        &self,
+        entity: &str,
+        sub: SubQueue,
+        seq: i64,
+    ) -> Result<Arc<Message>, StoreError> {
+        let mut inner = self.lock();
+        let record = inner
+            .data
+            .get_mut(entity)
+            .and_then(|d| d.set(sub).get(&seq).cloned())
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("message {seq} of '{entity}' is not in the store"))
+            })?;
+        inner.message(entity, &record)
+    }
+}
+
 impl Store for MemStore {
     fn commit(&self, ops: Vec<StoreOp>) -> CommitFuture {
         {
@@ -138,38 +186,52 @@ impl Store for MemStore {
         Ok(self.lock().definitions.values().cloned().collect())
     }
 
-    fn load_entity(&self, entity: &str) -> Result<EntitySnapshot, StoreError> {
+    fn load_entity(
+        &self,
+        entity: &str,
+        options: LoadOptions,
+    ) -> Result<EntitySnapshot, StoreError> {
         let inner = self.lock();
         let Some(d) = inner.data.get(entity) else {
             return Ok(EntitySnapshot::default());
         };
-        let resolve = |r: &MessageRecord| -> Result<MessageRecord, StoreError> {
+        let mut budget = options.max_body_bytes;
+        let mut message_ids = Vec::new();
+        let mut resolve = |r: &MessageRecord, main: bool| -> Result<MessageRecord, StoreError> {
             let mut r = r.clone();
-            if let Some(owner) = &r.body_owner {
-                r.message = inner
-                    .data
-                    .get(&**owner)
-                    .and_then(|o| o.bodies.get(&r.sequence_number))
-                    .cloned()
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "message {} of '{entity}' refers to a missing body of '{owner}'",
-                            r.sequence_number
-                        ))
-                    })?;
+            let message = inner.message(entity, &r)?;
+            if main
+                && options
+                    .message_ids_since
+                    .is_some_and(|since| r.enqueued_time >= since)
+                && let Some(id) = message_id_key(&message)
+            {
+                message_ids.push((r.enqueued_time, id));
             }
+            let keep = budget >= u64::from(r.size);
+            if keep {
+                budget -= u64::from(r.size);
+            }
+            r.message = keep.then_some(message);
             Ok(r)
         };
+        let main = d
+            .main
+            .values()
+            .map(|r| resolve(r, true))
+            .collect::<Result<_, _>>()?;
+        let dead_letter = d
+            .dead_letter
+            .values()
+            .map(|r| resolve(r, false))
+            .collect::<Result<_, _>>()?;
         Ok(EntitySnapshot {
             next_sequence: d.next_sequence,
-            main: d.main.values().map(resolve).collect::<Result<_, _>>()?,
-            dead_letter: d
-                .dead_letter
-                .values()
-                .map(resolve)
-                .collect::<Result<_, _>>()?,
+            main,
+            dead_letter,
             sessions: d.sessions.values().cloned().collect(),
             bodies: d.bodies.keys().copied().collect(),
+            message_ids,
         })
     }
 

@@ -76,7 +76,13 @@ mod fjall_durability {
         let store = keybus_store::open_embedded(&dir).unwrap();
         conformance::commit(&*store, vec![conformance::seq("x", 5)]).unwrap();
         assert!(store.healthy());
-        assert_eq!(store.load_entity("x").unwrap().next_sequence, 5);
+        assert_eq!(
+            store
+                .load_entity("x", keybus_core::LoadOptions::ALL_BODIES)
+                .unwrap()
+                .next_sequence,
+            5
+        );
         // A second instance on the same directory is refused while the first is open.
         assert!(FjallStore::open(&dir).is_err());
     }
@@ -118,12 +124,24 @@ mod fjall_durability {
             rx.recv_timeout(Duration::from_secs(5))
                 .expect("commit blocked while the writer was stalled")
         });
-        assert_eq!(store.load_entity("q").unwrap().next_sequence, 0);
+        assert_eq!(
+            store
+                .load_entity("q", keybus_core::LoadOptions::ALL_BODIES)
+                .unwrap()
+                .next_sequence,
+            0
+        );
         drop(stalled);
         for f in futures {
             conformance::block_on(f).unwrap();
         }
-        assert_eq!(store.load_entity("q").unwrap().next_sequence, 9_999);
+        assert_eq!(
+            store
+                .load_entity("q", keybus_core::LoadOptions::ALL_BODIES)
+                .unwrap()
+                .next_sequence,
+            9_999
+        );
     }
 
     #[test]
@@ -139,7 +157,13 @@ mod fjall_durability {
             conformance::block_on(f).unwrap();
         }
         let store = FjallStore::open(&dir).unwrap();
-        assert_eq!(store.load_entity("q").unwrap().next_sequence, 99);
+        assert_eq!(
+            store
+                .load_entity("q", keybus_core::LoadOptions::ALL_BODIES)
+                .unwrap()
+                .next_sequence,
+            99
+        );
     }
 
     fn open_retrying_every(dir: &std::path::Path, retry: Duration) -> FjallStore {
@@ -180,7 +204,13 @@ mod fjall_durability {
         // What failed was never written.
         let store = FjallStore::open(&dir).unwrap();
         assert!(store.healthy());
-        assert_eq!(store.load_entity("q").unwrap().next_sequence, 1);
+        assert_eq!(
+            store
+                .load_entity("q", keybus_core::LoadOptions::ALL_BODIES)
+                .unwrap()
+                .next_sequence,
+            1
+        );
     }
 
     #[test]
@@ -205,13 +235,17 @@ mod fjall_durability {
         wait_healthy(&store);
         assert!(store.status().is_ok());
         conformance::commit(&store, vec![conformance::seq("q", 5), put(4)]).unwrap();
-        let snap = store.load_entity("q").unwrap();
+        let snap = store
+            .load_entity("q", keybus_core::LoadOptions::ALL_BODIES)
+            .unwrap();
         let seqs: Vec<i64> = snap.main.iter().map(|r| r.sequence_number).collect();
         assert_eq!(seqs, vec![3, 4]);
         assert_eq!(snap.next_sequence, 5);
         drop(store);
         let store = FjallStore::open(&dir).unwrap();
-        let snap = store.load_entity("q").unwrap();
+        let snap = store
+            .load_entity("q", keybus_core::LoadOptions::ALL_BODIES)
+            .unwrap();
         let seqs: Vec<i64> = snap.main.iter().map(|r| r.sequence_number).collect();
         assert_eq!(seqs, vec![3, 4]);
         assert_eq!(snap.next_sequence, 5);

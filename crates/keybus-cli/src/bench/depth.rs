@@ -8,6 +8,9 @@ use std::time::Instant;
 use keybus_client::{Connection, RecvWork, Tally};
 
 use super::scenario::Measure;
+
+/// How long after the fill the settled resident memory is read.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(12);
 use super::{Bench, BenchError, ctx, procfs};
 
 impl Bench {
@@ -42,6 +45,12 @@ impl Bench {
                 m.rss_kib as f64 / 1024.0,
             ));
             out.push(fig("broker RSS peak", "MB", m.peak_kib as f64 / 1024.0));
+            // What the queue costs at rest: after the allocator's decay time has returned the
+            // fill's freed buffers (jemalloc `dirty_decay_ms`, 10 s).
+            tokio::time::sleep(SETTLE).await;
+            if let Some(m) = self.meters.broker_pid.as_deref().and_then(procfs::memory) {
+                out.push(fig("broker RSS settled", "MB", m.rss_kib as f64 / 1024.0));
+            }
         }
         Ok(out)
     }

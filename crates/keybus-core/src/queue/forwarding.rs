@@ -108,6 +108,11 @@ impl Queue {
                     self.expire(seq, now);
                     continue;
                 }
+                let Some(message) = self.load_body(sub, seq) else {
+                    // Unreadable (kept in `read_error`): left out of the forwarder's index
+                    // until it is indexed again.
+                    break;
+                };
                 let token = self.next_token();
                 let entity = self.name.clone();
                 let set = self.set_mut(sub);
@@ -115,18 +120,18 @@ impl Queue {
                 let Some(e) = set.entries.get_mut(&seq) else {
                     continue;
                 };
-                e.lock = Some(Lock {
+                e.lock = Some(Box::new(Lock {
                     token,
                     until: Timestamp::MAX,
-                });
+                }));
                 let transfer = Transfer {
                     entity,
                     sub,
                     sequence_number: seq,
                     destination: destination.clone(),
-                    message: e.rec.message.clone(),
+                    hops: hops(&message),
+                    message,
                     size: e.rec.size,
-                    hops: hops(&e.rec.message),
                 };
                 set.index(seq);
                 out.push(transfer);

@@ -6,22 +6,32 @@
 //! client only once the commit is durable. Sends are two-phase: [`Queue::enqueue`] keeps new
 //! messages invisible ("pending") until [`Queue::commit_pending`] is called after the commit,
 //! so no receiver ever sees a message that is not on disk.
+//!
+//! Deep queues: once the shared [`BodyWindow`](crate::bodies::BodyWindow) is full, a
+//! committed message that is neither locked nor pending keeps only its index entry here and
+//! its body in the store; it is read back through the queue's [`Bodies`] when it is delivered,
+//! peeked, forwarded or dead-lettered. A read that fails leaves the message where it was and
+//! is reported by [`Queue::take_read_error`].
 
 pub mod forwarding;
+pub mod purge;
+pub mod redrive;
+mod seq_map;
 pub mod sessions;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use keybus_amqp::{Bytes, BytesMut, Header, Message, Symbol, Value};
 
 use crate::address::SubQueue;
+use crate::bodies::Bodies;
 use crate::clock::Timestamp;
 use crate::duplicates::DuplicateHistory;
 use crate::entity::QueueProperties;
 use crate::error::{ManagementError, SendError, SettleError};
-use crate::record::{MessageRecord, MessageState};
-use crate::store::{EntityName, EntitySnapshot, StoreOp};
+use crate::record::{MessageRecord, MessageState, MessageSummary};
+use crate::store::{EntityName, EntitySnapshot, StoreError, StoreOp};
 
 /// A lock token: a GUID in RFC 4122 byte order (as `$management` carries it as `uuid`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,16 +123,37 @@ struct Lock {
 #[derive(Debug, Clone)]
 struct Entry {
     rec: MessageRecord,
-    lock: Option<Lock>,
+    /// Boxed: few messages are locked at a time, and every entry pays for the field.
+    lock: Option<Box<Lock>>,
     pending: bool,
     /// Forwarding this message failed: it stays here for receivers.
     stuck: bool,
+    /// The body changed (properties to modify) since it was last written.
+    body_dirty: bool,
+}
+
+impl Entry {
+    fn session_id(&self) -> Option<&str> {
+        self.rec.summary.session_id.as_deref()
+    }
+}
+
+/// What taking one message for a receiver came to.
+enum Taken {
+    Delivered(Delivery),
+    /// It had expired (and is expired now); try the next one.
+    Expired,
+    /// Its body could not be read back; it stays available (see [`Queue::take_read_error`]).
+    Unreadable,
 }
 
 /// One message set (the queue itself or its dead-letter sub-queue) with its indexes.
 #[derive(Debug, Default)]
 struct MessageSet {
-    entries: BTreeMap<i64, Entry>,
+    /// Where bodies live; `resident` bytes of this set's bodies are in memory.
+    bodies: Bodies,
+    resident: u64,
+    entries: seq_map::SeqMap<Entry>,
     /// Available messages: all of them, or in a session-enabled set those without a session.
     available: BTreeSet<i64>,
     /// Session-enabled sets index available messages by session id instead (FIFO per session).
@@ -137,23 +168,45 @@ struct MessageSet {
     size_bytes: u64,
 }
 
+impl Drop for MessageSet {
+    fn drop(&mut self) {
+        self.bodies.window().sub(self.resident);
+    }
+}
+
 impl MessageSet {
+    fn new(bodies: &Bodies, sessionful: bool, forwarding: bool) -> MessageSet {
+        let mut set = MessageSet::default();
+        set.bodies = bodies.clone();
+        set.sessionful = sessionful;
+        set.forwarding = forwarding;
+        set
+    }
+
     fn index(&mut self, seq: i64) {
-        let Some(e) = self.entries.get(&seq) else {
+        let Some(e) = self.entries.get_mut(&seq) else {
             return;
         };
         if e.pending {
             return;
         }
-        if let Some(l) = e.lock {
+        if let Some(l) = e.lock.as_deref() {
             self.lock_expiry.insert((l.until, seq));
             return;
         }
+        // Neither pending nor locked: past the window its body is left to the store.
+        if self.bodies.over() && e.rec.message.take().is_some() {
+            self.resident = self.resident.saturating_sub(u64::from(e.rec.size));
+            self.bodies.window().sub(u64::from(e.rec.size));
+        }
+        let Some(e) = self.entries.get(&seq) else {
+            return;
+        };
         match e.rec.state {
             MessageState::Active if self.forwarding && !e.stuck => {
                 self.to_forward.insert(seq);
             }
-            MessageState::Active => match group_id(&e.rec.message).filter(|_| self.sessionful) {
+            MessageState::Active => match e.session_id().filter(|_| self.sessionful) {
                 Some(id) => {
                     self.by_session
                         .entry(id.to_string())
@@ -183,7 +236,7 @@ impl MessageSet {
         self.available.remove(&seq);
         self.to_forward.remove(&seq);
         if self.sessionful
-            && let Some(id) = group_id(&e.rec.message)
+            && let Some(id) = e.session_id()
             && let Some(set) = self.by_session.get_mut(id)
         {
             set.remove(&seq);
@@ -197,7 +250,7 @@ impl MessageSet {
         if let Some(t) = e.rec.expires_at {
             self.expiry.remove(&(t, seq));
         }
-        if let Some(l) = e.lock {
+        if let Some(l) = e.lock.as_deref() {
             self.lock_expiry.remove(&(l.until, seq));
         }
     }
@@ -205,6 +258,10 @@ impl MessageSet {
     fn insert(&mut self, entry: Entry) {
         let seq = entry.rec.sequence_number;
         self.size_bytes += u64::from(entry.rec.size);
+        if entry.rec.message.is_some() {
+            self.resident += u64::from(entry.rec.size);
+            self.bodies.window().add(u64::from(entry.rec.size));
+        }
         self.entries.insert(seq, entry);
         self.index(seq);
     }
@@ -213,7 +270,36 @@ impl MessageSet {
         self.unindex(seq);
         let e = self.entries.remove(&seq)?;
         self.size_bytes = self.size_bytes.saturating_sub(u64::from(e.rec.size));
+        if e.rec.message.is_some() {
+            self.resident = self.resident.saturating_sub(u64::from(e.rec.size));
+            self.bodies.window().sub(u64::from(e.rec.size));
+        }
         Some(e)
+    }
+
+    /// The body of `seq`: in memory, or read back from the store and kept (the caller is about
+    /// to lock, modify or forward the message).
+    fn load(&mut self, entity: &str, sub: SubQueue, seq: i64) -> Result<Arc<Message>, StoreError> {
+        let e = self
+            .entries
+            .get_mut(&seq)
+            .ok_or_else(|| StoreError::Corrupt(format!("message {seq} of '{entity}' is gone")))?;
+        if let Some(m) = &e.rec.message {
+            return Ok(m.clone());
+        }
+        let m = self.bodies.read(entity, sub, seq)?;
+        e.rec.message = Some(m.clone());
+        self.resident += u64::from(e.rec.size);
+        self.bodies.window().add(u64::from(e.rec.size));
+        Ok(m)
+    }
+
+    /// The body of `seq` without keeping it in memory (peek).
+    fn read(&self, entity: &str, sub: SubQueue, e: &Entry) -> Result<Arc<Message>, StoreError> {
+        match &e.rec.message {
+            Some(m) => Ok(m.clone()),
+            None => self.bodies.read(entity, sub, e.rec.sequence_number),
+        }
     }
 
     fn first_deadline(&self) -> Option<Timestamp> {
@@ -231,6 +317,7 @@ impl MessageSet {
 /// Broker-owned message annotations, stripped from incoming messages (§5.1).
 const BROKER_ANNOTATIONS: &[&str] = &[
     forwarding::HOPS_ANNOTATION,
+    redrive::REDRIVES_ANNOTATION,
     "x-opt-sequence-number",
     "x-opt-enqueued-time",
     "x-opt-locked-until",
@@ -280,6 +367,9 @@ pub struct Queue {
     rng: u64,
     sessions: sessions::Sessions,
     stats: QueueStats,
+    bodies: Bodies,
+    /// The first body that could not be read back since the last [`Queue::take_read_error`].
+    read_error: Option<StoreError>,
 }
 
 impl Queue {
@@ -297,32 +387,66 @@ impl Queue {
             rng: seed | 1,
             sessions: sessions::Sessions::default(),
             stats: QueueStats::default(),
+            bodies: Bodies::default(),
+            read_error: None,
         }
-        .with_session_index()
+        .with_bodies(Bodies::default())
     }
 
-    fn with_session_index(mut self) -> Queue {
-        self.main.sessionful = self.props.requires_session;
-        self.main.forwarding = self.props.forward_to.is_some();
-        self.dlq.forwarding = self.props.forward_dead_lettered_messages_to.is_some();
+    /// Keep bodies in `bodies`' window and read evicted ones back from its source. Called on
+    /// an empty queue (it rebuilds the message sets).
+    pub fn with_bodies(mut self, bodies: Bodies) -> Queue {
+        self.main = MessageSet::new(
+            &bodies,
+            self.props.requires_session,
+            self.props.forward_to.is_some(),
+        );
+        self.dlq = MessageSet::new(
+            &bodies,
+            false,
+            self.props.forward_dead_lettered_messages_to.is_some(),
+        );
+        self.bodies = bodies;
         self
     }
 
-    /// Rebuild a queue from what the store holds. Every lock is gone after a restart.
+    /// The first failure to read a body back since the last call (the message stayed where it
+    /// was): the caller reports it.
+    pub fn take_read_error(&mut self) -> Option<StoreError> {
+        self.read_error.take()
+    }
+
+    /// Make sure the body of `seq` is in memory; false (with the error kept) if it cannot be
+    /// read back.
+    fn load_body(&mut self, sub: SubQueue, seq: i64) -> Option<Arc<Message>> {
+        let name = self.name.clone();
+        match self.set_mut(sub).load(&name, sub, seq) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                self.read_error.get_or_insert(e);
+                None
+            }
+        }
+    }
+
+    /// Rebuild a queue from what the store holds (records without their body stay so, see
+    /// the module documentation). Every lock is gone after a restart.
     pub fn restore(
         name: impl Into<String>,
         props: QueueProperties,
         snapshot: EntitySnapshot,
         seed: u64,
         now: Timestamp,
+        bodies: Bodies,
     ) -> Queue {
-        let mut q = Queue::new(name, props, seed);
+        let mut q = Queue::new(name, props, seed).with_bodies(bodies);
         let mut max_seq = 0;
         for rec in snapshot.main {
             max_seq = max_seq.max(rec.sequence_number);
             if q.props.requires_duplicate_detection
+                && snapshot.message_ids.is_empty()
                 && rec.enqueued_time + q.props.duplicate_detection_window_ms > now
-                && let Some(id) = message_id_key(&rec.message)
+                && let Some(id) = rec.message.as_deref().and_then(message_id_key)
             {
                 q.remember_id(id, rec.enqueued_time);
             }
@@ -331,6 +455,7 @@ impl Queue {
                 lock: None,
                 pending: false,
                 stuck: false,
+                body_dirty: false,
             });
         }
         for rec in snapshot.dead_letter {
@@ -340,7 +465,15 @@ impl Queue {
                 lock: None,
                 pending: false,
                 stuck: false,
+                body_dirty: false,
             });
+        }
+        if q.props.requires_duplicate_detection {
+            for (at, id) in snapshot.message_ids {
+                if at + q.props.duplicate_detection_window_ms > now {
+                    q.remember_id(id, at);
+                }
+            }
         }
         q.next_seq = snapshot.next_sequence.max(max_seq + 1).max(1);
         q.sessions.restore(snapshot.sessions);
@@ -367,7 +500,7 @@ impl Queue {
         self.main.forwarding = self.props.forward_to.is_some();
         self.dlq.forwarding = self.props.forward_dead_lettered_messages_to.is_some();
         for set in [&mut self.main, &mut self.dlq] {
-            let seqs: Vec<i64> = set.entries.keys().copied().collect();
+            let seqs: Vec<i64> = set.entries.keys().collect();
             for seq in seqs {
                 set.unindex(seq);
                 set.index(seq);
@@ -457,13 +590,9 @@ impl Queue {
             .prune(now, self.props.duplicate_detection_window_ms);
     }
 
-    fn ttl_ms(&self, msg: &Message) -> Option<i64> {
-        let own = msg
-            .header
-            .as_ref()
-            .and_then(|h| h.ttl)
-            .map(i64::from)
-            .filter(|t| *t > 0);
+    /// The time to live of a message whose own is `own` (milliseconds): the shorter of it and
+    /// the queue's default.
+    fn ttl_ms(&self, own: Option<i64>) -> Option<i64> {
         match (own, self.props.default_message_ttl_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -541,7 +670,8 @@ impl Queue {
             forwarding::set_hops(&mut message, m.hops);
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.insert_pending(seq, Arc::new(message), m.size, now, None);
+            let keep = self.bodies.fits(m.size);
+            self.insert_pending(seq, Arc::new(message), m.size, now, None, keep);
             seqs.push(seq);
         }
         self.ops.push(StoreOp::PutSequence {
@@ -559,14 +689,17 @@ impl Queue {
         size: u32,
         now: Timestamp,
         body_owner: Option<Arc<str>>,
+        keep_body: bool,
     ) {
         let sched = scheduled_time(&message).filter(|t| *t > now);
+        let summary = MessageSummary::of(&message);
         let (state, enqueued_time, expires_at) = match sched {
             Some(t) => (MessageState::Scheduled, t, None),
             None => (
                 MessageState::Active,
                 now,
-                self.ttl_ms(&message).map(|ttl| now.saturating_add(ttl)),
+                self.ttl_ms(summary.ttl_ms.map(i64::from))
+                    .map(|ttl| now.saturating_add(ttl)),
             ),
         };
         let rec = MessageRecord {
@@ -576,7 +709,8 @@ impl Queue {
             delivery_count: 0,
             scheduled_time: sched,
             expires_at,
-            message,
+            message: Some(message),
+            summary,
             size,
             body_owner,
         };
@@ -585,11 +719,18 @@ impl Queue {
             sub: SubQueue::Main,
             record: rec.clone(),
         });
+        let mut rec = rec;
+        if !keep_body {
+            // The op carries the body to the store; a pending message is read by no one, and
+            // once committed it is read back from there.
+            rec.message = None;
+        }
         self.main.insert(Entry {
             rec,
             lock: None,
             pending: true,
             stuck: false,
+            body_dirty: false,
         });
         self.stats.incoming += 1;
     }
@@ -607,7 +748,8 @@ impl Queue {
         body_owner: Option<Arc<str>>,
     ) {
         self.next_seq = self.next_seq.max(seq + 1);
-        self.insert_pending(seq, message, size, now, body_owner);
+        let keep = self.bodies.fits(size);
+        self.insert_pending(seq, message, size, now, body_owner, keep);
     }
 
     /// `(sub-queue, sequence number)` of every record that refers to a topic's stored body.
@@ -636,11 +778,12 @@ impl Queue {
         now: Timestamp,
         description: String,
     ) {
-        self.accept_copy(seq, Arc::new(message), size, now, None);
-        self.main
-            .entries
-            .entry(seq)
-            .and_modify(|e| e.pending = false);
+        self.next_seq = self.next_seq.max(seq + 1);
+        // Kept in memory: it is dead-lettered before its commit (the store has no copy yet).
+        self.insert_pending(seq, Arc::new(message), size, now, None, true);
+        if let Some(e) = self.main.entries.get_mut(&seq) {
+            e.pending = false;
+        }
         self.dead_letter(
             seq,
             Some("FilterEvaluationException".into()),
@@ -688,14 +831,16 @@ impl Queue {
         let until = now.saturating_add(self.props.lock_duration_ms);
         loop {
             let seq = self.set_mut(sub).available.pop_first()?;
-            if let Some(d) = self.take(sub, seq, mode, until, now) {
-                return Some(d);
+            match self.take(sub, seq, mode, until, now) {
+                Taken::Delivered(d) => return Some(d),
+                Taken::Expired => {}
+                Taken::Unreadable => return None,
             }
         }
     }
 
     /// Hand out message `seq` (just removed from an available index): delete it
-    /// (receive-and-delete) or lock it until `until`. `None` if it had expired instead.
+    /// (receive-and-delete) or lock it until `until`.
     fn take(
         &mut self,
         sub: SubQueue,
@@ -703,7 +848,7 @@ impl Queue {
         mode: ReceiveMode,
         until: Timestamp,
         now: Timestamp,
-    ) -> Option<Delivery> {
+    ) -> Taken {
         let expired = self
             .set(sub)
             .entries
@@ -712,20 +857,26 @@ impl Queue {
             .is_some_and(|t| t <= now && sub == SubQueue::Main);
         if expired {
             self.expire(seq, now);
-            return None;
+            return Taken::Expired;
         }
+        let Some(message) = self.load_body(sub, seq) else {
+            self.set_mut(sub).index(seq);
+            return Taken::Unreadable;
+        };
         let token = self.next_token();
         self.stats.outgoing += 1;
         match mode {
             ReceiveMode::ReceiveAndDelete => {
-                let entry = self.set_mut(sub).remove(seq)?;
+                let Some(entry) = self.set_mut(sub).remove(seq) else {
+                    return Taken::Expired;
+                };
                 self.ops.push(StoreOp::DeleteMessage {
                     entity: self.name.clone(),
                     sub,
                     sequence_number: seq,
                 });
-                let encoded = encode_delivery(&entry.rec, None);
-                Some(Delivery {
+                let encoded = encode_delivery(&entry.rec, &message, None);
+                Taken::Delivered(Delivery {
                     sequence_number: seq,
                     lock_token: token,
                     locked_until: None,
@@ -735,12 +886,14 @@ impl Queue {
             ReceiveMode::PeekLock => {
                 let set = self.set_mut(sub);
                 set.unindex(seq);
-                let entry = set.entries.get_mut(&seq)?;
-                entry.lock = Some(Lock { token, until });
-                let encoded = encode_delivery(&entry.rec, Some(until));
+                let Some(entry) = set.entries.get_mut(&seq) else {
+                    return Taken::Expired;
+                };
+                entry.lock = Some(Box::new(Lock { token, until }));
+                let encoded = encode_delivery(&entry.rec, &message, Some(until));
                 set.index(seq);
                 self.locks.insert(token, (sub, seq));
-                Some(Delivery {
+                Taken::Delivered(Delivery {
                     sequence_number: seq,
                     lock_token: token,
                     locked_until: Some(until),
@@ -758,7 +911,7 @@ impl Queue {
             .entries
             .get(&seq)
             .ok_or(SettleError::LockLost)?;
-        match entry.lock {
+        match entry.lock.as_deref() {
             Some(l) if l.token == token && l.until > now => Ok((sub, seq)),
             _ => Err(SettleError::LockLost),
         }
@@ -856,12 +1009,20 @@ impl Queue {
         properties: Option<&[(Value, Value)]>,
         state: Option<MessageState>,
     ) {
+        let props = properties.filter(|p| !p.is_empty());
+        if props.is_some() && self.load_body(sub, seq).is_none() {
+            // Unreadable body (kept in `read_error`): the state still changes, the
+            // properties cannot be applied.
+        }
         let Some(e) = self.set_mut(sub).entries.get_mut(&seq) else {
             return;
         };
-        if let Some(props) = properties.filter(|p| !p.is_empty()) {
+        if let Some(props) = props
+            && let Some(m) = e.rec.message.as_mut()
+        {
             e.rec.body_owner = None;
-            let msg = Arc::make_mut(&mut e.rec.message);
+            e.body_dirty = true;
+            let msg = Arc::make_mut(m);
             for (k, v) in props {
                 if let Some(name) = k.as_str() {
                     set_app_property(msg, name, v.clone());
@@ -873,12 +1034,18 @@ impl Queue {
         }
     }
 
+    /// Write a message's broker state; its body too only if it changed since it was stored.
     fn persist(&mut self, sub: SubQueue, seq: i64) {
-        if let Some(e) = self.set(sub).entries.get(&seq) {
+        let name = self.name.clone();
+        if let Some(e) = self.set_mut(sub).entries.get_mut(&seq) {
+            let mut record = e.rec.clone();
+            if !std::mem::take(&mut e.body_dirty) {
+                record.message = None;
+            }
             self.ops.push(StoreOp::PutMessage {
-                entity: self.name.clone(),
+                entity: name,
                 sub,
-                record: e.rec.clone(),
+                record,
             });
         }
     }
@@ -907,15 +1074,27 @@ impl Queue {
     }
 
     /// Move a message of the main set to the dead-letter sub-queue, keeping its sequence number.
-    fn dead_letter(&mut self, seq: i64, reason: Option<String>, description: Option<String>) {
+    /// False if its body could not be read back (it stays where it is).
+    fn dead_letter(
+        &mut self,
+        seq: i64,
+        reason: Option<String>,
+        description: Option<String>,
+    ) -> bool {
+        // The dead-letter record is written whole, under another key: it needs the body.
+        if self.load_body(SubQueue::Main, seq).is_none() {
+            return false;
+        }
         let Some(mut entry) = self.main.remove(seq) else {
-            return;
+            return false;
         };
         let reason = reason.filter(|r| !r.is_empty());
         let description = description.filter(|d| !d.is_empty());
-        if reason.is_some() || description.is_some() {
+        if (reason.is_some() || description.is_some())
+            && let Some(m) = entry.rec.message.as_mut()
+        {
             entry.rec.body_owner = None;
-            let msg = Arc::make_mut(&mut entry.rec.message);
+            let msg = Arc::make_mut(m);
             if let Some(r) = reason {
                 set_app_property(msg, "DeadLetterReason", Value::String(r));
             }
@@ -939,17 +1118,22 @@ impl Queue {
             record: entry.rec.clone(),
         });
         self.dlq.insert(entry);
+        true
     }
 
-    /// A message of the main set outlived its TTL.
+    /// A message of the main set outlived its TTL. It leaves the expiry index even if its body
+    /// cannot be read back for the dead-letter sub-queue (then a receiver's take retries).
     fn expire(&mut self, seq: i64, _now: Timestamp) {
         self.stats.expired += 1;
         if self.props.dead_lettering_on_message_expiration {
-            self.dead_letter(
+            let moved = self.dead_letter(
                 seq,
                 Some("TTLExpiredException".into()),
                 Some("The message expired and was dead lettered.".into()),
             );
+            if !moved {
+                self.main.expiry.retain(|(_, s)| *s != seq);
+            }
         } else if self.main.remove(seq).is_some() {
             self.ops.push(StoreOp::DeleteMessage {
                 entity: self.name.clone(),
@@ -992,7 +1176,7 @@ impl Queue {
                 .main
                 .entries
                 .get(&seq)
-                .and_then(|e| self.ttl_ms(&e.rec.message));
+                .and_then(|e| self.ttl_ms(e.rec.summary.ttl_ms.map(i64::from)));
             if let Some(e) = self.main.entries.get_mut(&seq) {
                 e.rec.state = MessageState::Active;
                 e.rec.enqueued_time = t;
@@ -1024,18 +1208,23 @@ impl Queue {
         count: usize,
         session: Option<&str>,
         now: Timestamp,
-    ) -> Vec<Bytes> {
-        self.set(sub)
-            .entries
-            .range(from..)
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let set = self.set(sub);
+        set.entries
+            .range_from(from)
             .filter(|(_, e)| !e.pending)
-            .filter(|(_, e)| session.is_none_or(|s| group_id(&e.rec.message) == Some(s)))
+            .filter(|(_, e)| session.is_none_or(|s| e.session_id() == Some(s)))
             .filter(|(_, e)| sub != SubQueue::Main || e.rec.expires_at.is_none_or(|t| t > now))
             .take(count)
             .map(|(_, e)| {
                 // A transfer lock (forever) is not a client's lock: show none.
-                let until = e.lock.map(|l| l.until).filter(|t| *t != Timestamp::MAX);
-                encode_delivery(&e.rec, until)
+                let until = e
+                    .lock
+                    .as_deref()
+                    .map(|l| l.until)
+                    .filter(|t| *t != Timestamp::MAX);
+                let message = set.read(&self.name, sub, e)?;
+                Ok(encode_delivery(&e.rec, &message, until))
             })
             .collect()
     }
@@ -1055,14 +1244,23 @@ impl Queue {
                 !e.pending
                     && e.lock.is_none()
                     && e.rec.state == MessageState::Deferred
-                    && session.is_none_or(|s| group_id(&e.rec.message) == Some(s))
+                    && session.is_none_or(|s| e.session_id() == Some(s))
             });
             if !ok {
                 return Err(ManagementError::MessageNotFound(seq));
             }
         }
-        let mut out = Vec::with_capacity(seqs.len());
+        let mut bodies = Vec::with_capacity(seqs.len());
         for &seq in seqs {
+            let body = self.load_body(sub, seq);
+            match (body, self.read_error.take()) {
+                (Some(m), _) => bodies.push(m),
+                (None, Some(e)) => return Err(ManagementError::Store(e.to_string())),
+                (None, None) => return Err(ManagementError::MessageNotFound(seq)),
+            }
+        }
+        let mut out = Vec::with_capacity(seqs.len());
+        for (&seq, message) in seqs.iter().zip(bodies) {
             let token = self.next_token();
             self.stats.outgoing += 1;
             match mode {
@@ -1077,7 +1275,7 @@ impl Queue {
                             sequence_number: seq,
                             lock_token: token,
                             locked_until: None,
-                            encoded: encode_delivery(&e.rec, None),
+                            encoded: encode_delivery(&e.rec, &message, None),
                         });
                     }
                 }
@@ -1086,8 +1284,8 @@ impl Queue {
                     let set = self.set_mut(sub);
                     set.unindex(seq);
                     if let Some(e) = set.entries.get_mut(&seq) {
-                        e.lock = Some(Lock { token, until });
-                        let encoded = encode_delivery(&e.rec, Some(until));
+                        e.lock = Some(Box::new(Lock { token, until }));
+                        let encoded = encode_delivery(&e.rec, &message, Some(until));
                         out.push(Delivery {
                             sequence_number: seq,
                             lock_token: token,
@@ -1129,15 +1327,16 @@ impl Queue {
 
     /// Drop every message (entity deletion).
     pub fn purge(&mut self) {
-        self.main = MessageSet {
-            sessionful: self.props.requires_session,
-            ..MessageSet::default()
-        };
-        self.dlq = MessageSet {
-            forwarding: self.props.forward_dead_lettered_messages_to.is_some(),
-            ..MessageSet::default()
-        };
-        self.main.forwarding = self.props.forward_to.is_some();
+        self.main = MessageSet::new(
+            &self.bodies,
+            self.props.requires_session,
+            self.props.forward_to.is_some(),
+        );
+        self.dlq = MessageSet::new(
+            &self.bodies,
+            false,
+            self.props.forward_dead_lettered_messages_to.is_some(),
+        );
         self.locks.clear();
         self.sessions = sessions::Sessions::default();
     }
@@ -1216,11 +1415,14 @@ fn set_app_property(msg: &mut Message, name: &str, value: Value) {
     }
 }
 
-/// Encode a stored message for a receiver or a peek: header with the delivery count, the
-/// client's annotations plus the broker's (§5.2, with their exact AMQP types), and the
-/// client's properties, application properties and body.
-pub fn encode_delivery(rec: &MessageRecord, locked_until: Option<Timestamp>) -> Bytes {
-    let src = &rec.message;
+/// Encode a stored message (`rec`'s broker state, `src` its body) for a receiver or a peek:
+/// header with the delivery count, the client's annotations plus the broker's (§5.2, with
+/// their exact AMQP types), and the client's properties, application properties and body.
+pub fn encode_delivery(
+    rec: &MessageRecord,
+    src: &Message,
+    locked_until: Option<Timestamp>,
+) -> Bytes {
     let mut header = src.header.clone().unwrap_or_default();
     header.delivery_count = Some(rec.delivery_count);
     let mut ann: Vec<(Value, Value)> =

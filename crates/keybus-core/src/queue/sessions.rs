@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use keybus_amqp::Bytes;
 
-use super::{Delivery, Queue, ReceiveMode, group_id};
+use super::{Delivery, Queue, ReceiveMode};
 use crate::address::SubQueue;
 use crate::clock::Timestamp;
 use crate::error::SessionError;
@@ -176,8 +176,10 @@ impl Queue {
             if seqs.is_empty() {
                 self.main.by_session.remove(session);
             }
-            if let Some(d) = self.take(SubQueue::Main, seq, mode, until, now) {
-                return Some(d);
+            match self.take(SubQueue::Main, seq, mode, until, now) {
+                super::Taken::Delivered(d) => return Some(d),
+                super::Taken::Expired => {}
+                super::Taken::Unreadable => return None,
             }
         }
     }
@@ -221,7 +223,7 @@ impl Queue {
             .filter(|(sub, _)| *sub == SubQueue::Main)
             .filter_map(|(_, seq)| {
                 let e = self.main.entries.get(seq)?;
-                (group_id(&e.rec.message) == Some(session)).then_some(*seq)
+                (e.session_id() == Some(session)).then_some(*seq)
             })
             .collect()
     }
@@ -331,7 +333,7 @@ impl Queue {
                 .entries
                 .values()
                 .filter(|e| !e.pending)
-                .filter_map(|e| group_id(&e.rec.message))
+                .filter_map(|e| e.session_id())
                 .chain(self.sessions.states.keys().map(String::as_str))
                 .collect()
         } else {

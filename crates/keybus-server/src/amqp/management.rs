@@ -313,13 +313,9 @@ impl Conn {
                     .and_then(Value::as_i64)
                     .unwrap_or(1)
                     .clamp(0, 1000) as usize;
-                let msgs = receiver(&mut st, subscription)?.peek(
-                    sub,
-                    from,
-                    count,
-                    session.as_deref(),
-                    now,
-                );
+                let msgs = receiver(&mut st, subscription)?
+                    .peek(sub, from, count, session.as_deref(), now)
+                    .map_err(|e| ManagementError::Store(e.to_string()))?;
                 if msgs.is_empty() {
                     return Ok(Done {
                         status: 204,

@@ -70,6 +70,11 @@ pub struct Limits {
     /// the embedded store used to queue before it blocked its caller; each commit holds at
     /// least one op, so it is at most a few of the writer's group commits (4096 ops each).
     pub max_store_backlog: usize,
+    /// Bytes of message bodies kept in memory, for all entities together. Past it, a committed
+    /// message that is not locked keeps only its index entry in memory and its body in the
+    /// store, read back when it is delivered, peeked or forwarded: a queue's depth is bounded
+    /// by the disk, not by memory. The heads of queues stay in memory while they fit.
+    pub body_window_bytes: u64,
     /// A connection that has put no valid token on `$cbs` within this many milliseconds of
     /// its `open` is closed.
     pub token_timeout_ms: u64,
@@ -102,6 +107,7 @@ impl Default for Limits {
             max_unsettled_per_link: 5000,
             max_frame_size: 1024 * 1024,
             max_store_backlog: 2048,
+            body_window_bytes: 8 * 1024 * 1024,
             token_timeout_ms: 10_000,
             handshake_timeout_ms: 10_000,
             open_timeout_ms: 10_000,

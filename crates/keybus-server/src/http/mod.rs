@@ -3,10 +3,12 @@
 //! (Prometheus), the token service, and one fallback that serves the REST messaging API
 //! (`rest/`) for `…/messages…` paths and the ATOM management API (`atom/`) for the rest.
 //! What both share (errors, authorisation, host, percent decoding) is in `common.rs`; neither
-//! uses the other, and nothing here uses the AMQP wing.
+//! uses the other, and nothing here uses the AMQP wing. The web console (`console/`) is served
+//! under `/console/`.
 
 pub mod atom;
 pub mod common;
+pub mod console;
 pub mod rest;
 mod token_service;
 
@@ -52,14 +54,16 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
     }
 }
 
-pub fn router(broker: Arc<Broker>) -> Router {
+pub fn router(broker: Arc<Broker>, console: Arc<console::Console>) -> Router {
     let body_deadline = broker.admission().deadlines.http_body;
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(health))
         .route("/metrics", get(metrics))
         .merge(token_service::routes())
+        .merge(console::routes())
         .merge(api_routes())
+        .layer(Extension(console))
         .layer(axum::middleware::from_fn(move |req, next| {
             body_within(body_deadline, req, next)
         }))
@@ -186,6 +190,7 @@ async fn body_within(
 async fn serve_conn<I>(
     io: I,
     broker: &Arc<Broker>,
+    console: &Arc<console::Console>,
     permit: crate::runtime::admission::Permit,
     peer: SocketAddr,
     over_tls: bool,
@@ -195,7 +200,7 @@ async fn serve_conn<I>(
     let app = if permit.probe_only() {
         probe_router(broker.clone())
     } else {
-        router(broker.clone())
+        router(broker.clone(), console.clone())
     };
     let app = with_peer(app, peer);
     // The token service's token endpoint and discovery answer over HTTPS only.
@@ -316,7 +321,7 @@ fn admit(
 }
 
 /// Serve the routes over plain HTTP until the task is stopped.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, console: Arc<console::Console>) {
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -330,8 +335,9 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
             continue;
         };
         let broker = broker.clone();
+        let console = console.clone();
         tokio::spawn(async move {
-            serve_conn(sock, &broker, permit, peer, false).await;
+            serve_conn(sock, &broker, &console, permit, peer, false).await;
         });
     }
 }
@@ -341,6 +347,7 @@ pub async fn serve_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     broker: Arc<Broker>,
+    console: Arc<console::Console>,
 ) {
     loop {
         let (sock, peer) = match listener.accept().await {
@@ -356,6 +363,7 @@ pub async fn serve_tls(
         };
         let acceptor = acceptor.clone();
         let broker = broker.clone();
+        let console = console.clone();
         tokio::spawn(async move {
             let deadline = broker.admission().deadlines.handshake;
             let tls = match tokio::time::timeout(deadline, acceptor.accept(sock)).await {
@@ -365,7 +373,7 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            serve_conn(tls, &broker, permit, peer, true).await;
+            serve_conn(tls, &broker, &console, permit, peer, true).await;
         });
     }
 }

@@ -259,6 +259,11 @@ impl Drop for EntityGuard<'_> {
             st.forward_queued = true;
             self.entity.agenda.forward(self.entity.me.clone());
         }
+        // A body that could not be read back left its message where it was; say so (the
+        // receiver, peek or forward that needed it got nothing or an error).
+        if let Some(err) = st.machine.take_read_error() {
+            tracing::error!(entity = %self.entity.name, %err, "a message body could not be read back from the store");
+        }
     }
 }
 

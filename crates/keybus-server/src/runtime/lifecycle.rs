@@ -292,9 +292,9 @@ impl Broker {
             ])
             .await?;
         let machine = match &def.kind {
-            EntityKind::Queue(p) => {
-                MessagingEntity::Queue(Queue::new(&key, p.clone(), self.next_seed()))
-            }
+            EntityKind::Queue(p) => MessagingEntity::Queue(
+                Queue::new(&key, p.clone(), self.next_seed()).with_bodies(self.bodies.clone()),
+            ),
             EntityKind::Topic(p) => MessagingEntity::Topic(Topic::new(&key, p.clone(), 1)),
             EntityKind::Subscription(_) => return Err(AdminError::Invalid("unreachable".into())),
         };
@@ -338,7 +338,8 @@ impl Broker {
             }
             sd.properties.max_message_size = t.properties().max_message_size;
             validate_queue(&sd.properties).map_err(AdminError::Invalid)?;
-            let queue = Queue::new(&key, sd.properties.clone(), self.next_seed());
+            let queue = Queue::new(&key, sd.properties.clone(), self.next_seed())
+                .with_bodies(self.bodies.clone());
             let sub = Subscription::new(sd.clone(), queue).map_err(AdminError::Invalid)?;
             let def = EntityDefinition {
                 name: source.clone(),

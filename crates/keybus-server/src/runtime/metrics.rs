@@ -7,7 +7,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use keybus_core::{CommitFuture, EntityDefinition, EntitySnapshot, Store, StoreError, StoreOp};
+use keybus_core::{
+    CommitFuture, EntityDefinition, EntitySnapshot, LoadOptions, MessageSource, Store, StoreError,
+    StoreOp, SubQueue,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -138,6 +141,17 @@ impl Drop for InFlight {
     }
 }
 
+impl MessageSource for MeteredStore {
+    fn read_message(
+        &self,
+        entity: &str,
+        sub: SubQueue,
+        seq: i64,
+    ) -> Result<Arc<keybus_amqp::Message>, StoreError> {
+        self.inner.read_message(entity, sub, seq)
+    }
+}
+
 impl Store for MeteredStore {
     fn commit(&self, ops: Vec<StoreOp>) -> CommitFuture {
         let start = Instant::now();
@@ -161,8 +175,12 @@ impl Store for MeteredStore {
         self.inner.list_entities()
     }
 
-    fn load_entity(&self, entity: &str) -> Result<EntitySnapshot, StoreError> {
-        self.inner.load_entity(entity)
+    fn load_entity(
+        &self,
+        entity: &str,
+        options: LoadOptions,
+    ) -> Result<EntitySnapshot, StoreError> {
+        self.inner.load_entity(entity, options)
     }
 
     fn healthy(&self) -> bool {
@@ -210,6 +228,19 @@ mod tests {
         }
     }
 
+    impl MessageSource for HeldStore {
+        fn read_message(
+            &self,
+            entity: &str,
+            _sub: SubQueue,
+            seq: i64,
+        ) -> Result<Arc<keybus_amqp::Message>, StoreError> {
+            Err(StoreError::Corrupt(format!(
+                "{entity} {seq}: no messages here"
+            )))
+        }
+    }
+
     impl Store for HeldStore {
         fn commit(&self, _ops: Vec<StoreOp>) -> CommitFuture {
             let (tx, rx) = oneshot::channel();
@@ -219,7 +250,11 @@ mod tests {
         fn list_entities(&self) -> Result<Vec<EntityDefinition>, StoreError> {
             Ok(Vec::new())
         }
-        fn load_entity(&self, _entity: &str) -> Result<EntitySnapshot, StoreError> {
+        fn load_entity(
+            &self,
+            _entity: &str,
+            _options: LoadOptions,
+        ) -> Result<EntitySnapshot, StoreError> {
             Ok(EntitySnapshot::default())
         }
         fn healthy(&self) -> bool {

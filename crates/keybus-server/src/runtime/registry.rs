@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use keybus_core::{
-    Clock, EntityDefinition, EntityKind, MessagingEntity, Queue, Store, StoreError, StoreOp,
-    Subscription, Topic,
+    Bodies, BodyWindow, Clock, EntityDefinition, EntityKind, LoadOptions, MessagingEntity, Queue,
+    Store, StoreError, StoreOp, Subscription, Topic,
 };
 
 use super::entity::Entity;
@@ -35,6 +35,9 @@ pub struct Broker {
     pub(in crate::runtime) started_at: i64,
     /// Policy, token validation, token service and audit log.
     pub(in crate::runtime) auth: Arc<keybus_auth::Auth>,
+    /// The body window every queue and subscription shares, reading evicted bodies back from
+    /// the store.
+    pub(in crate::runtime) bodies: Bodies,
 }
 
 impl Broker {
@@ -85,6 +88,16 @@ impl Broker {
             store.commit(ops).await?;
         }
         let now = clock.now();
+        let bodies = Bodies::new(
+            Arc::new(BodyWindow::new(config.limits.body_window_bytes)),
+            store.clone(),
+        );
+        // Bodies up to what is left of the window (heads of queues first); the dedup keys of
+        // the detection window.
+        let load = |dedup_window_ms: Option<i64>| LoadOptions {
+            max_body_bytes: bodies.window().available(),
+            message_ids_since: dedup_window_ms.map(|w| now.saturating_sub(w)),
+        };
         let seed = AtomicU64::new(rand::random::<u64>());
         let agenda = Arc::new(super::agenda::Agenda::default());
         let mut entities = HashMap::new();
@@ -93,17 +106,21 @@ impl Broker {
         for (key, def) in defs {
             let machine = match def.kind {
                 EntityKind::Queue(props) => {
-                    let snapshot = store.load_entity(&key)?;
+                    let dedup = props
+                        .requires_duplicate_detection
+                        .then_some(props.duplicate_detection_window_ms);
+                    let snapshot = store.load_entity(&key, load(dedup))?;
                     MessagingEntity::Queue(Queue::restore(
                         &key,
                         props,
                         snapshot,
                         seed.fetch_add(1, Ordering::Relaxed),
                         now,
+                        bodies.clone(),
                     ))
                 }
                 EntityKind::Topic(props) => {
-                    let snapshot = store.load_entity(&key)?;
+                    let snapshot = store.load_entity(&key, load(None))?;
                     topic_bodies.push((key.clone(), snapshot.bodies));
                     MessagingEntity::Topic(Topic::new(&key, props, snapshot.next_sequence))
                 }
@@ -120,7 +137,7 @@ impl Broker {
                 tracing::warn!(subscription = %key, "the subscription's topic does not exist; skipped");
                 continue;
             };
-            let snapshot = store.load_entity(&key)?;
+            let snapshot = store.load_entity(&key, load(None))?;
             let max_seq = keybus_core::topic::max_sequence(&snapshot);
             let queue = Queue::restore(
                 &key,
@@ -128,6 +145,7 @@ impl Broker {
                 snapshot,
                 seed.fetch_add(1, Ordering::Relaxed),
                 now,
+                bodies.clone(),
             );
             let subscription = match Subscription::new(sub, queue) {
                 Ok(s) => s,
@@ -174,6 +192,7 @@ impl Broker {
             admin: tokio::sync::Mutex::new(()),
             started_at: now,
             auth,
+            bodies,
         }))
     }
 
@@ -231,6 +250,11 @@ impl Broker {
     /// Every accepted socket's permit comes from here.
     pub fn admission(&self) -> &Arc<super::admission::Admission> {
         &self.admission
+    }
+
+    /// The body window every queue and subscription shares.
+    pub fn bodies(&self) -> &Bodies {
+        &self.bodies
     }
 
     /// The configuration it was opened with.

@@ -61,6 +61,17 @@ impl Lagging {
     }
 }
 
+impl keybus_core::MessageSource for Lagging {
+    fn read_message(
+        &self,
+        entity: &str,
+        sub: keybus_core::SubQueue,
+        seq: i64,
+    ) -> Result<Arc<keybus_amqp::Message>, StoreError> {
+        self.inner.read_message(entity, sub, seq)
+    }
+}
+
 impl keybus_core::Store for Lagging {
     fn commit(&self, ops: Vec<keybus_core::StoreOp>) -> CommitFuture {
         let durable = self.inner.commit(ops);
@@ -74,8 +85,12 @@ impl keybus_core::Store for Lagging {
     fn list_entities(&self) -> Result<Vec<EntityDefinition>, StoreError> {
         self.inner.list_entities()
     }
-    fn load_entity(&self, entity: &str) -> Result<EntitySnapshot, StoreError> {
-        self.inner.load_entity(entity)
+    fn load_entity(
+        &self,
+        entity: &str,
+        options: keybus_core::LoadOptions,
+    ) -> Result<EntitySnapshot, StoreError> {
+        self.inner.load_entity(entity, options)
     }
     fn healthy(&self) -> bool {
         self.inner.healthy()

@@ -69,6 +69,11 @@ impl Drop for Broker {
 }
 
 impl Broker {
+    /// A broker a test started itself (it owns no directory).
+    pub fn wrap(running: Running) -> Broker {
+        Broker { running, dir: None }
+    }
+
     pub async fn start(store: Store) -> Broker {
         Self::start_wrapped(store, "", |s| s).await
     }
@@ -77,6 +82,19 @@ impl Broker {
     pub async fn start_wrapped(
         store: Store,
         limits: &str,
+        wrap: impl FnOnce(Arc<dyn keybus_core::Store>) -> Arc<dyn keybus_core::Store>,
+    ) -> Broker {
+        Self::start_with(store, "", &format!("[limits]\n{limits}"), None, wrap).await
+    }
+
+    /// A broker whose configuration starts with `before` (e.g. SAS policies, which must come
+    /// first: the connection string names the first) and ends with `after`, auditing to
+    /// `audit` when given.
+    pub async fn start_with(
+        store: Store,
+        before: &str,
+        after: &str,
+        audit: Option<PathBuf>,
         wrap: impl FnOnce(Arc<dyn keybus_core::Store>) -> Arc<dyn keybus_core::Store>,
     ) -> Broker {
         let dir = match store {
@@ -92,9 +110,10 @@ impl Broker {
             amqp_port: 0,
             http_port: 0,
             bind: "127.0.0.1".parse().unwrap(),
+            audit_log: audit,
             ..ServeOptions::default()
         };
-        let config = Config::parse(&format!("{CONFIG}\n[limits]\n{limits}")).unwrap();
+        let config = Config::parse(&format!("{before}\n{CONFIG}\n{after}")).unwrap();
         let running = keybus_server::start_with_store(opts, config, wrap)
             .await
             .unwrap();
