@@ -8,6 +8,15 @@ use keybus_amqp::{Message, Properties, Value};
 use crate::connection::Connection;
 use crate::error::ClientError;
 
+/// The CBS token type of `token`, as the SDKs choose it.
+pub(crate) fn token_type(token: &str) -> &'static str {
+    if token.starts_with("SharedAccessSignature ") {
+        "servicebus.windows.net:sastoken"
+    } else {
+        "jwt"
+    }
+}
+
 impl Connection {
     /// Authorize `entity` with a CBS `put-token` of a token for its audience.
     pub async fn put_token(&mut self, entity: &str, timeout: Duration) -> Result<(), ClientError> {
@@ -16,7 +25,8 @@ impl Connection {
         self.put_token_for(&audience, &token, timeout).await
     }
 
-    /// CBS `put-token` of `token` (a `SharedAccessSignature ...` string) for `audience`.
+    /// CBS `put-token` of `token` for `audience`: a `SharedAccessSignature ...` string goes
+    /// as a SAS token, anything else as a JWT (an Entra or keybus token service access token).
     pub async fn put_token_for(
         &mut self,
         audience: &str,
@@ -31,7 +41,7 @@ impl Connection {
             }),
             application_properties: Some(vec![
                 (s("operation"), s("put-token")),
-                (s("type"), s("servicebus.windows.net:sastoken")),
+                (s("type"), s(token_type(token))),
                 (s("name"), s(audience)),
             ]),
             body_raw: Message::body_value(&Value::String(token.to_string())),
@@ -55,5 +65,19 @@ impl Connection {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_type;
+
+    #[test]
+    fn sas_tokens_and_jwts_have_their_cbs_types() {
+        assert_eq!(
+            token_type("SharedAccessSignature sr=a&sig=b&se=1&skn=k"),
+            "servicebus.windows.net:sastoken"
+        );
+        assert_eq!(token_type("eyJhbGciOiJFUzI1NiJ9.e30.sig"), "jwt");
     }
 }

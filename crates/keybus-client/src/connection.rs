@@ -1,5 +1,5 @@
-//! One AMQP connection: TCP connect, the SASL ANONYMOUS and AMQP open handshake, and the
-//! I/O loop that drives everything else.
+//! One AMQP connection: TCP connect (optionally TLS, see `stream.rs`), the SASL ANONYMOUS and
+//! AMQP open handshake, and the I/O loop that drives everything else.
 //!
 //! A [`Connection`] owns its `TcpStream` and is driven by whoever holds it (no background
 //! tasks, no channels on the hot path): [`Connection::run_until`] writes every frame it can
@@ -11,19 +11,20 @@
 //! receiver.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keybus_amqp::{
     AMQP_HEADER, Bytes, BytesMut, Close, FrameBody, Open, Performative, SASL_HEADER, SaslFrameBody,
     SaslInit, Symbol,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::endpoint::Endpoint;
 use crate::error::ClientError;
 use crate::link::{Link, LinkId, LinkKind, ReceiverLink, SenderLink};
 use crate::session::Session;
+use crate::stream::Stream;
 
 /// Largest frame we accept (and advertise).
 pub(crate) const LOCAL_MAX_FRAME: u32 = 1024 * 1024;
@@ -38,7 +39,7 @@ const READ_CHUNK: usize = 256 * 1024;
 
 /// One AMQP connection (see the module docs).
 pub struct Connection {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     pub(crate) rbuf: BytesMut,
     pub(crate) wbuf: BytesMut,
     pub(crate) remote_max_frame: u32,
@@ -63,6 +64,25 @@ impl Connection {
         endpoint: &Endpoint,
         timeout: Duration,
     ) -> Result<Connection, ClientError> {
+        Connection::connect_with(endpoint, None, timeout).await
+    }
+
+    /// TCP connect, TLS with `tls` (its roots decide which servers are trusted; the
+    /// endpoint's host is the name checked), SASL ANONYMOUS, AMQP open: AMQPS.
+    pub async fn connect_tls(
+        endpoint: &Endpoint,
+        tls: Arc<rustls::ClientConfig>,
+        timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        Connection::connect_with(endpoint, Some(tls), timeout).await
+    }
+
+    async fn connect_with(
+        endpoint: &Endpoint,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        let deadline = Instant::now() + timeout;
         let addr = format!("{}:{}", endpoint.host, endpoint.port);
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
             Ok(Ok(s)) => s,
@@ -75,6 +95,29 @@ impl Connection {
             }
         };
         stream.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Plain(stream),
+            Some(config) => {
+                match tokio::time::timeout_at(
+                    deadline.into(),
+                    Stream::tls(stream, &endpoint.host, config),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(err)) => return Err(ClientError::Tls { addr, err }),
+                    Err(_) => {
+                        return Err(ClientError::Tls {
+                            addr,
+                            err: std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "TLS handshake timed out",
+                            ),
+                        });
+                    }
+                }
+            }
+        };
         let mut c = Connection {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK * 2),
@@ -91,7 +134,6 @@ impl Connection {
             endpoint: endpoint.clone(),
             frames_in: 0,
         };
-        let deadline = Instant::now() + timeout;
         // SASL layer.
         c.wbuf.extend_from_slice(&SASL_HEADER);
         c.flush().await?;

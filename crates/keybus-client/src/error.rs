@@ -69,6 +69,8 @@ impl fmt::Display for Refusal {
 pub enum ClientError {
     #[error("cannot connect to {addr}: {err}")]
     Connect { addr: String, err: std::io::Error },
+    #[error("TLS with {addr} failed: {err}")]
+    Tls { addr: String, err: std::io::Error },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     #[error("undecodable frame from the broker: {0}")]

@@ -1,7 +1,8 @@
 //! keybus-client: a small AMQP 1.0 client for Service Bus-style brokers (keybus, and the
 //! Service Bus wire protocol in general).
 //!
-//! One [`Connection`] is one TCP connection driven by its holder (no background task).
+//! One [`Connection`] is one TCP connection (plain, or TLS with [`Connection::connect_tls`])
+//! driven by its holder (no background task).
 //! It does SASL ANONYMOUS and CBS `put-token` with SAS tokens ([`sas`], made from an
 //! [`Endpoint`] connection string); opens senders ([`Connection::create_sender`],
 //! [`Connection::send`], [`Connection::send_batch`]) and receivers in peek-lock or
@@ -11,7 +12,8 @@
 //! the same engine runs bulk workloads ([`SendWork`], [`RecvWork`]) without per-message
 //! calls.
 //!
-//! Files, one idea each: `connection` (handshake and I/O loop), `attach` (sessions and
+//! Files, one idea each: `connection` (handshake and I/O loop), `stream` (plain TCP or
+//! TLS), `attach` (sessions and
 //! links), `input` and `produce` (the two sides of the frame engine), `transfer` (transfer
 //! frames), `sender`, `receiver` (and settlement), `rpc` (request-response pairs), `cbs`,
 //! `management`, `workload`, `endpoint`, `sas`, `error`.
@@ -32,6 +34,7 @@ mod rpc;
 pub mod sas;
 mod sender;
 mod session;
+mod stream;
 mod transfer;
 mod workload;
 

@@ -18,6 +18,9 @@ pub enum Outcome {
     Complete,
     /// `modified`: the lock is released and the delivery count rises.
     Abandon,
+    /// `released`: the lock is released and the delivery count stays (the message was
+    /// never processed, say a receiver that stops with deliveries it did not start).
+    Release,
     /// `modified` with `undeliverable-here`: the message is set aside, to be received by
     /// sequence number.
     Defer,
@@ -38,6 +41,7 @@ impl Outcome {
                 undeliverable_here: Some(false),
                 message_annotations: None,
             },
+            Outcome::Release => DeliveryState::Released,
             Outcome::Defer => DeliveryState::Modified {
                 delivery_failed: Some(false),
                 undeliverable_here: Some(true),
@@ -184,6 +188,60 @@ impl Connection {
         Ok(r.held.drain(..n).collect())
     }
 
+    /// Receive what comes first: grant credit for up to `max` messages and return as soon as
+    /// at least one is here (with whatever else came with it, at most `max`), or nothing once
+    /// `wait` has passed.
+    pub async fn receive_any(
+        &mut self,
+        link: LinkId,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, ClientError> {
+        let held = self.receiver(link).map_or(0, |r| r.held.len());
+        let want = u32::try_from(max.saturating_sub(held)).unwrap_or(u32::MAX);
+        let credit = self.receiver(link).map_or(0, |r| r.credit);
+        if want > credit {
+            if let Some(r) = self.receiver_mut(link) {
+                r.credit = want;
+            }
+            self.queue_link_flow(link, want);
+        }
+        match self
+            .run_until(Instant::now() + wait, "a delivery", move |c| {
+                c.receiver(link).is_none_or(|r| !r.held.is_empty())
+            })
+            .await
+        {
+            Ok(()) | Err(ClientError::Timeout { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(self.take_up_to(link, max))
+    }
+
+    fn take_up_to(&mut self, link: LinkId, max: usize) -> Vec<Delivery> {
+        let Some(r) = self.receiver_mut(link) else {
+            return Vec::new();
+        };
+        let n = r.held.len().min(max);
+        r.held.drain(..n).collect()
+    }
+
+    /// Take the deliveries the link holds without asking for more.
+    pub fn take_held(&mut self, link: LinkId) -> Vec<Delivery> {
+        self.receiver_mut(link)
+            .map(|r| r.held.drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    /// Withdraw the link's credit (a `flow` with credit 0): the broker sends nothing more
+    /// until the next [`Connection::receive`]. Frames are only queued.
+    pub fn stop_credit(&mut self, link: LinkId) {
+        if let Some(r) = self.receiver_mut(link) {
+            r.credit = 0;
+        }
+        self.queue_link_flow(link, 0);
+    }
+
     /// Settle `delivery` with `outcome` and wait for the broker's settled echo; a refusal
     /// (say, the lock was lost) is [`ClientError::Rejected`] with its condition.
     pub async fn settle(
@@ -285,6 +343,7 @@ mod tests {
             panic!("defer is modified")
         };
         assert_eq!(undeliverable_here, Some(true));
+        assert_eq!(Outcome::Release.state(), DeliveryState::Released);
         let DeliveryState::Rejected { error: Some(e) } = (Outcome::DeadLetter {
             reason: Some("r".into()),
             description: Some("d".into()),

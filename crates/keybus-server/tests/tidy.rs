@@ -35,6 +35,15 @@ const FORBIDDEN_DEPENDENCIES: &[(&str, &[&str])] = &[
         &["keybus-server", "keybus-core", "keybus-store"],
     ),
     (
+        "keybus-connect",
+        &[
+            "keybus-server",
+            "keybus-core",
+            "keybus-store",
+            "keybus-auth",
+        ],
+    ),
+    (
         "keybus-auth",
         &[
             "keybus-server",

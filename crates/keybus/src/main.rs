@@ -1,5 +1,6 @@
-//! The `keybus` binary: `serve` runs the broker, `bench` drives a running one, `audit verify`
-//! checks an audit log.
+//! The `keybus` binary: `serve` runs the broker, `connect` runs connectors (a client of a
+//! namespace that pushes messages to HTTP services), `bench` drives a running broker, `audit
+//! verify` checks an audit log.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Push the messages of queues and subscriptions to HTTP services, as a client of a
+    /// namespace (keybus or Azure Service Bus). Stops cleanly on SIGTERM, reloads on SIGHUP.
+    Connect(ConnectArgs),
     /// Measure a running broker over AMQP 1.0 (`bench config`: print a broker configuration
     /// for the benchmark's entities).
     Bench(keybus_cli::bench::BenchArgs),
@@ -77,6 +81,20 @@ fn audit_verify(file: &std::path::Path, key: Option<PathBuf>) -> Result<(), Stri
         }
         Err(e) => Err(format!("audit log verification FAILED: {e}")),
     }
+}
+
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// The connector file (TOML): the namespace and credential, and each connector's source
+    /// and target.
+    #[arg(long, env = "KEYBUS_CONNECT_CONFIG")]
+    config: PathBuf,
+    /// Port of `/health` and `/metrics` (0 picks a free one).
+    #[arg(long, env = "KEYBUS_CONNECT_HTTP_PORT", default_value_t = 5310)]
+    http_port: u16,
+    /// Address `/health` and `/metrics` bind to.
+    #[arg(long, env = "KEYBUS_CONNECT_BIND", default_value = "127.0.0.1")]
+    bind: IpAddr,
 }
 
 #[derive(clap::Args)]
@@ -208,6 +226,13 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.to_string())
             }
+            Command::Connect(a) => keybus_connect::run(keybus_connect::Options {
+                config: a.config,
+                bind: a.bind,
+                http_port: a.http_port,
+            })
+            .await
+            .map_err(|e| e.to_string()),
             Command::Bench(a) => keybus_cli::bench::run(a).await.map_err(|e| e.to_string()),
             Command::Audit(AuditCommand::Verify { file, key }) => audit_verify(&file, key),
         }

@@ -276,6 +276,22 @@ impl Policy {
                 )));
             }
         }
+        for (i, a) in file.sts.audiences.iter().enumerate() {
+            let bare = a.trim_end_matches('/');
+            if bare.is_empty() || a.chars().any(char::is_whitespace) {
+                return Err(invalid(format!(
+                    "sts.audiences[{i}]: '{a}' is not an audience"
+                )));
+            }
+            if crate::policy::SERVICE_BUS_AUDIENCES
+                .iter()
+                .any(|sb| sb.trim_end_matches('/') == bare)
+            {
+                return Err(invalid(format!(
+                    "sts.audiences[{i}]: Service Bus is always an audience; list only other services"
+                )));
+            }
+        }
         let lifetime = parse_duration("sts.token_lifetime", &file.sts.token_lifetime)?;
         if lifetime < std::time::Duration::from_secs(600)
             || lifetime > std::time::Duration::from_secs(24 * 3600)

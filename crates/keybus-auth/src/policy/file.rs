@@ -214,6 +214,11 @@ pub struct StsConfig {
     /// `--bind` and the HTTPS port (`https://localhost:<port>` for a loopback bind).
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Audiences besides Service Bus the service mints tokens for: the HTTP services
+    /// connectors push to (`keybus connect`), which validate them with the JWKS. keybus itself
+    /// accepts only Service Bus audiences.
+    #[serde(default)]
+    pub audiences: Vec<String>,
 }
 
 impl Default for StsConfig {
@@ -224,6 +229,7 @@ impl Default for StsConfig {
             clients: Vec::new(),
             managed_identities: Vec::new(),
             public_url: None,
+            audiences: Vec::new(),
         }
     }
 }

@@ -208,6 +208,11 @@ fn bad_policies_are_refused_with_a_reason() {
             "not_after",
         ),
         ("[sts]\ntoken_lifetime = \"1m\"", "token_lifetime"),
+        ("[sts]\naudiences = [\"\"]", "sts.audiences[0]"),
+        (
+            "[sts]\naudiences = [\"https://servicebus.azure.net\"]",
+            "Service Bus is always an audience",
+        ),
     ];
     for (text, want) in cases {
         let err = match toml::from_str::<PolicyFile>(text) {
@@ -244,4 +249,36 @@ fn scope_paths() {
     assert!(scope_path("topics/t/subscriptions/s/rules/r").is_err());
     assert!(scope_path("queues/q/$deadletterqueue").is_err());
     assert!(scope_path("queues/a/b/c").is_ok());
+}
+
+#[test]
+fn token_audiences_are_service_bus_and_the_listed_services() {
+    use crate::sts::{audience_for, scope_audience};
+    let p = policy("[sts]\naudiences = [\"api://orders-hook\", \"https://hooks.example/\"]");
+    let sb = Some("https://servicebus.azure.net".to_string());
+    assert_eq!(audience_for(&p, "https://servicebus.azure.net/"), sb);
+    assert_eq!(audience_for(&p, "https://servicebus.azure.net"), sb);
+    assert_eq!(
+        audience_for(&p, "api://orders-hook").as_deref(),
+        Some("api://orders-hook")
+    );
+    assert_eq!(
+        audience_for(&p, "https://hooks.example").as_deref(),
+        Some("https://hooks.example/")
+    );
+    assert_eq!(audience_for(&p, "api://someone-else"), None);
+    assert_eq!(
+        scope_audience(&p, "openid api://orders-hook/.default").as_deref(),
+        Some("api://orders-hook")
+    );
+    assert_eq!(
+        scope_audience(&p, "https://servicebus.azure.net//.default"),
+        sb
+    );
+    assert_eq!(
+        scope_audience(&p, "https://servicebus.azure.net/.default"),
+        sb
+    );
+    assert_eq!(scope_audience(&p, "api://orders-hook"), None);
+    assert_eq!(scope_audience(&p, "api://other/.default"), None);
 }

@@ -15,6 +15,15 @@ use crate::policy::{Policy, SERVICE_BUS_AUDIENCES};
 
 const KEY_FILE: &str = "signing-key.der";
 
+/// Who a token is minted for: the token service's tenant, the registered client id and the
+/// principal it stands for.
+#[derive(Debug, Clone, Copy)]
+pub struct Grantee<'a> {
+    pub tenant: &'a str,
+    pub client_id: &'a str,
+    pub principal: &'a str,
+}
+
 /// Signing key and token minting.
 pub struct TokenService {
     encoding: EncodingKey,
@@ -159,11 +168,40 @@ impl TokenService {
         lifetime: Duration,
         now_ms: i64,
     ) -> Result<(String, i64), String> {
+        let grant = Grantee {
+            tenant,
+            client_id,
+            principal,
+        };
+        self.mint_for(
+            issuer_url,
+            SERVICE_BUS_AUDIENCES[0],
+            grant,
+            lifetime,
+            now_ms,
+        )
+    }
+
+    /// Mint an access token with audience `audience` (Service Bus, or a service of the
+    /// policy's `sts.audiences`). Returns the token and its `exp` (unix s).
+    pub fn mint_for(
+        &self,
+        issuer_url: &str,
+        audience: &str,
+        grantee: Grantee<'_>,
+        lifetime: Duration,
+        now_ms: i64,
+    ) -> Result<(String, i64), String> {
+        let Grantee {
+            tenant,
+            client_id,
+            principal,
+        } = grantee;
         let now = now_ms / 1000;
         let exp = now + lifetime.as_secs() as i64;
         let oid = stable_uuid(&format!("{tenant}/{principal}"));
         let claims = json!({
-            "iss": issuer_url, "aud": SERVICE_BUS_AUDIENCES[0],
+            "iss": issuer_url, "aud": audience,
             "iat": now, "nbf": now, "exp": exp,
             "tid": tenant, "oid": oid, "sub": oid,
             "appid": client_id, "azp": client_id,

@@ -11,23 +11,33 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-pub use key::{TokenService, stable_uuid};
+pub use key::{Grantee, TokenService, stable_uuid};
 pub use names::PublicNames;
 
 use crate::policy::{Policy, SERVICE_BUS_AUDIENCES, parse_duration};
 
-/// Does a managed-identity request name a resource the service issues tokens for?
-pub fn resource_ok(resource: Option<&str>) -> bool {
-    resource.is_some_and(|r| SERVICE_BUS_AUDIENCES.contains(&r))
+/// The `aud` of a token for `resource` (a managed-identity request's `resource`, or a scope
+/// without `/.default`): Service Bus's, or one of the policy's `sts.audiences` as listed
+/// (a trailing `/` either way); `None` for anything else.
+pub fn audience_for(policy: &Policy, resource: &str) -> Option<String> {
+    let bare = resource.trim_end_matches('/');
+    if SERVICE_BUS_AUDIENCES.contains(&resource) || SERVICE_BUS_AUDIENCES.contains(&bare) {
+        return Some(SERVICE_BUS_AUDIENCES[0].to_string());
+    }
+    policy
+        .file
+        .sts
+        .audiences
+        .iter()
+        .find(|a| a.trim_end_matches('/') == bare)
+        .cloned()
 }
 
-/// Does a token request's `scope` (space-separated) ask for Service Bus (`<audience>/.default`)?
-pub fn scope_ok(scope: &str) -> bool {
-    scope.split(' ').any(|s| {
-        let r = s.trim_end_matches(".default");
-        SERVICE_BUS_AUDIENCES.contains(&r)
-            || SERVICE_BUS_AUDIENCES.contains(&r.trim_end_matches('/'))
-    })
+/// The `aud` a token request's `scope` (space-separated `<audience>/.default`) asks for.
+pub fn scope_audience(policy: &Policy, scope: &str) -> Option<String> {
+    scope
+        .split(' ')
+        .find_map(|s| audience_for(policy, s.strip_suffix(".default")?))
 }
 
 /// Is `tenant` (from a request path) the policy's token-service tenant?

@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use keybus_auth::audit::Event;
 use keybus_auth::policy::{Policy, SERVICE_BUS_AUDIENCES};
 use keybus_auth::sts::{
-    PublicNames, ct_eq, lifetime, resource_ok, scope_ok, stable_uuid, tenant_ok,
+    Grantee, PublicNames, audience_for, ct_eq, lifetime, scope_audience, stable_uuid, tenant_ok,
 };
 use keybus_auth::{Refusal, token_sha256};
 use serde_json::{Value, json};
@@ -251,7 +251,7 @@ async fn managed_identity(
         );
     }
     let resource = q.get("resource").map(String::as_str);
-    if !resource_ok(resource) {
+    let Some(audience) = resource.and_then(|r| audience_for(&policy, r)) else {
         return refuse(
             &broker,
             &peer,
@@ -264,9 +264,9 @@ async fn managed_identity(
             },
             StatusCode::BAD_REQUEST,
             "invalid_resource",
-            "This endpoint issues tokens for https://servicebus.azure.net only.",
+            "This endpoint issues tokens for https://servicebus.azure.net and the policy's sts.audiences only.",
         );
-    }
+    };
     let mis = &policy.file.sts.managed_identities;
     let selector = [
         "client_id",
@@ -311,14 +311,16 @@ async fn managed_identity(
     let mi = &mis[i];
     let tenant = &policy.file.sts.tenant;
     let issuer = broker.auth().sts.public_names(&policy).issuer(tenant);
-    match broker.auth().sts.mint(
-        &issuer,
+    let grantee = Grantee {
         tenant,
-        &mi.client_id,
-        &mi.principal,
-        lifetime(&policy),
-        broker.now(),
-    ) {
+        client_id: &mi.client_id,
+        principal: &mi.principal,
+    };
+    match broker
+        .auth()
+        .sts
+        .mint_for(&issuer, &audience, grantee, lifetime(&policy), broker.now())
+    {
         Ok((token, exp)) => {
             audit_issue(
                 &broker,
@@ -331,6 +333,7 @@ async fn managed_identity(
                 vec![
                     ("token_sha256", json!(token_sha256(&token))),
                     ("expires_on", json!(exp)),
+                    ("audience", json!(audience)),
                 ],
             );
             let now = broker.now() / 1000;
@@ -406,7 +409,7 @@ async fn token_endpoint(
         );
     }
     let scope = get("scope");
-    if !scope_ok(scope) {
+    let Some(audience) = scope_audience(&policy, scope) else {
         return refuse(
             &broker,
             &peer,
@@ -419,9 +422,9 @@ async fn token_endpoint(
             },
             StatusCode::BAD_REQUEST,
             "invalid_scope",
-            "This token service issues tokens for https://servicebus.azure.net/.default only.",
+            "This token service issues tokens for https://servicebus.azure.net/.default and the policy's sts.audiences only.",
         );
-    }
+    };
     let client_id = get("client_id");
     let Some(client) = policy
         .file
@@ -507,11 +510,15 @@ async fn token_endpoint(
         );
     }
     let tenant = &policy.file.sts.tenant;
-    match broker.auth().sts.mint(
-        &names.issuer(tenant),
+    let grantee = Grantee {
         tenant,
-        &client.client_id,
-        &client.principal,
+        client_id: &client.client_id,
+        principal: &client.principal,
+    };
+    match broker.auth().sts.mint_for(
+        &names.issuer(tenant),
+        &audience,
+        grantee,
         lifetime(&policy),
         broker.now(),
     ) {
@@ -527,6 +534,7 @@ async fn token_endpoint(
                 vec![
                     ("token_sha256", json!(token_sha256(&token))),
                     ("expires_on", json!(exp)),
+                    ("audience", json!(audience)),
                 ],
             );
             let expires_in = exp - broker.now() / 1000;

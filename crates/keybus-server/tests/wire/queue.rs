@@ -1,5 +1,6 @@
 //! Queue messaging over the wire: send, batch send, peek-lock receive and complete,
-//! abandon, defer and receive-deferred, dead-letter, receive-and-delete, lock renewal.
+//! abandon, release, defer and receive-deferred, dead-letter, receive-and-delete, lock
+//! renewal, withdrawing a receiver's credit.
 
 use keybus_client::{DispositionStatus, Outcome, ReceiveMode, ReceiverOptions, Value};
 
@@ -10,6 +11,9 @@ on_both_stores!(
     batch_send,
     complete_a_range,
     abandon_raises_delivery_count,
+    release_keeps_delivery_count,
+    withdrawn_credit_brings_nothing,
+    receive_any_returns_the_first_arrivals,
     defer_and_receive_deferred,
     dead_letter_with_reason,
     receive_and_delete,
@@ -123,6 +127,72 @@ async fn abandon_raises_delivery_count(store: Store) {
     assert_eq!(again.delivery_count(), 1);
     assert_ne!(again.lock_token(), first.lock_token(), "a new lock");
     c.settle(rcv, &again, Outcome::Complete, T).await.unwrap();
+}
+
+async fn release_keeps_delivery_count(store: Store) {
+    let b = Broker::start(store).await;
+    let mut c = b.client(&["q"]).await;
+    let snd = c.create_sender("q", T).await.unwrap();
+    c.send(snd, &message("r1", b"x"), T).await.unwrap();
+    let rcv = c
+        .create_receiver("q", &ReceiverOptions::default(), T)
+        .await
+        .unwrap();
+    let first = c.receive(rcv, 1, T).await.unwrap().remove(0);
+    c.settle(rcv, &first, Outcome::Release, T).await.unwrap();
+    let again = c.receive(rcv, 1, T).await.unwrap().remove(0);
+    assert_eq!(again.message_id(), Some("r1"));
+    assert_eq!(
+        again.delivery_count(),
+        0,
+        "a release is not a delivery attempt"
+    );
+    c.settle(rcv, &again, Outcome::Complete, T).await.unwrap();
+}
+
+async fn withdrawn_credit_brings_nothing(store: Store) {
+    let b = Broker::start(store).await;
+    let mut c = b.client(&["q"]).await;
+    let rcv = c
+        .create_receiver("q", &ReceiverOptions::default(), T)
+        .await
+        .unwrap();
+    // Credit for two, then withdrawn before anything is there.
+    assert!(c.receive(rcv, 2, QUIET).await.unwrap().is_empty());
+    c.stop_credit(rcv);
+    let snd = c.create_sender("q", T).await.unwrap();
+    c.send(snd, &message("w1", b"x"), T).await.unwrap();
+    c.run_until(std::time::Instant::now() + QUIET, "a quiet link", |_| false)
+        .await
+        .unwrap_err();
+    assert!(c.take_held(rcv).is_empty(), "no credit, no delivery");
+    // Asking again brings it.
+    let d = c.receive(rcv, 1, T).await.unwrap().remove(0);
+    assert_eq!(d.message_id(), Some("w1"));
+    c.settle(rcv, &d, Outcome::Complete, T).await.unwrap();
+}
+
+async fn receive_any_returns_the_first_arrivals(store: Store) {
+    let b = Broker::start(store).await;
+    let mut c = b.client(&["q"]).await;
+    let snd = c.create_sender("q", T).await.unwrap();
+    c.send(snd, &message("f1", b"x"), T).await.unwrap();
+    let rcv = c
+        .create_receiver("q", &ReceiverOptions::default(), T)
+        .await
+        .unwrap();
+    // One message for a credit of ten: back at once, not after the wait.
+    let started = std::time::Instant::now();
+    let got = c
+        .receive_any(rcv, 10, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message_id(), Some("f1"));
+    c.settle(rcv, &got[0], Outcome::Complete, T).await.unwrap();
+    // Nothing there: nothing after the wait.
+    assert!(c.receive_any(rcv, 10, QUIET).await.unwrap().is_empty());
 }
 
 async fn defer_and_receive_deferred(store: Store) {
