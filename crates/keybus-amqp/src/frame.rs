@@ -217,6 +217,20 @@ pub fn encode_amqp_frame(
     finish_frame(buf, start);
 }
 
+/// Append an AMQP frame whose payload `write` appends after the performative (so a payload
+/// is encoded straight into the output, not copied there).
+pub fn encode_amqp_frame_with(
+    channel: u16,
+    performative: &Performative,
+    buf: &mut BytesMut,
+    write: impl FnOnce(&mut BytesMut),
+) {
+    let start = begin_frame(buf, FRAME_TYPE_AMQP, channel);
+    performative.encode(buf);
+    write(buf);
+    finish_frame(buf, start);
+}
+
 /// Append an empty (heartbeat) frame on channel 0.
 pub fn encode_empty_frame(buf: &mut BytesMut) {
     buf.put_slice(&[0, 0, 0, 8, 2, 0, 0, 0]);

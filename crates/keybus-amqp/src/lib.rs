@@ -67,7 +67,8 @@ pub use error::DecodeError;
 pub use frame::{
     AMQP_HEADER, FRAME_TYPE_AMQP, FRAME_TYPE_SASL, Frame, FrameBody, MIN_MAX_FRAME_SIZE,
     ProtocolHeader, SASL_HEADER, TLS_HEADER, decode_frame, decode_frame_bytes, encode_amqp_frame,
-    encode_empty_frame, encode_frame, parse_protocol_header, peek_frame_size,
+    encode_amqp_frame_with, encode_empty_frame, encode_frame, parse_protocol_header,
+    peek_frame_size,
 };
 pub use message::{
     BATCH_MESSAGE_FORMAT, Header, Message, Properties, SECTION_AMQP_SEQUENCE, SECTION_AMQP_VALUE,

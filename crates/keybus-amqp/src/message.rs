@@ -203,6 +203,48 @@ impl Message {
         buf.put_slice(&self.body_raw);
     }
 
+    /// Append the message as a broker delivers it: `header` in place of its own, no delivery
+    /// annotations, `extra` appended to its message annotations, the rest as stored (the
+    /// sections are written straight from the message: nothing is copied before the write).
+    pub fn encode_delivered(&self, header: &Header, extra: &[(Value, Value)], buf: &mut BytesMut) {
+        buf.reserve(self.body_raw.len() + 64);
+        codec::encode_described_list(header, buf);
+        let own = self.message_annotations.as_deref().unwrap_or_default();
+        if !own.is_empty() || !extra.is_empty() {
+            section_prefix(buf, SECTION_MESSAGE_ANNOTATIONS);
+            codec::encode_map_parts(&[own, extra], buf);
+        }
+        if let Some(p) = &self.properties {
+            codec::encode_described_list(p, buf);
+        }
+        if let Some(m) = &self.application_properties {
+            section_prefix(buf, SECTION_APPLICATION_PROPERTIES);
+            codec::encode_map(m, buf);
+        }
+        buf.put_slice(&self.body_raw);
+    }
+
+    /// Exact number of bytes [`Message::encode_delivered`] writes.
+    pub fn encoded_size_delivered(&self, header: &Header, extra: &[(Value, Value)]) -> usize {
+        let own = self.message_annotations.as_deref().unwrap_or_default();
+        let annotations = if own.is_empty() && extra.is_empty() {
+            0
+        } else {
+            3 + codec::map_parts_size(&[own, extra])
+        };
+        codec::described_list_size(header)
+            + annotations
+            + self
+                .properties
+                .as_ref()
+                .map_or(0, |p| codec::described_list_size(p))
+            + self
+                .application_properties
+                .as_deref()
+                .map_or(0, |m| 3 + codec::map_size(m))
+            + self.body_raw.len()
+    }
+
     /// Encode into a fresh buffer.
     pub fn to_bytes(&self) -> Bytes {
         let mut buf = BytesMut::with_capacity(self.encoded_size());

@@ -129,7 +129,7 @@ fn bodies_past_the_window_are_read_back_in_order() {
         let d = q
             .acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
             .unwrap();
-        assert_eq!(body(&d.encoded), format!("body {i}").as_bytes());
+        assert_eq!(body(&d.encoded()), format!("body {i}").as_bytes());
         q.settle(d.lock_token, Outcome::Complete, clock.now())
             .unwrap();
         store.apply(q.take_ops());
@@ -183,8 +183,8 @@ fn peek_reads_without_keeping_and_abandon_leaves_the_body_to_the_store() {
         .acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
         .unwrap();
     assert_eq!(again.sequence_number, second.sequence_number);
-    assert_eq!(body(&again.encoded), b"body 1");
-    let m = Message::decode(&keybus_amqp::Bytes::copy_from_slice(&again.encoded)).unwrap();
+    assert_eq!(body(&again.encoded()), b"body 1");
+    let m = Message::decode(&keybus_amqp::Bytes::copy_from_slice(&again.encoded())).unwrap();
     assert_eq!(m.header.and_then(|h| h.delivery_count), Some(1));
 }
 
@@ -215,8 +215,8 @@ fn an_expired_cold_message_is_dead_lettered_with_its_body() {
             clock.now(),
         )
         .unwrap();
-    assert_eq!(body(&d.encoded), b"body 7");
-    let m = Message::decode(&keybus_amqp::Bytes::copy_from_slice(&d.encoded)).unwrap();
+    assert_eq!(body(&d.encoded()), b"body 7");
+    let m = Message::decode(&keybus_amqp::Bytes::copy_from_slice(&d.encoded())).unwrap();
     assert_eq!(
         keybus_amqp::map_get(
             m.application_properties.as_ref().unwrap(),
@@ -258,7 +258,7 @@ fn a_restored_queue_reads_every_body_back_in_order_and_keeps_dedup() {
         let d = r
             .acquire(SubQueue::Main, ReceiveMode::ReceiveAndDelete, clock.now())
             .unwrap();
-        assert_eq!(body(&d.encoded), format!("body {i}").as_bytes());
+        assert_eq!(body(&d.encoded()), format!("body {i}").as_bytes());
     }
     assert_eq!(window.used(), 0);
 }
@@ -312,7 +312,7 @@ fn redrive_moves_dead_letters_whose_bodies_are_in_the_store() {
         let d = q
             .acquire(SubQueue::Main, ReceiveMode::ReceiveAndDelete, clock.now())
             .unwrap();
-        assert_eq!(body(&d.encoded), format!("body {i}").as_bytes());
+        assert_eq!(body(&d.encoded()), format!("body {i}").as_bytes());
     }
     assert!(q.take_read_error().is_none());
 }

@@ -121,7 +121,7 @@ fn a_failed_transfer_dead_letters_and_the_dead_letter_is_forwarded_too() {
     let d = q
         .acquire(SubQueue::DeadLetter, ReceiveMode::PeekLock, clock.now())
         .unwrap();
-    let m = Message::decode(&d.encoded).unwrap();
+    let m = Message::decode(&d.encoded()).unwrap();
     let reason = keybus_amqp::map_get(
         m.application_properties.as_ref().unwrap(),
         "DeadLetterReason",

@@ -83,7 +83,7 @@ fn sequence_numbers_rise_and_pending_is_invisible() {
         .acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
         .unwrap();
     assert_eq!(d.sequence_number, 1);
-    let m = decode(&d.encoded);
+    let m = decode(&d.encoded());
     assert_eq!(
         annotation(&m, "x-opt-sequence-number"),
         Some(Value::Long(1))
@@ -139,7 +139,10 @@ fn lock_expiry_redelivers_with_count_and_old_lock_is_lost() {
     let d2 = q
         .acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
         .unwrap();
-    assert_eq!(decode(&d2.encoded).header.unwrap().delivery_count, Some(1));
+    assert_eq!(
+        decode(&d2.encoded()).header.unwrap().delivery_count,
+        Some(1)
+    );
 }
 
 #[test]
@@ -178,7 +181,7 @@ fn abandon_counts_and_release_does_not() {
     let d = q
         .acquire(SubQueue::Main, ReceiveMode::PeekLock, clock.now())
         .unwrap();
-    assert_eq!(decode(&d.encoded).header.unwrap().delivery_count, Some(0));
+    assert_eq!(decode(&d.encoded()).header.unwrap().delivery_count, Some(0));
     for expected in 0..3u32 {
         let d = if expected == 0 {
             d.clone()
@@ -187,7 +190,7 @@ fn abandon_counts_and_release_does_not() {
                 .unwrap()
         };
         assert_eq!(
-            decode(&d.encoded).header.unwrap().delivery_count,
+            decode(&d.encoded()).header.unwrap().delivery_count,
             Some(expected)
         );
         q.settle(
@@ -204,7 +207,7 @@ fn abandon_counts_and_release_does_not() {
     let dl = q
         .acquire(SubQueue::DeadLetter, ReceiveMode::PeekLock, clock.now())
         .unwrap();
-    let m = decode(&dl.encoded);
+    let m = decode(&dl.encoded());
     assert_eq!(dl.sequence_number, 1);
     assert_eq!(
         app(&m, "DeadLetterReason"),
@@ -334,7 +337,7 @@ fn scheduled_messages_wait_and_cancel() {
         .unwrap();
     assert_eq!(d.sequence_number, seqs[0]);
     assert_eq!(
-        annotation(&decode(&d.encoded), "x-opt-enqueued-time"),
+        annotation(&decode(&d.encoded()), "x-opt-enqueued-time"),
         Some(Value::Timestamp(at))
     );
     assert!(
@@ -372,7 +375,7 @@ fn ttl_expires_or_dead_letters() {
         .acquire(SubQueue::DeadLetter, ReceiveMode::PeekLock, clock.now())
         .unwrap();
     assert_eq!(
-        app(&decode(&dl.encoded), "DeadLetterReason"),
+        app(&decode(&dl.encoded()), "DeadLetterReason"),
         Some(Value::String("TTLExpiredException".into()))
     );
     assert_eq!(q.counts().dead_letter, 2);
@@ -474,7 +477,7 @@ fn broker_annotations_are_stripped_on_send() {
     let d = q
         .acquire(SubQueue::Main, ReceiveMode::ReceiveAndDelete, clock.now())
         .unwrap();
-    let out = decode(&d.encoded);
+    let out = decode(&d.encoded());
     assert_eq!(
         annotation(&out, "x-opt-sequence-number"),
         Some(Value::Long(1))

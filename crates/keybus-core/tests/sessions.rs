@@ -151,7 +151,7 @@ fn session_lock_renewal_extends_message_locks_and_expiry_frees_the_session() {
     let again = q
         .acquire_in_session("a", 2, ReceiveMode::PeekLock, clock.now())
         .unwrap();
-    let m = Message::decode(&again.encoded).unwrap();
+    let m = Message::decode(&again.encoded()).unwrap();
     assert_eq!(m.header.unwrap().delivery_count, Some(1));
     q.settle(again.lock_token, Outcome::Complete, clock.now())
         .unwrap();
@@ -170,7 +170,7 @@ fn releasing_a_session_counts_unsettled_messages_and_frees_it() {
     let d = q
         .acquire_in_session("a", 2, ReceiveMode::PeekLock, clock.now())
         .unwrap();
-    let m = Message::decode(&d.encoded).unwrap();
+    let m = Message::decode(&d.encoded()).unwrap();
     assert_eq!(m.header.unwrap().delivery_count, Some(1));
 }
 

@@ -128,7 +128,7 @@ fn fan_out_shares_sequence_numbers_and_applies_rules() {
         .acquire(SubQueue::Main, ReceiveMode::PeekLock, now)
         .unwrap();
     assert_eq!(d.sequence_number, 1);
-    assert_eq!(app(&d.encoded, "seen"), Some(Value::Long(1)));
+    assert_eq!(app(&d.encoded(), "seen"), Some(Value::Long(1)));
     assert!(
         eu.acquire(SubQueue::Main, ReceiveMode::PeekLock, now)
             .is_none()
@@ -147,7 +147,7 @@ fn fan_out_shares_sequence_numbers_and_applies_rules() {
         .unwrap();
     assert_eq!(dead.sequence_number, 2);
     assert_eq!(
-        app(&dead.encoded, "DeadLetterReason"),
+        app(&dead.encoded(), "DeadLetterReason"),
         Some(Value::String("FilterEvaluationException".into()))
     );
     let ops = t.take_ops();

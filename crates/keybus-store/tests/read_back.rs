@@ -89,7 +89,7 @@ fn sent_equals_received(store: Arc<dyn Store>, msgs: Vec<Message>) {
     // The first half were locked, not settled: after the restart they come again first.
     let received: Vec<Message> = got
         .iter()
-        .map(|d| Message::decode(&d.encoded).unwrap())
+        .map(|d| Message::decode(&d.encoded()).unwrap())
         .collect();
     let expected: Vec<&Message> = msgs[..half].iter().chain(msgs.iter()).collect();
     assert_eq!(received.len(), expected.len());

@@ -111,21 +111,34 @@ pub(crate) fn encode_list_values(items: &[Value], buf: &mut BytesMut) {
 
 /// Encode a map (map8 or map32).
 pub fn encode_map(entries: &[(Value, Value)], buf: &mut BytesMut) {
+    encode_map_parts(&[entries], buf);
+}
+
+/// Encode one map made of the entries of `parts`, in order (no copy of them into one list).
+pub(crate) fn encode_map_parts(parts: &[&[(Value, Value)]], buf: &mut BytesMut) {
     let start = begin_compound(buf);
-    for (k, v) in entries {
+    let mut count = 0;
+    for (k, v) in parts.iter().flat_map(|p| p.iter()) {
         encode_value(k, buf);
         encode_value(v, buf);
+        count += 2;
     }
-    finish_compound(buf, start, entries.len() * 2, 0xc1, 0xd1);
+    finish_compound(buf, start, count, 0xc1, 0xd1);
 }
 
 /// Encoded size of a map.
 pub fn map_size(entries: &[(Value, Value)]) -> usize {
+    map_parts_size(&[entries])
+}
+
+/// Encoded size of the map [`encode_map_parts`] writes.
+pub(crate) fn map_parts_size(parts: &[&[(Value, Value)]]) -> usize {
+    let entries = parts.iter().flat_map(|p| p.iter());
     let body: usize = entries
-        .iter()
+        .clone()
         .map(|(k, v)| value_size(k) + value_size(v))
         .sum();
-    compound_size(body, entries.len() * 2)
+    compound_size(body, entries.count() * 2)
 }
 
 pub(super) fn list_values_size(items: &[Value]) -> usize {

@@ -34,7 +34,9 @@ pub(crate) type Result<T> = std::result::Result<T, DecodeError>;
 pub(crate) use cursor::Dec;
 pub(crate) use described::{DescribedList, F, described_list_size, encode_described_list};
 pub(crate) use encode_primitive::put_binary;
-pub(crate) use encode_value::{encode_list_values, encode_value, value_size};
+pub(crate) use encode_value::{
+    encode_list_values, encode_map_parts, encode_value, map_parts_size, value_size,
+};
 pub use encode_value::{encode_map, map_size};
 pub(crate) use field_type::{
     Address, Any, Bin, Bool, Composite, FieldType, Flag, Map, Nested, Str, Sym, Syms, Timestamp,

@@ -13,6 +13,7 @@
 //! peeked, forwarded or dead-lettered. A read that fails leaves the message where it was and
 //! is reported by [`Queue::take_read_error`].
 
+mod delivery;
 pub mod forwarding;
 pub mod purge;
 pub mod redrive;
@@ -22,7 +23,7 @@ pub mod sessions;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use keybus_amqp::{Bytes, BytesMut, Header, Message, Symbol, Value};
+use keybus_amqp::{Bytes, Message, Value};
 
 use crate::address::SubQueue;
 use crate::bodies::Bodies;
@@ -32,6 +33,8 @@ use crate::entity::QueueProperties;
 use crate::error::{ManagementError, SendError, SettleError};
 use crate::record::{MessageRecord, MessageState, MessageSummary};
 use crate::store::{EntityName, EntitySnapshot, StoreError, StoreOp};
+
+pub use delivery::{Delivery, encode_delivery};
 
 /// A lock token: a GUID in RFC 4122 byte order (as `$management` carries it as `uuid`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,16 +86,6 @@ impl IncomingMessage {
             hops: 0,
         }
     }
-}
-
-/// A message handed to a receiver, encoded with broker annotations.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub sequence_number: i64,
-    /// Unique per delivery; the lock token in peek-lock mode.
-    pub lock_token: LockToken,
-    pub locked_until: Option<Timestamp>,
-    pub encoded: Bytes,
 }
 
 /// How a receiver settles a locked message.
@@ -875,13 +868,7 @@ impl Queue {
                     sub,
                     sequence_number: seq,
                 });
-                let encoded = encode_delivery(&entry.rec, &message, None);
-                Taken::Delivered(Delivery {
-                    sequence_number: seq,
-                    lock_token: token,
-                    locked_until: None,
-                    encoded,
-                })
+                Taken::Delivered(Delivery::new(&entry.rec, message, token, None))
             }
             ReceiveMode::PeekLock => {
                 let set = self.set_mut(sub);
@@ -890,15 +877,10 @@ impl Queue {
                     return Taken::Expired;
                 };
                 entry.lock = Some(Box::new(Lock { token, until }));
-                let encoded = encode_delivery(&entry.rec, &message, Some(until));
+                let delivery = Delivery::new(&entry.rec, message, token, Some(until));
                 set.index(seq);
                 self.locks.insert(token, (sub, seq));
-                Taken::Delivered(Delivery {
-                    sequence_number: seq,
-                    lock_token: token,
-                    locked_until: Some(until),
-                    encoded,
-                })
+                Taken::Delivered(delivery)
             }
         }
     }
@@ -1271,12 +1253,7 @@ impl Queue {
                             sub,
                             sequence_number: seq,
                         });
-                        out.push(Delivery {
-                            sequence_number: seq,
-                            lock_token: token,
-                            locked_until: None,
-                            encoded: encode_delivery(&e.rec, &message, None),
-                        });
+                        out.push(Delivery::new(&e.rec, message, token, None));
                     }
                 }
                 ReceiveMode::PeekLock => {
@@ -1285,13 +1262,7 @@ impl Queue {
                     set.unindex(seq);
                     if let Some(e) = set.entries.get_mut(&seq) {
                         e.lock = Some(Box::new(Lock { token, until }));
-                        let encoded = encode_delivery(&e.rec, &message, Some(until));
-                        out.push(Delivery {
-                            sequence_number: seq,
-                            lock_token: token,
-                            locked_until: Some(until),
-                            encoded,
-                        });
+                        out.push(Delivery::new(&e.rec, message, token, Some(until)));
                     }
                     set.index(seq);
                     self.locks.insert(token, (sub, seq));
@@ -1413,47 +1384,4 @@ fn set_app_property(msg: &mut Message, name: &str, value: Value) {
     } else {
         props.push((Value::String(name.to_string()), value));
     }
-}
-
-/// Encode a stored message (`rec`'s broker state, `src` its body) for a receiver or a peek:
-/// header with the delivery count, the client's annotations plus the broker's (§5.2, with
-/// their exact AMQP types), and the client's properties, application properties and body.
-pub fn encode_delivery(
-    rec: &MessageRecord,
-    src: &Message,
-    locked_until: Option<Timestamp>,
-) -> Bytes {
-    let mut header = src.header.clone().unwrap_or_default();
-    header.delivery_count = Some(rec.delivery_count);
-    let mut ann: Vec<(Value, Value)> =
-        Vec::with_capacity(src.message_annotations.as_ref().map_or(0, Vec::len) + 4);
-    if let Some(a) = &src.message_annotations {
-        ann.extend(a.iter().cloned());
-    }
-    let sym = |s: &str| Value::Symbol(Symbol::from(s));
-    ann.push((
-        sym("x-opt-sequence-number"),
-        Value::Long(rec.sequence_number),
-    ));
-    ann.push((
-        sym("x-opt-enqueued-time"),
-        Value::Timestamp(rec.enqueued_time),
-    ));
-    if let Some(t) = locked_until {
-        ann.push((sym("x-opt-locked-until"), Value::Timestamp(t)));
-    }
-    if rec.state != MessageState::Active {
-        ann.push((sym("x-opt-message-state"), Value::Int(rec.state as i32)));
-    }
-    let out = Message {
-        header: Some(Header { ..header }),
-        delivery_annotations: None,
-        message_annotations: Some(ann),
-        properties: src.properties.clone(),
-        application_properties: src.application_properties.clone(),
-        body_raw: src.body_raw.clone(),
-    };
-    let mut buf = BytesMut::with_capacity(out.encoded_size());
-    out.encode(&mut buf);
-    buf.freeze()
 }

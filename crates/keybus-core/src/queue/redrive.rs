@@ -219,7 +219,7 @@ mod tests {
         let d = q
             .acquire(SubQueue::Main, ReceiveMode::ReceiveAndDelete, 10)
             .unwrap();
-        let m = Message::decode(&d.encoded).unwrap();
+        let m = Message::decode(&d.encoded()).unwrap();
         let props = m.properties.unwrap();
         assert_eq!(props.message_id, Some(Value::String("m1".into())));
         assert_eq!(m.body_raw, Message::body_data(b"hello"));

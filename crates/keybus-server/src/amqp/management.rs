@@ -389,7 +389,7 @@ impl Conn {
                 let list = ds
                     .into_iter()
                     .map(|d| {
-                        let mut m = vec![("message", Value::Binary(d.encoded))];
+                        let mut m = vec![("message", Value::Binary(d.encoded()))];
                         if mode == ReceiveMode::PeekLock {
                             m.insert(0, ("lock-token", Value::Uuid(d.lock_token.0)));
                         }

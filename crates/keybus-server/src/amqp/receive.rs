@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use keybus_amqp::{Bytes, BytesMut, Flow, Performative, Transfer};
-use keybus_core::ReceiveMode;
+use keybus_core::{Delivery, ReceiveMode};
 
 use super::events::LinkWaker;
 use super::state::{Conn, LinkKind, SENDER_CREDIT, SessionBinding, session_flow};
@@ -207,7 +207,7 @@ impl Conn {
                 );
             }
             let tag = d.lock_token.to_delivery_tag();
-            let frames = write_transfer(
+            let frames = write_delivery(
                 &mut self.out,
                 self.peer_max_frame,
                 channel,
@@ -215,7 +215,7 @@ impl Conn {
                 id,
                 &tag,
                 settled,
-                &d.encoded,
+                &d,
             );
             s.next_outgoing_id = s.next_outgoing_id.wrapping_add(frames);
             s.remote_incoming_window = s.remote_incoming_window.saturating_sub(frames);
@@ -259,6 +259,56 @@ impl Conn {
     }
 }
 
+/// Write a delivery as transfer frames: one frame encoded straight from the stored sections
+/// into the output when it fits the peer's max frame size (the message is copied once), else
+/// encoded first and split ([`write_transfer`]). Returns the number of frames written.
+#[allow(clippy::too_many_arguments)]
+fn write_delivery(
+    out: &mut BytesMut,
+    peer_max_frame: u32,
+    channel: u16,
+    handle: u32,
+    delivery_id: u32,
+    tag: &[u8],
+    settled: bool,
+    d: &Delivery,
+) -> u32 {
+    let size = d.encoded_size();
+    if size > frame_room(peer_max_frame) {
+        let payload = d.encoded();
+        return write_transfer(
+            out,
+            peer_max_frame,
+            channel,
+            handle,
+            delivery_id,
+            tag,
+            settled,
+            &payload,
+        );
+    }
+    let t = Transfer {
+        handle,
+        delivery_id: Some(delivery_id),
+        delivery_tag: Some(Bytes::copy_from_slice(tag)),
+        message_format: Some(0),
+        settled: Some(settled),
+        more: false,
+        ..Default::default()
+    };
+    out.reserve(size + 128);
+    keybus_amqp::encode_amqp_frame_with(channel, &Performative::Transfer(t), out, |buf| {
+        d.encode(buf)
+    });
+    1
+}
+
+/// Payload bytes a transfer frame holds within the peer's max frame size (room is left for
+/// the frame header and the transfer performative).
+fn frame_room(peer_max_frame: u32) -> usize {
+    (peer_max_frame as usize).saturating_sub(128).max(256)
+}
+
 /// Write one delivery as transfer frames no larger than the peer's max frame size. Returns
 /// the number of frames written.
 #[allow(clippy::too_many_arguments)]
@@ -272,7 +322,7 @@ pub(crate) fn write_transfer(
     settled: bool,
     payload: &[u8],
 ) -> u32 {
-    let room = (peer_max_frame as usize).saturating_sub(128).max(256);
+    let room = frame_room(peer_max_frame);
     let mut frames = 0;
     let mut rest = payload;
     loop {

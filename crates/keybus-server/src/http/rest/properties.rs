@@ -286,7 +286,7 @@ pub(super) fn respond(
     mode: ReceiveMode,
     path: &str,
 ) -> Result<Response, HttpError> {
-    let m = Message::decode(&d.encoded).map_err(|e| {
+    let m = Message::decode(&d.encoded()).map_err(|e| {
         HttpError::Unavailable(format!("a stored message could not be decoded: {e}"))
     })?;
     let ann = |k: &str| {
