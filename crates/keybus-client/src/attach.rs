@@ -2,8 +2,8 @@
 //! receive-and-delete, optionally on a session), and the links of request-response pairs.
 
 use keybus_amqp::{
-    Attach, Begin, Performative, ReceiverSettleMode, Role, SenderSettleMode, Source, Symbol,
-    Target, Value,
+    Attach, AttachTarget, Begin, Performative, ReceiverSettleMode, Role, SenderSettleMode, Source,
+    Symbol, Target, Value,
 };
 
 use crate::connection::{Connection, INCOMING_WINDOW};
@@ -118,10 +118,10 @@ impl Connection {
                 address: Some(name.clone()),
                 ..Default::default()
             }),
-            target: Some(Target {
+            target: Some(AttachTarget::Node(Target {
                 address: Some(address.to_string()),
                 ..Default::default()
-            }),
+            })),
             initial_delivery_count: Some(0),
             ..Default::default()
         };
@@ -170,10 +170,10 @@ impl Connection {
                 filter,
                 ..Default::default()
             }),
-            target: Some(Target {
+            target: Some(AttachTarget::Node(Target {
                 address: Some(name.clone()),
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         };
         let kind = LinkKind::Receiver(ReceiverLink {

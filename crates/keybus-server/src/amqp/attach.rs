@@ -129,8 +129,23 @@ impl Conn {
             return Ok(());
         }
         let client_sends = a.role == Role::Sender;
+        if client_sends && matches!(a.target, Some(keybus_amqp::AttachTarget::Coordinator(_))) {
+            // A transaction coordinator: the transfers on it declare and discharge; the work
+            // that joins a transaction is checked on the links it is done on.
+            self.reply_attach(channel, &a, 64 * 1024);
+            self.grant_credit(
+                channel,
+                a.handle,
+                a.initial_delivery_count.unwrap_or(0),
+                SENDER_CREDIT,
+            );
+            self.add_link(channel, &a, LinkKind::Coordinator, None);
+            return Ok(());
+        }
         let address = if client_sends {
-            a.target.as_ref().and_then(|t| t.address.clone())
+            a.target
+                .as_ref()
+                .and_then(|t| t.address().map(str::to_string))
         } else {
             a.source.as_ref().and_then(|s| s.address.clone())
         };
@@ -157,7 +172,10 @@ impl Conn {
                 self.add_link(channel, &a, LinkKind::CbsIn, None);
             } else {
                 self.reply_attach(channel, &a, 1024 * 1024);
-                let target = a.target.as_ref().and_then(|t| t.address.clone());
+                let target = a
+                    .target
+                    .as_ref()
+                    .and_then(|t| t.address().map(str::to_string));
                 self.add_link(
                     channel,
                     &a,
@@ -232,7 +250,10 @@ impl Conn {
                         None,
                     );
                 } else {
-                    let target = a.target.as_ref().and_then(|t| t.address.clone());
+                    let target = a
+                        .target
+                        .as_ref()
+                        .and_then(|t| t.address().map(str::to_string));
                     let node = node_key(&addr);
                     self.add_link(
                         channel,
@@ -406,7 +427,7 @@ impl Conn {
                 subscription,
                 ..
             } => (entity, subscription.as_deref()),
-            LinkKind::CbsIn | LinkKind::ReplyOut { .. } => return None,
+            LinkKind::CbsIn | LinkKind::Coordinator | LinkKind::ReplyOut { .. } => return None,
         };
         let st = entity.lock();
         let gone = st.deleted

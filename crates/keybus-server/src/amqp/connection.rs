@@ -163,6 +163,7 @@ impl Conn {
             } => self.on_wake(channel, handle, generation),
             ConnEvent::SendsDone { channel, results } => self.on_sends_done(channel, results),
             ConnEvent::SettlesDone { channel, results } => self.on_settles_done(channel, results),
+            ev @ ConnEvent::TxnDone { .. } => self.handle_txn_event(ev),
             ConnEvent::Reply {
                 channel,
                 handle,
@@ -389,6 +390,8 @@ where
         next_generation: 1,
         hostname: String::new(),
         pending_sends: Vec::new(),
+        transactions: keybus_core::Transactions::new(),
+        txn_entities: std::collections::HashMap::new(),
         credit_withheld: false,
         commits: Default::default(),
         closed: false,
@@ -548,6 +551,7 @@ where
                     return Err(ConnError(err));
                 }
                 conn.detach_gone_links();
+                conn.expire_transactions();
             }
         }
     }

@@ -41,6 +41,8 @@ pub(crate) enum LinkKind {
     },
     /// Requests to `$cbs`.
     CbsIn,
+    /// `declare` and `discharge` sent to the transaction coordinator.
+    Coordinator,
     /// Requests to `<entity>/$management`.
     MgmtIn {
         entity: Arc<Entity>,
@@ -119,6 +121,8 @@ pub(crate) struct Partial {
     pub(crate) settled: bool,
     pub(crate) buf: BytesMut,
     pub(crate) oversize: bool,
+    /// The transaction the transfer joins (its `transactional-state`), as sent.
+    pub(crate) txn: Option<keybus_amqp::Bytes>,
 }
 
 /// One attached link.
@@ -230,6 +234,10 @@ pub(crate) struct Conn {
     /// spawned per commit, and one already durable is answered in the same turn.
     pub commits: FuturesUnordered<Commit>,
     pub closed: bool,
+    /// The transactions this connection declared (closing it rolls them back: their work
+    /// is dropped with it) and the entity each is bound to.
+    pub transactions: keybus_core::Transactions,
+    pub txn_entities: HashMap<keybus_core::TxnId, Arc<Entity>>,
 }
 
 /// A store commit in flight and what it yields once durable (or failed).

@@ -1,0 +1,327 @@
+//! Transactions (AMQP 1.0 §4.5 as Service Bus does them): the coordinator link's `declare` and
+//! `discharge`, and the sends and settlements that join a transaction. The bookkeeping is
+//! `keybus_core::Transactions` (one per connection: closing the connection drops its open
+//! transactions, which rolls them back); here is what touches entities and the wire.
+//!
+//! Work that joins a transaction is not applied when it arrives: a transactional send is
+//! answered `transactional-state(accepted)` and kept; a transactional settlement is answered
+//! with its outcome and the message stays locked. A commit applies every piece of work under
+//! the entity's lock and submits it as ONE store batch, answering the discharge once that
+//! batch is durable; if a settled message's lock ran out meanwhile, nothing is applied and
+//! the discharge is refused with `amqp:transaction:rollback`. A rollback drops the work.
+
+use std::sync::Arc;
+
+use keybus_amqp::{Bytes, DeliveryState, Disposition, Message, Role, TxnControl};
+use keybus_core::{IncomingMessage, Outcome, TxnError, TxnId, TxnWork};
+
+use super::errors::{self, error};
+use super::events::{ConnEvent, SendResult};
+use super::state::Conn;
+use crate::runtime::Entity;
+
+/// Every transaction of a connection has this owner: the registry is the connection's own.
+const OWNER: u64 = 0;
+
+fn txn_error(e: &TxnError) -> keybus_amqp::AmqpError {
+    error(e.condition().symbol(), e.to_string())
+}
+
+fn unknown(txn_id: &[u8]) -> TxnError {
+    TxnError::UnknownId(String::from_utf8_lossy(txn_id).into_owned())
+}
+
+impl Conn {
+    /// A transfer on the coordinator link: `declare` or `discharge`.
+    pub(super) fn on_coordinator_transfer(&mut self, channel: u16, delivery_id: u32, body: &Bytes) {
+        let control = Message::decode(body)
+            .and_then(|m| {
+                m.amqp_value()?
+                    .ok_or(keybus_amqp::DecodeError::InvalidField {
+                        performative: "coordinator",
+                        field: "<body>",
+                    })
+            })
+            .and_then(|v| TxnControl::from_value(&v));
+        let control = match control {
+            Ok(c) => c,
+            Err(e) => {
+                let state = DeliveryState::Rejected {
+                    error: Some(error(errors::DECODE_ERROR, e.to_string())),
+                };
+                self.write_dispositions(channel, Role::Receiver, vec![(delivery_id, state)]);
+                return;
+            }
+        };
+        match control {
+            TxnControl::Declare(d) => {
+                let state = if d.global_id.is_some() {
+                    DeliveryState::Rejected {
+                        error: Some(error(
+                            errors::NOT_IMPLEMENTED,
+                            "distributed transactions (a declare with a global-id) are not supported",
+                        )),
+                    }
+                } else {
+                    let id = self.transactions.declare(OWNER, self.broker.now());
+                    DeliveryState::Declared {
+                        txn_id: Bytes::from(id.to_bytes()),
+                    }
+                };
+                self.write_dispositions(channel, Role::Receiver, vec![(delivery_id, state)]);
+            }
+            TxnControl::Discharge(d) => self.discharge(channel, delivery_id, &d.txn_id, d.fail),
+        }
+    }
+
+    /// Roll back the transactions that were not discharged in time (their discharge then
+    /// says `amqp:transaction:timeout`).
+    pub(crate) fn expire_transactions(&mut self) {
+        if self.transactions.is_empty() {
+            return;
+        }
+        for id in self.transactions.expire(self.broker.now()) {
+            self.txn_entities.remove(&id);
+            tracing::info!(connection = %self.id, txn = id.0, "transaction timed out: rolled back");
+        }
+    }
+
+    fn enlist(
+        &mut self,
+        txn_id: &[u8],
+        entity: &Arc<Entity>,
+        work: TxnWork,
+    ) -> Result<(), TxnError> {
+        let id = TxnId::from_bytes(txn_id).ok_or_else(|| unknown(txn_id))?;
+        let name = entity.lock().name().to_string();
+        self.transactions.enlist(id, OWNER, &name, work)?;
+        self.txn_entities
+            .entry(id)
+            .or_insert_with(|| entity.clone());
+        Ok(())
+    }
+
+    /// A transfer to an entity that carries `transactional-state`: kept in the transaction.
+    pub(super) fn enlist_send(
+        &mut self,
+        channel: u16,
+        delivery_id: u32,
+        settled: bool,
+        txn_id: Bytes,
+        entity: &Arc<Entity>,
+        decoded: Result<Vec<IncomingMessage>, (&'static str, String)>,
+    ) {
+        let state = match decoded {
+            Err((condition, description)) => DeliveryState::Rejected {
+                error: Some(error(condition, description)),
+            },
+            Ok(msgs) => match self.enlist(&txn_id, entity, TxnWork::Send(msgs)) {
+                Ok(()) => DeliveryState::Transactional {
+                    txn_id,
+                    outcome: Some(Box::new(DeliveryState::Accepted)),
+                },
+                Err(e) => DeliveryState::Rejected {
+                    error: Some(txn_error(&e)),
+                },
+            },
+        };
+        if !settled {
+            self.write_dispositions(channel, Role::Receiver, vec![(delivery_id, state)]);
+        }
+    }
+
+    /// A disposition that carries `transactional-state`: each delivery's settlement joins
+    /// the transaction and its message stays locked until the transaction ends.
+    pub(super) fn enlist_settlements(
+        &mut self,
+        channel: u16,
+        d: &Disposition,
+        txn_id: Bytes,
+        outcome: Outcome,
+        echo: DeliveryState,
+    ) {
+        let last = d.last.unwrap_or(d.first);
+        let span = last.wrapping_sub(d.first);
+        let mut results = Vec::new();
+        for k in 0..=span.min(4096) {
+            let id = d.first.wrapping_add(k);
+            let found = self.sessions.get_mut(&channel).and_then(|s| {
+                let (handle, token, entity, subscription) = s.unsettled.remove(&id)?;
+                if let Some(super::state::LinkKind::EntityOut { unsettled, .. }) =
+                    s.links.get_mut(&handle).map(|l| &mut l.kind)
+                {
+                    *unsettled = unsettled.saturating_sub(1);
+                }
+                Some((token, entity, subscription))
+            });
+            let Some((token, entity, subscription)) = found else {
+                if k == 0 || d.last.is_none() {
+                    results.push((
+                        id,
+                        DeliveryState::Rejected {
+                            error: Some(errors::from_condition(
+                                keybus_core::ErrorCondition::MessageLockLost,
+                                keybus_core::SettleError::LockLost.to_string(),
+                            )),
+                        },
+                    ));
+                }
+                continue;
+            };
+            let work = TxnWork::Settle {
+                subscription,
+                token,
+                outcome: outcome.clone(),
+            };
+            let state = match self.enlist(&txn_id, &entity, work) {
+                Ok(()) => DeliveryState::Transactional {
+                    txn_id: txn_id.clone(),
+                    outcome: Some(Box::new(echo.clone())),
+                },
+                Err(e) => DeliveryState::Rejected {
+                    error: Some(txn_error(&e)),
+                },
+            };
+            results.push((id, state));
+        }
+        if !d.settled {
+            self.write_dispositions(channel, Role::Sender, results);
+        }
+    }
+
+    /// End a transaction: roll back (drop its work) or commit (apply it in one store batch).
+    fn discharge(&mut self, channel: u16, delivery_id: u32, txn_id: &[u8], fail: bool) {
+        let answer = move |r: SendResult| ConnEvent::TxnDone {
+            channel,
+            results: vec![(delivery_id, r)],
+        };
+        let discharged = TxnId::from_bytes(txn_id)
+            .ok_or_else(|| unknown(txn_id))
+            .and_then(|id| Ok((id, self.transactions.discharge(id, OWNER, fail)?)));
+        let (id, discharged) = match discharged {
+            Ok(x) => x,
+            Err(e) => {
+                let ev = answer(Err((e.condition().symbol(), e.to_string())));
+                self.handle_txn_event(ev);
+                return;
+            }
+        };
+        let entity = self.txn_entities.remove(&id);
+        let (Some(entity), false) = (entity, discharged.work.is_empty()) else {
+            self.handle_txn_event(answer(Ok(())));
+            return;
+        };
+        if let Err(e) = self.broker.store().status() {
+            let (_, description) = errors::store_failure(&e);
+            let ev = answer(Err((
+                keybus_core::TxnCondition::Rollback.symbol(),
+                format!("the transaction was rolled back: {description}"),
+            )));
+            self.handle_txn_event(ev);
+            return;
+        }
+        let now = self.broker.now();
+        let mut pendings = Vec::new();
+        let fut = {
+            let mut st = entity.lock();
+            // All or none: every settled message must still be locked.
+            let lost = discharged.work.iter().any(|w| match w {
+                TxnWork::Settle {
+                    subscription,
+                    token,
+                    ..
+                } => !st
+                    .receiver_ref(subscription.as_deref())
+                    .is_some_and(|q| q.holds_lock(*token, now)),
+                TxnWork::Send(_) => false,
+            });
+            if lost {
+                drop(st);
+                let ev = answer(Err((
+                    keybus_core::TxnCondition::Rollback.symbol(),
+                    "The transaction was rolled back: the lock of a message settled in it was lost before the commit.".to_string(),
+                )));
+                self.handle_txn_event(ev);
+                return;
+            }
+            let mut failure = None;
+            for w in discharged.work {
+                let r = match w {
+                    TxnWork::Send(msgs) => st
+                        .send(msgs, now, false)
+                        .map(|(_, p)| pendings.push(p))
+                        .map_err(|e| e.to_string()),
+                    TxnWork::Settle {
+                        subscription,
+                        token,
+                        outcome,
+                    } => match st.receiver(subscription.as_deref()) {
+                        Some(q) => q.settle(token, outcome, now).map_err(|e| e.to_string()),
+                        None => Err(keybus_core::SettleError::LockLost.to_string()),
+                    },
+                };
+                if let Err(e) = r {
+                    failure.get_or_insert(e);
+                }
+            }
+            if let Some(e) = failure {
+                tracing::warn!(connection = %self.id, txn = id.0, error = %e, "an operation of a committed transaction failed");
+            }
+            let wakes = !pendings.is_empty();
+            let fut = entity.submit(&mut st);
+            if wakes {
+                st.wake();
+            }
+            fut
+        };
+        let entity = entity.clone();
+        let finish = move |ok: Result<(), keybus_core::StoreError>| {
+            let failed = ok.as_ref().err().map(errors::store_failure);
+            {
+                let mut st = entity.lock();
+                for p in &pendings {
+                    st.finish(p, failed.is_none());
+                }
+                st.wake();
+            }
+            vec![answer(match failed {
+                None => Ok(()),
+                Some((_, description)) => Err((
+                    keybus_core::TxnCondition::Rollback.symbol(),
+                    format!("the transaction's commit failed: {description}"),
+                )),
+            })]
+        };
+        match fut {
+            None => {
+                for ev in finish(Ok(())) {
+                    self.handle_txn_event(ev);
+                }
+            }
+            Some(fut) => self.await_commit(async move { finish(fut.await) }),
+        }
+    }
+
+    /// Answer a discharge (or a declare's refusal) on the coordinator link.
+    pub(super) fn handle_txn_event(&mut self, ev: ConnEvent) {
+        let ConnEvent::TxnDone { channel, results } = ev else {
+            return;
+        };
+        if !self.sessions.contains_key(&channel) {
+            return;
+        }
+        let states = results
+            .into_iter()
+            .map(|(id, r)| {
+                let state = match r {
+                    Ok(()) => DeliveryState::Accepted,
+                    Err((condition, description)) => DeliveryState::Rejected {
+                        error: Some(error(condition, description)),
+                    },
+                };
+                (id, state)
+            })
+            .collect();
+        self.write_dispositions(channel, Role::Receiver, states);
+    }
+}
