@@ -14,7 +14,8 @@
 //! Files, one idea each: `connection` (handshake and I/O loop), `attach` (sessions and
 //! links), `input` and `produce` (the two sides of the frame engine), `transfer` (transfer
 //! frames), `sender`, `receiver` (and settlement), `rpc` (request-response pairs), `cbs`,
-//! `management`, `workload`, `endpoint`, `sas`, `error`.
+//! `management`, `transaction` (coordinator, declare, discharge, transactional sends and
+//! settlements), `workload`, `endpoint`, `sas`, `error`.
 //!
 //! It depends on the codec (`keybus-amqp`) only, never on the broker's crates.
 
@@ -32,6 +33,7 @@ mod rpc;
 pub mod sas;
 mod sender;
 mod session;
+mod transaction;
 mod transfer;
 mod workload;
 

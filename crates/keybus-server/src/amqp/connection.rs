@@ -392,6 +392,7 @@ where
         pending_sends: Vec::new(),
         transactions: keybus_core::Transactions::new(),
         txn_entities: std::collections::HashMap::new(),
+        txn_unsettled: std::collections::HashMap::new(),
         credit_withheld: false,
         commits: Default::default(),
         closed: false,

@@ -238,6 +238,9 @@ pub(crate) struct Conn {
     /// is dropped with it) and the entity each is bound to.
     pub transactions: keybus_core::Transactions,
     pub txn_entities: HashMap<keybus_core::TxnId, Arc<Entity>>,
+    /// The deliveries whose settlement joined a transaction, by (channel, delivery id): a
+    /// rollback gives them back to their session, so the receiver can settle them again.
+    pub txn_unsettled: HashMap<keybus_core::TxnId, Vec<(u16, u32, Unsettled)>>,
 }
 
 /// A store commit in flight and what it yields once durable (or failed).

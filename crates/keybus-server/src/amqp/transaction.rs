@@ -82,6 +82,7 @@ impl Conn {
         }
         for id in self.transactions.expire(self.broker.now()) {
             self.txn_entities.remove(&id);
+            self.restore_unsettled(id);
             tracing::info!(connection = %self.id, txn = id.0, "transaction timed out: rolled back");
         }
     }
@@ -91,14 +92,29 @@ impl Conn {
         txn_id: &[u8],
         entity: &Arc<Entity>,
         work: TxnWork,
-    ) -> Result<(), TxnError> {
+    ) -> Result<TxnId, TxnError> {
         let id = TxnId::from_bytes(txn_id).ok_or_else(|| unknown(txn_id))?;
         let name = entity.lock().name().to_string();
         self.transactions.enlist(id, OWNER, &name, work)?;
         self.txn_entities
             .entry(id)
             .or_insert_with(|| entity.clone());
-        Ok(())
+        Ok(id)
+    }
+
+    /// Give the deliveries settled in a rolled back transaction back to their sessions.
+    fn restore_unsettled(&mut self, id: TxnId) {
+        for (channel, delivery_id, entry) in self.txn_unsettled.remove(&id).unwrap_or_default() {
+            let Some(s) = self.sessions.get_mut(&channel) else {
+                continue;
+            };
+            if let Some(super::state::LinkKind::EntityOut { unsettled, .. }) =
+                s.links.get_mut(&entry.0).map(|l| &mut l.kind)
+            {
+                *unsettled = unsettled.saturating_add(1);
+                s.unsettled.insert(delivery_id, entry);
+            }
+        }
     }
 
     /// A transfer to an entity that carries `transactional-state`: kept in the transaction.
@@ -116,7 +132,7 @@ impl Conn {
                 error: Some(error(condition, description)),
             },
             Ok(msgs) => match self.enlist(&txn_id, entity, TxnWork::Send(msgs)) {
-                Ok(()) => DeliveryState::Transactional {
+                Ok(_) => DeliveryState::Transactional {
                     txn_id,
                     outcome: Some(Box::new(DeliveryState::Accepted)),
                 },
@@ -146,15 +162,15 @@ impl Conn {
         for k in 0..=span.min(4096) {
             let id = d.first.wrapping_add(k);
             let found = self.sessions.get_mut(&channel).and_then(|s| {
-                let (handle, token, entity, subscription) = s.unsettled.remove(&id)?;
+                let entry = s.unsettled.remove(&id)?;
                 if let Some(super::state::LinkKind::EntityOut { unsettled, .. }) =
-                    s.links.get_mut(&handle).map(|l| &mut l.kind)
+                    s.links.get_mut(&entry.0).map(|l| &mut l.kind)
                 {
                     *unsettled = unsettled.saturating_sub(1);
                 }
-                Some((token, entity, subscription))
+                Some(entry)
             });
-            let Some((token, entity, subscription)) = found else {
+            let Some(entry) = found else {
                 if k == 0 || d.last.is_none() {
                     results.push((
                         id,
@@ -169,18 +185,36 @@ impl Conn {
                 continue;
             };
             let work = TxnWork::Settle {
-                subscription,
-                token,
+                subscription: entry.3.clone(),
+                token: entry.1,
                 outcome: outcome.clone(),
             };
+            let entity = entry.2.clone();
             let state = match self.enlist(&txn_id, &entity, work) {
-                Ok(()) => DeliveryState::Transactional {
-                    txn_id: txn_id.clone(),
-                    outcome: Some(Box::new(echo.clone())),
-                },
-                Err(e) => DeliveryState::Rejected {
-                    error: Some(txn_error(&e)),
-                },
+                Ok(txn) => {
+                    self.txn_unsettled
+                        .entry(txn)
+                        .or_default()
+                        .push((channel, id, entry));
+                    DeliveryState::Transactional {
+                        txn_id: txn_id.clone(),
+                        outcome: Some(Box::new(echo.clone())),
+                    }
+                }
+                Err(e) => {
+                    // Not taken into the transaction: the delivery stays the receiver's.
+                    if let Some(s) = self.sessions.get_mut(&channel) {
+                        if let Some(super::state::LinkKind::EntityOut { unsettled, .. }) =
+                            s.links.get_mut(&entry.0).map(|l| &mut l.kind)
+                        {
+                            *unsettled = unsettled.saturating_add(1);
+                        }
+                        s.unsettled.insert(id, entry);
+                    }
+                    DeliveryState::Rejected {
+                        error: Some(txn_error(&e)),
+                    }
+                }
             };
             results.push((id, state));
         }
@@ -207,6 +241,11 @@ impl Conn {
             }
         };
         let entity = self.txn_entities.remove(&id);
+        if fail {
+            self.restore_unsettled(id);
+        } else {
+            self.txn_unsettled.remove(&id);
+        }
         let (Some(entity), false) = (entity, discharged.work.is_empty()) else {
             self.handle_txn_event(answer(Ok(())));
             return;

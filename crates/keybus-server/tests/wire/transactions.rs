@@ -1,0 +1,160 @@
+//! Transactions over the wire: a coordinator link, declare and discharge; sends and
+//! settlements that join a transaction take effect at its commit, together, and never after
+//! a rollback, a closed connection or on an unknown id.
+
+use keybus_client::{Bytes, Message, Outcome, ReceiverOptions, Value};
+
+use crate::harness::{Broker, QUIET, Store, T, message, on_both_stores};
+
+on_both_stores!(
+    commit_applies_send_and_complete_together,
+    rollback_leaves_no_trace,
+    closing_the_connection_rolls_back,
+    unknown_ids_are_refused,
+    a_transaction_stays_on_one_entity,
+);
+
+fn ids(peeked: &[Message]) -> Vec<String> {
+    peeked
+        .iter()
+        .map(
+            |m| match m.properties.as_ref().and_then(|p| p.message_id.as_ref()) {
+                Some(Value::String(id)) => id.clone(),
+                other => format!("{other:?}"),
+            },
+        )
+        .collect()
+}
+
+async fn commit_applies_send_and_complete_together(store: Store) {
+    let b = Broker::start(store).await;
+    let mut c = b.client(&["q"]).await;
+    let snd = c.create_sender("q", T).await.unwrap();
+    c.send(snd, &message("in", b"input"), T).await.unwrap();
+    let rcv = c
+        .create_receiver("q", &ReceiverOptions::default(), T)
+        .await
+        .unwrap();
+    let got = c.receive(rcv, 1, T).await.unwrap();
+    let coord = c.create_coordinator(T).await.unwrap();
+    let txn = c.declare(coord, T).await.unwrap();
+    c.send_in_transaction(snd, &message("out", b"output"), &txn, T)
+        .await
+        .unwrap();
+    c.settle_in_transaction(rcv, &got[0], Outcome::Complete, &txn, T)
+        .await
+        .unwrap();
+    // Before the commit neither happened: the input is there (locked), the output is not.
+    assert_eq!(ids(&c.peek("q", 1, 10, T).await.unwrap()), ["in"]);
+    let commits = b.metric("keybus_store_commit_seconds_count").await;
+    c.discharge(coord, &txn, false, T).await.unwrap();
+    // the send and the complete reached the store in one batch
+    assert_eq!(
+        b.metric("keybus_store_commit_seconds_count").await,
+        commits + 1.0
+    );
+    assert_eq!(ids(&c.peek("q", 1, 10, T).await.unwrap()), ["out"]);
+    let next = c.receive(rcv, 1, T).await.unwrap();
+    assert_eq!(next[0].message_id(), Some("out"));
+    c.settle(rcv, &next[0], Outcome::Complete, T).await.unwrap();
+    // The transaction has ended: its id is unknown now.
+    let err = c.discharge(coord, &txn, false, T).await.unwrap_err();
+    assert_eq!(
+        err.condition(),
+        Some("amqp:transaction:unknown-id"),
+        "{err}"
+    );
+}
+
+async fn rollback_leaves_no_trace(store: Store) {
+    let b = Broker::start(store).await;
+    let mut c = b.client(&["q"]).await;
+    let snd = c.create_sender("q", T).await.unwrap();
+    c.send(snd, &message("kept", b"k"), T).await.unwrap();
+    let rcv = c
+        .create_receiver("q", &ReceiverOptions::default(), T)
+        .await
+        .unwrap();
+    let got = c.receive(rcv, 1, T).await.unwrap();
+    let coord = c.create_coordinator(T).await.unwrap();
+    let txn = c.declare(coord, T).await.unwrap();
+    c.send_in_transaction(snd, &message("dropped", b"d"), &txn, T)
+        .await
+        .unwrap();
+    c.settle_in_transaction(rcv, &got[0], Outcome::Complete, &txn, T)
+        .await
+        .unwrap();
+    c.discharge(coord, &txn, true, T).await.unwrap();
+    // Nothing was sent, and the message whose completion was rolled back is still there,
+    // still locked by its receiver (nothing else gets it), which can now settle it again.
+    assert_eq!(ids(&c.peek("q", 1, 10, T).await.unwrap()), ["kept"]);
+    assert!(c.receive(rcv, 1, QUIET).await.unwrap().is_empty());
+    c.settle(rcv, &got[0], Outcome::Complete, T).await.unwrap();
+    assert!(c.peek("q", 1, 10, T).await.unwrap().is_empty());
+}
+
+async fn closing_the_connection_rolls_back(store: Store) {
+    let b = Broker::start(store).await;
+    let mut c = b.client(&["q"]).await;
+    let snd = c.create_sender("q", T).await.unwrap();
+    let coord = c.create_coordinator(T).await.unwrap();
+    let txn = c.declare(coord, T).await.unwrap();
+    c.send_in_transaction(snd, &message("orphan", b"o"), &txn, T)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    let mut other = b.client(&["q"]).await;
+    let coord = other.create_coordinator(T).await.unwrap();
+    // The transaction went with its connection: another one cannot commit it ...
+    let err = other.discharge(coord, &txn, false, T).await.unwrap_err();
+    assert_eq!(
+        err.condition(),
+        Some("amqp:transaction:unknown-id"),
+        "{err}"
+    );
+    // ... and its send never happened.
+    assert!(other.peek("q", 1, 10, T).await.unwrap().is_empty());
+}
+
+async fn unknown_ids_are_refused(store: Store) {
+    let b = Broker::start(store).await;
+    let mut c = b.client(&["q"]).await;
+    let snd = c.create_sender("q", T).await.unwrap();
+    let coord = c.create_coordinator(T).await.unwrap();
+    let forged = Bytes::from_static(b"txn:424242");
+    let err = c.discharge(coord, &forged, false, T).await.unwrap_err();
+    assert_eq!(
+        err.condition(),
+        Some("amqp:transaction:unknown-id"),
+        "{err}"
+    );
+    let err = c
+        .send_in_transaction(snd, &message("x", b"x"), &forged, T)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.condition(),
+        Some("amqp:transaction:unknown-id"),
+        "{err}"
+    );
+    assert!(c.peek("q", 1, 10, T).await.unwrap().is_empty());
+}
+
+async fn a_transaction_stays_on_one_entity(store: Store) {
+    let b = Broker::start(store).await;
+    let mut c = b.client(&["q", "t"]).await;
+    let to_q = c.create_sender("q", T).await.unwrap();
+    let to_t = c.create_sender("t", T).await.unwrap();
+    let coord = c.create_coordinator(T).await.unwrap();
+    let txn = c.declare(coord, T).await.unwrap();
+    c.send_in_transaction(to_q, &message("a", b"a"), &txn, T)
+        .await
+        .unwrap();
+    let err = c
+        .send_in_transaction(to_t, &message("b", b"b"), &txn, T)
+        .await
+        .unwrap_err();
+    assert_eq!(err.condition(), Some("amqp:not-allowed"), "{err}");
+    c.discharge(coord, &txn, false, T).await.unwrap();
+    assert_eq!(ids(&c.peek("q", 1, 10, T).await.unwrap()), ["a"]);
+}
