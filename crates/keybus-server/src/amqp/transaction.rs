@@ -34,6 +34,8 @@ fn unknown(txn_id: &[u8]) -> TxnError {
 impl Conn {
     /// A transfer on the coordinator link: `declare` or `discharge`.
     pub(super) fn on_coordinator_transfer(&mut self, channel: u16, delivery_id: u32, body: &Bytes) {
+        // A transaction past its time is rolled back before anything else touches it.
+        self.expire_transactions();
         let control = Message::decode(body)
             .and_then(|m| {
                 m.amqp_value()?
@@ -93,6 +95,7 @@ impl Conn {
         entity: &Arc<Entity>,
         work: TxnWork,
     ) -> Result<TxnId, TxnError> {
+        self.expire_transactions();
         let id = TxnId::from_bytes(txn_id).ok_or_else(|| unknown(txn_id))?;
         let name = entity.lock().name().to_string();
         self.transactions.enlist(id, OWNER, &name, work)?;

@@ -4,7 +4,7 @@
 
 use keybus_client::{Bytes, Message, Outcome, ReceiverOptions, Value};
 
-use crate::harness::{Broker, QUIET, Store, T, message, on_both_stores};
+use crate::harness::{Broker, QUIET, Store, T, message, now_ms, on_both_stores};
 
 on_both_stores!(
     commit_applies_send_and_complete_together,
@@ -157,4 +157,38 @@ async fn a_transaction_stays_on_one_entity(store: Store) {
     assert_eq!(err.condition(), Some("amqp:not-allowed"), "{err}");
     c.discharge(coord, &txn, false, T).await.unwrap();
     assert_eq!(ids(&c.peek("q", 1, 10, T).await.unwrap()), ["a"]);
+}
+
+/// A transaction not discharged within 2 minutes (of the broker's clock) is rolled back: its
+/// work never happens and its discharge says `amqp:transaction:timeout`.
+#[tokio::test]
+async fn undischarged_for_two_minutes_times_out() {
+    let clock = keybus_core::ManualClock::new(now_ms());
+    let opts = keybus_server::ServeOptions {
+        in_memory: true,
+        amqp_port: 0,
+        http_port: 0,
+        ..keybus_server::ServeOptions::default()
+    };
+    let config = keybus_server::config::Config::parse("[[queues]]\nname = \"q\"\n").unwrap();
+    let running =
+        keybus_server::start_with_clock(opts, config, std::sync::Arc::new(clock.clone()), |s| s)
+            .await
+            .unwrap();
+    let b = Broker::wrap(running);
+    let mut c = b.client(&["q"]).await;
+    let snd = c.create_sender("q", T).await.unwrap();
+    let coord = c.create_coordinator(T).await.unwrap();
+    let txn = c.declare(coord, T).await.unwrap();
+    c.send_in_transaction(snd, &message("late", b"l"), &txn, T)
+        .await
+        .unwrap();
+    clock.advance_ms(keybus_core::TRANSACTION_TIMEOUT_MS - 1);
+    let young = c.declare(coord, T).await.unwrap();
+    clock.advance_ms(1);
+    let err = c.discharge(coord, &txn, false, T).await.unwrap_err();
+    assert_eq!(err.condition(), Some("amqp:transaction:timeout"), "{err}");
+    assert!(c.peek("q", 1, 10, T).await.unwrap().is_empty());
+    // the one declared later has time left
+    c.discharge(coord, &young, false, T).await.unwrap();
 }
