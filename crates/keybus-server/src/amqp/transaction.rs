@@ -286,28 +286,43 @@ impl Conn {
                 self.handle_txn_event(ev);
                 return;
             }
-            let mut failure = None;
+            // Every send of the transaction is one send to the entity: its sizes and quota
+            // are checked before anything is enqueued, so the sends happen all or none, and
+            // a refused one leaves every other piece of work undone too.
+            let mut msgs = Vec::new();
+            let mut settles = Vec::new();
             for w in discharged.work {
-                let r = match w {
-                    TxnWork::Send(msgs) => st
-                        .send(msgs, now, false)
-                        .map(|(_, p)| pendings.push(p))
-                        .map_err(|e| e.to_string()),
+                match w {
+                    TxnWork::Send(m) => msgs.extend(m),
                     TxnWork::Settle {
                         subscription,
                         token,
                         outcome,
-                    } => match st.receiver(subscription.as_deref()) {
-                        Some(q) => q.settle(token, outcome, now).map_err(|e| e.to_string()),
-                        None => Err(keybus_core::SettleError::LockLost.to_string()),
-                    },
-                };
-                if let Err(e) = r {
-                    failure.get_or_insert(e);
+                    } => settles.push((subscription, token, outcome)),
                 }
             }
-            if let Some(e) = failure {
-                tracing::warn!(connection = %self.id, txn = id.0, error = %e, "an operation of a committed transaction failed");
+            if !msgs.is_empty() {
+                match st.send(msgs, now, false) {
+                    Ok((_, p)) => pendings.push(p),
+                    Err(e) => {
+                        drop(st);
+                        let ev = answer(Err((
+                            keybus_core::TxnCondition::Rollback.symbol(),
+                            format!("The transaction was rolled back: {e}"),
+                        )));
+                        self.handle_txn_event(ev);
+                        return;
+                    }
+                }
+            }
+            // The locks were checked above under this same lock and time: these succeed.
+            for (subscription, token, outcome) in settles {
+                if let Some(Err(e)) = st
+                    .receiver(subscription.as_deref())
+                    .map(|q| q.settle(token, outcome, now))
+                {
+                    tracing::error!(connection = %self.id, txn = id.0, error = %e, "a settlement checked before the commit failed");
+                }
             }
             let wakes = !pendings.is_empty();
             let fut = entity.submit(&mut st);

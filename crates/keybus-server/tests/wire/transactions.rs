@@ -159,23 +159,58 @@ async fn a_transaction_stays_on_one_entity(store: Store) {
     assert_eq!(ids(&c.peek("q", 1, 10, T).await.unwrap()), ["a"]);
 }
 
-/// A transaction not discharged within 2 minutes (of the broker's clock) is rolled back: its
-/// work never happens and its discharge says `amqp:transaction:timeout`.
-#[tokio::test]
-async fn undischarged_for_two_minutes_times_out() {
-    let clock = keybus_core::ManualClock::new(now_ms());
+/// A broker of queue `q` on a clock the test moves.
+async fn broker_on(clock: &keybus_core::ManualClock) -> Broker {
     let opts = keybus_server::ServeOptions {
         in_memory: true,
         amqp_port: 0,
         http_port: 0,
         ..keybus_server::ServeOptions::default()
     };
-    let config = keybus_server::config::Config::parse("[[queues]]\nname = \"q\"\n").unwrap();
+    let config =
+        keybus_server::config::Config::parse("[[queues]]\nname = \"q\"\nlock_duration = \"5s\"\n")
+            .unwrap();
     let running =
         keybus_server::start_with_clock(opts, config, std::sync::Arc::new(clock.clone()), |s| s)
             .await
             .unwrap();
-    let b = Broker::wrap(running);
+    Broker::wrap(running)
+}
+
+/// A commit whose settled message lost its lock meanwhile does nothing at all: the discharge
+/// is refused with `amqp:transaction:rollback` and the transaction's send never happens.
+#[tokio::test]
+async fn a_lost_lock_rolls_back_the_whole_commit() {
+    let clock = keybus_core::ManualClock::new(now_ms());
+    let b = broker_on(&clock).await;
+    let mut c = b.client(&["q"]).await;
+    let snd = c.create_sender("q", T).await.unwrap();
+    c.send(snd, &message("in", b"i"), T).await.unwrap();
+    let rcv = c
+        .create_receiver("q", &ReceiverOptions::default(), T)
+        .await
+        .unwrap();
+    let got = c.receive(rcv, 1, T).await.unwrap();
+    let coord = c.create_coordinator(T).await.unwrap();
+    let txn = c.declare(coord, T).await.unwrap();
+    c.send_in_transaction(snd, &message("out", b"o"), &txn, T)
+        .await
+        .unwrap();
+    c.settle_in_transaction(rcv, &got[0], Outcome::Complete, &txn, T)
+        .await
+        .unwrap();
+    clock.advance_ms(6_000);
+    let err = c.discharge(coord, &txn, false, T).await.unwrap_err();
+    assert_eq!(err.condition(), Some("amqp:transaction:rollback"), "{err}");
+    assert_eq!(ids(&c.peek("q", 1, 10, T).await.unwrap()), ["in"]);
+}
+
+/// A transaction not discharged within 2 minutes (of the broker's clock) is rolled back: its
+/// work never happens and its discharge says `amqp:transaction:timeout`.
+#[tokio::test]
+async fn undischarged_for_two_minutes_times_out() {
+    let clock = keybus_core::ManualClock::new(now_ms());
+    let b = broker_on(&clock).await;
     let mut c = b.client(&["q"]).await;
     let snd = c.create_sender("q", T).await.unwrap();
     let coord = c.create_coordinator(T).await.unwrap();
