@@ -44,9 +44,14 @@ public abstract class BrokerTest {
         return false;
     }
 
+    /** Arguments added to {@code keybus serve} for this class's broker. */
+    protected List<String> extraArgs() {
+        return List.of();
+    }
+
     @BeforeAll
     void startBroker() throws Exception {
-        broker = KeybusBroker.start(KeybusBroker.config(entities()), onDisk());
+        broker = KeybusBroker.start(KeybusBroker.config(entities()), onDisk(), extraArgs());
     }
 
     @AfterAll

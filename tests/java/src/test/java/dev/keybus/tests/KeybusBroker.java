@@ -30,6 +30,8 @@ public final class KeybusBroker implements AutoCloseable {
     private static final Duration STARTUP_TIMEOUT = Duration.ofSeconds(30);
     private static final Pattern AMQP = Pattern.compile("keybus: amqp listening on [0-9A-Za-z.\\-\\[\\]:]+:(\\d+)\\s*$");
     private static final Pattern HTTP = Pattern.compile("keybus: http listening on [0-9A-Za-z.\\-\\[\\]:]+:(\\d+)\\s*$");
+    private static final Pattern HTTPS = Pattern.compile("keybus: https listening on [0-9A-Za-z.\\-\\[\\]:]+:(\\d+)\\s*$");
+    private static final Pattern CA = Pattern.compile("keybus: development CA at (\\S+?):");
 
     private final Process process;
     private final Path workdir;
@@ -37,6 +39,8 @@ public final class KeybusBroker implements AutoCloseable {
     private final List<String> stdoutLines = new ArrayList<>();
     private volatile int amqpPort;
     private volatile int httpPort;
+    private volatile int httpsPort;
+    private volatile String caPath;
 
     private KeybusBroker(Process process, Path workdir, Path stderr) {
         this.process = process;
@@ -71,6 +75,15 @@ public final class KeybusBroker implements AutoCloseable {
 
     /** Start keybus with {@code toml} as its config; {@code onDisk} stores in the work dir. */
     public static KeybusBroker start(String toml, boolean onDisk) throws IOException, InterruptedException {
+        return start(toml, onDisk, List.of());
+    }
+
+    /**
+     * Start keybus with {@code toml} as its config and {@code extraArgs} after the usual ones
+     * (e.g. {@code --dev-tls --amqps-port 0 --https-port 0}, which adds the HTTPS listener and
+     * prints the development CA).
+     */
+    public static KeybusBroker start(String toml, boolean onDisk, List<String> extraArgs) throws IOException, InterruptedException {
         Path bin = keybusBin();
         if (!Files.isExecutable(bin)) {
             throw new IllegalStateException("keybus binary not found at " + bin
@@ -87,6 +100,7 @@ public final class KeybusBroker implements AutoCloseable {
             cmd.add("--in-memory");
         }
         cmd.addAll(List.of("--amqp-port", "0", "--http-port", "0", "--bind", "127.0.0.1", "--config", config.toString()));
+        cmd.addAll(extraArgs);
         ProcessBuilder pb = new ProcessBuilder(cmd).directory(workdir.toFile())
             .redirectError(ProcessBuilder.Redirect.appendTo(stderr.toFile()));
         Map<String, String> env = pb.environment();
@@ -115,6 +129,14 @@ public final class KeybusBroker implements AutoCloseable {
                     m = HTTP.matcher(line);
                     if (m.find()) {
                         httpPort = Integer.parseInt(m.group(1));
+                    }
+                    m = HTTPS.matcher(line);
+                    if (m.find()) {
+                        httpsPort = Integer.parseInt(m.group(1));
+                    }
+                    m = CA.matcher(line);
+                    if (m.find()) {
+                        caPath = m.group(1);
                     }
                 }
             } catch (IOException e) {
@@ -156,6 +178,19 @@ public final class KeybusBroker implements AutoCloseable {
 
     public int httpPort() {
         return httpPort;
+    }
+
+    /** The HTTPS port (0 unless started with {@code --dev-tls --https-port 0}). */
+    public int httpsPort() {
+        return httpsPort;
+    }
+
+    /** The development CA certificate (PEM) of a {@code --dev-tls} broker. */
+    public Path caFile() {
+        if (caPath == null) {
+            throw new IllegalStateException("broker started without --dev-tls");
+        }
+        return workdir.resolve(caPath);
     }
 
     public long pid() {
