@@ -33,7 +33,8 @@ public final class KeybusBroker implements AutoCloseable {
     private static final Pattern HTTPS = Pattern.compile("keybus: https listening on [0-9A-Za-z.\\-\\[\\]:]+:(\\d+)\\s*$");
     private static final Pattern CA = Pattern.compile("keybus: development CA at (\\S+?):");
 
-    private final Process process;
+    private final ProcessBuilder command;
+    private volatile Process process;
     private final Path workdir;
     private final Path stderr;
     private final List<String> stdoutLines = new ArrayList<>();
@@ -42,7 +43,8 @@ public final class KeybusBroker implements AutoCloseable {
     private volatile int httpsPort;
     private volatile String caPath;
 
-    private KeybusBroker(Process process, Path workdir, Path stderr) {
+    private KeybusBroker(ProcessBuilder command, Process process, Path workdir, Path stderr) {
+        this.command = command;
         this.process = process;
         this.workdir = workdir;
         this.stderr = stderr;
@@ -108,8 +110,8 @@ public final class KeybusBroker implements AutoCloseable {
         env.keySet().removeIf(k -> k.startsWith("KEYBUS_") && !k.equals("KEYBUS_LOG"));
         env.putIfAbsent("RUST_LOG", "info");
         env.putIfAbsent("RUST_BACKTRACE", "1");
-        KeybusBroker broker = new KeybusBroker(pb.start(), workdir, stderr);
-        Runtime.getRuntime().addShutdownHook(new Thread(broker.process::destroyForcibly));
+        KeybusBroker broker = new KeybusBroker(pb, pb.start(), workdir, stderr);
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> broker.process.destroyForcibly()));
         broker.awaitReady();
         return broker;
     }
@@ -195,6 +197,19 @@ public final class KeybusBroker implements AutoCloseable {
 
     public long pid() {
         return process.pid();
+    }
+
+    /**
+     * Kill the process at once (SIGKILL), as a crash would, and start it again on the same
+     * config and data dir; the ports (and so the connection string) change.
+     */
+    public void crashAndRestart() throws IOException, InterruptedException {
+        kill();
+        amqpPort = 0;
+        httpPort = 0;
+        httpsPort = 0;
+        process = command.start();
+        awaitReady();
     }
 
     /** Kill the process at once (SIGKILL), as a crash would. */
