@@ -108,7 +108,25 @@ impl Connection {
     }
 
     pub(crate) fn attach_sender(&mut self, session: usize, address: &str) -> LinkId {
+        self.attach_sender_via(session, address, None)
+    }
+
+    /// A sender link to `address`; with `destination`, a send-via link: its messages go to
+    /// `destination` through `address` (the attach property
+    /// `com.microsoft:transfer-destination-address`).
+    pub(crate) fn attach_sender_via(
+        &mut self,
+        session: usize,
+        address: &str,
+        destination: Option<&str>,
+    ) -> LinkId {
         let name = format!("kb-snd-{}", uuid::Uuid::new_v4().simple());
+        let properties = destination.map(|d| {
+            vec![(
+                Value::Symbol(Symbol::from("com.microsoft:transfer-destination-address")),
+                Value::String(d.to_string()),
+            )]
+        });
         let attach = Attach {
             name: name.clone(),
             role: Role::Sender,
@@ -123,6 +141,7 @@ impl Connection {
                 ..Default::default()
             })),
             initial_delivery_count: Some(0),
+            properties,
             ..Default::default()
         };
         self.add_link(

@@ -2,8 +2,8 @@
 //! coordinator declared, the work that joined each one, and how each ends.
 //!
 //! A transaction is declared by a connection (its `owner`), is bound to the first entity its
-//! work touches (a local transaction never spans two entities: later work on another one is
-//! refused), and collects the sends and settlements that carry its id. Discharging it hands the
+//! work touches (later work on another one is refused, except sends *via* the bound entity to
+//! another one: [`TxnWork::SendTo`], a cross-entity transaction), and collects the sends and settlements that carry its id. Discharging it hands the
 //! work back, to be applied by the caller in one store batch (commit) or dropped (roll back).
 //! A transaction not discharged within [`TRANSACTION_TIMEOUT_MS`] is rolled back by
 //! [`Transactions::expire`]; one whose connection closed by [`Transactions::drop_owner`].
@@ -42,8 +42,15 @@ impl TxnId {
 /// One piece of work that joined a transaction.
 #[derive(Debug, Clone)]
 pub enum TxnWork {
-    /// Messages sent with the transaction's id (one transfer, possibly a batch).
+    /// Messages sent with the transaction's id (one transfer, possibly a batch) to the
+    /// transaction's entity.
     Send(Vec<IncomingMessage>),
+    /// Messages sent via the transaction's entity to another entity of the namespace
+    /// (send-via: a cross-entity transaction).
+    SendTo {
+        destination: String,
+        messages: Vec<IncomingMessage>,
+    },
     /// A settlement of a message received from the transaction's entity.
     Settle {
         subscription: Option<String>,
@@ -289,7 +296,7 @@ mod tests {
             .iter()
             .map(|w| match w {
                 TxnWork::Settle { token, .. } => token.0[0],
-                TxnWork::Send(_) => 0,
+                TxnWork::Send(_) | TxnWork::SendTo { .. } => 0,
             })
             .collect();
         assert_eq!(tokens, vec![1, 2]);

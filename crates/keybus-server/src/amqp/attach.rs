@@ -290,6 +290,50 @@ impl Conn {
                     );
                     return Ok(());
                 }
+                // Send-via: the link's target is the via entity (the first entity of a
+                // cross-entity transaction), its messages go to the destination it names.
+                let (entity, path, via, max_size) = match transfer_destination(&a) {
+                    None => (entity, path, None, max_size),
+                    Some(dest) => {
+                        let Some(daddr) = NodeAddress::parse(dest) else {
+                            self.refuse(
+                                channel,
+                                &a,
+                                error(
+                                    errors::INVALID_FIELD,
+                                    format!("invalid transfer destination address {dest:?}"),
+                                ),
+                            );
+                            return Ok(());
+                        };
+                        let Some((dentity, dsub)) = self.broker.resolve(&daddr.entity) else {
+                            let host = self.hostname.clone();
+                            self.refuse(
+                                channel,
+                                &a,
+                                errors::entity_not_found(&host, &daddr.entity),
+                            );
+                            return Ok(());
+                        };
+                        if dsub.is_some()
+                            || daddr.sub_queue() != SubQueue::Main
+                            || !matches!(daddr.kind, NodeKind::Entity(_))
+                        {
+                            self.refuse(
+                                channel,
+                                &a,
+                                error(
+                                    errors::NOT_ALLOWED,
+                                    "a transfer destination must be a queue or a topic",
+                                ),
+                            );
+                            return Ok(());
+                        }
+                        let dmax = dentity.lock().max_message_size();
+                        let via = (!std::sync::Arc::ptr_eq(&dentity, &entity)).then_some(entity);
+                        (dentity, node_key(&daddr), via, dmax)
+                    }
+                };
                 if let Err(err) =
                     self.check_audited("authz", &path, Right::Send, Some(&a.name), None)
                 {
@@ -306,7 +350,7 @@ impl Conn {
                 self.add_link(
                     channel,
                     &a,
-                    LinkKind::EntityIn { entity },
+                    LinkKind::EntityIn { entity, via },
                     Some((path, Right::Send)),
                 );
             }
@@ -416,7 +460,7 @@ impl Conn {
     pub(super) fn link_gone(&self, channel: u16, handle: u32) -> Option<AmqpError> {
         let link = self.sessions.get(&channel)?.links.get(&handle)?;
         let (entity, subscription) = match &link.kind {
-            LinkKind::EntityIn { entity } => (entity, None),
+            LinkKind::EntityIn { entity, .. } => (entity, None),
             LinkKind::EntityOut {
                 entity,
                 subscription,
@@ -504,6 +548,17 @@ fn session_filter(a: &Attach) -> Option<Option<String>> {
         .and_then(|s| s.filter.as_ref())
         .and_then(|f| keybus_amqp::map_get(f, SESSION_FILTER))?;
     Some(v.as_str().map(str::to_string))
+}
+
+/// The attach property that makes a sender link send-via: the messages' real destination.
+const TRANSFER_DESTINATION: &str = "com.microsoft:transfer-destination-address";
+
+fn transfer_destination(a: &Attach) -> Option<&str> {
+    a.properties
+        .as_ref()?
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(TRANSFER_DESTINATION))
+        .and_then(|(_, v)| v.as_str())
 }
 
 fn node_key(addr: &NodeAddress) -> String {

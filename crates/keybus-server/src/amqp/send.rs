@@ -111,8 +111,8 @@ impl Conn {
             self.credit_withheld = true;
         }
         match &mut link.kind {
-            LinkKind::EntityIn { entity } => {
-                let entity = entity.clone();
+            LinkKind::EntityIn { entity, via } => {
+                let (entity, via) = (entity.clone(), via.clone());
                 let max = entity.lock().max_message_size() as usize;
                 let result = if oversize || body.len() > max {
                     Err((
@@ -126,7 +126,15 @@ impl Conn {
                     decode_incoming(&body, format)
                 };
                 if let Some(txn_id) = txn {
-                    self.enlist_send(channel, delivery_id, settled, txn_id, &entity, result);
+                    self.enlist_send(
+                        channel,
+                        delivery_id,
+                        settled,
+                        txn_id,
+                        &entity,
+                        via.as_ref(),
+                        result,
+                    );
                     if let Some(count) = top_up {
                         self.grant_credit(channel, t.handle, count, SENDER_CREDIT);
                     }

@@ -24,8 +24,12 @@ pub(crate) const SENDER_CREDIT: u32 = 1000;
 
 /// What a link is attached to.
 pub(crate) enum LinkKind {
-    /// Client sends messages to an entity.
-    EntityIn { entity: Arc<Entity> },
+    /// Client sends messages to an entity; with send-via, `via` is the entity the link was
+    /// attached to (the one its transactions are bound to) and `entity` the destination.
+    EntityIn {
+        entity: Arc<Entity>,
+        via: Option<Arc<Entity>>,
+    },
     /// Client receives messages from an entity (sub-queue).
     EntityOut {
         entity: Arc<Entity>,

@@ -120,6 +120,30 @@ impl Conn {
         }
     }
 
+    /// Messages for `entity` joining a transaction: bound to `via` when sent via it.
+    fn enlist_messages(
+        &mut self,
+        txn_id: &[u8],
+        entity: &Arc<Entity>,
+        via: Option<&Arc<Entity>>,
+        messages: Vec<IncomingMessage>,
+    ) -> Result<TxnId, TxnError> {
+        match via {
+            None => self.enlist(txn_id, entity, TxnWork::Send(messages)),
+            Some(via) => {
+                let destination = entity.lock().name().to_string();
+                self.enlist(
+                    txn_id,
+                    via,
+                    TxnWork::SendTo {
+                        destination,
+                        messages,
+                    },
+                )
+            }
+        }
+    }
+
     /// A transfer to an entity that carries `transactional-state`: kept in the transaction.
     pub(super) fn enlist_send(
         &mut self,
@@ -128,13 +152,14 @@ impl Conn {
         settled: bool,
         txn_id: Bytes,
         entity: &Arc<Entity>,
+        via: Option<&Arc<Entity>>,
         decoded: Result<Vec<IncomingMessage>, (&'static str, String)>,
     ) {
         let state = match decoded {
             Err((condition, description)) => DeliveryState::Rejected {
                 error: Some(error(condition, description)),
             },
-            Ok(msgs) => match self.enlist(&txn_id, entity, TxnWork::Send(msgs)) {
+            Ok(msgs) => match self.enlist_messages(&txn_id, entity, via, msgs) {
                 Ok(_) => DeliveryState::Transactional {
                     txn_id,
                     outcome: Some(Box::new(DeliveryState::Accepted)),
@@ -246,8 +271,6 @@ impl Conn {
         let entity = self.txn_entities.remove(&id);
         if fail {
             self.restore_unsettled(id);
-        } else {
-            self.txn_unsettled.remove(&id);
         }
         let (Some(entity), false) = (entity, discharged.work.is_empty()) else {
             self.handle_txn_event(answer(Ok(())));
@@ -259,104 +282,177 @@ impl Conn {
                 keybus_core::TxnCondition::Rollback.symbol(),
                 format!("the transaction was rolled back: {description}"),
             )));
+            self.restore_unsettled(id);
             self.handle_txn_event(ev);
             return;
         }
+        let committed = self.commit(&entity, discharged.work);
+        if committed.is_err() {
+            self.restore_unsettled(id);
+        } else {
+            self.txn_unsettled.remove(&id);
+        }
+        match committed {
+            Err(description) => {
+                let ev = answer(Err((
+                    keybus_core::TxnCondition::Rollback.symbol(),
+                    description,
+                )));
+                self.handle_txn_event(ev);
+            }
+            Ok(None) => self.handle_txn_event(answer(Ok(()))),
+            Ok(Some((fut, pendings))) => {
+                let finish = move |ok: Result<(), keybus_core::StoreError>| {
+                    let failed = ok.as_ref().err().map(errors::store_failure);
+                    for (entity, p) in &pendings {
+                        let mut st = entity.lock();
+                        st.finish(p, failed.is_none());
+                        st.wake();
+                    }
+                    vec![answer(match failed {
+                        None => Ok(()),
+                        Some((_, description)) => Err((
+                            keybus_core::TxnCondition::Rollback.symbol(),
+                            format!("the transaction's commit failed: {description}"),
+                        )),
+                    })]
+                };
+                self.await_commit(async move { finish(fut.await) });
+            }
+        }
+    }
+
+    /// Apply a transaction's work: the settlements on its entity, the sends to it and (sent
+    /// via it) to other entities, every entity's ops in ONE store batch. All or none: each
+    /// settled message must still be locked and each entity's sends fit (checked before
+    /// anything is enqueued), or nothing happens and the reason comes back. The entities are
+    /// locked in one order (by address) and held until the batch is submitted, so each
+    /// entity's ops reach the store in order and two commits cannot wait on each other.
+    #[allow(clippy::type_complexity)]
+    fn commit(
+        &self,
+        entity: &Arc<Entity>,
+        work: Vec<TxnWork>,
+    ) -> Result<
+        Option<(
+            keybus_core::CommitFuture,
+            Vec<(Arc<Entity>, keybus_core::PendingSend)>,
+        )>,
+        String,
+    > {
+        let rolled_back = |why: String| format!("The transaction was rolled back: {why}");
         let now = self.broker.now();
-        let mut pendings = Vec::new();
-        let fut = {
-            let mut st = entity.lock();
-            // All or none: every settled message must still be locked.
-            let lost = discharged.work.iter().any(|w| match w {
+        let mut settles = Vec::new();
+        // (entity, its messages), the transaction's entity first
+        let mut sends: Vec<(Arc<Entity>, Vec<IncomingMessage>)> =
+            vec![(entity.clone(), Vec::new())];
+        for w in work {
+            let (target, messages) = match w {
                 TxnWork::Settle {
                     subscription,
                     token,
-                    ..
-                } => !st
-                    .receiver_ref(subscription.as_deref())
-                    .is_some_and(|q| q.holds_lock(*token, now)),
-                TxnWork::Send(_) => false,
-            });
-            if lost {
-                drop(st);
-                let ev = answer(Err((
-                    keybus_core::TxnCondition::Rollback.symbol(),
-                    "The transaction was rolled back: the lock of a message settled in it was lost before the commit.".to_string(),
-                )));
-                self.handle_txn_event(ev);
-                return;
-            }
-            // Every send of the transaction is one send to the entity: its sizes and quota
-            // are checked before anything is enqueued, so the sends happen all or none, and
-            // a refused one leaves every other piece of work undone too.
-            let mut msgs = Vec::new();
-            let mut settles = Vec::new();
-            for w in discharged.work {
-                match w {
-                    TxnWork::Send(m) => msgs.extend(m),
-                    TxnWork::Settle {
-                        subscription,
-                        token,
-                        outcome,
-                    } => settles.push((subscription, token, outcome)),
+                    outcome,
+                } => {
+                    settles.push((subscription, token, outcome));
+                    continue;
                 }
-            }
-            if !msgs.is_empty() {
-                match st.send(msgs, now, false) {
-                    Ok((_, p)) => pendings.push(p),
-                    Err(e) => {
-                        drop(st);
-                        let ev = answer(Err((
-                            keybus_core::TxnCondition::Rollback.symbol(),
-                            format!("The transaction was rolled back: {e}"),
+                TxnWork::Send(m) => (entity.clone(), m),
+                TxnWork::SendTo {
+                    destination,
+                    messages,
+                } => match self.broker.resolve(&destination) {
+                    Some((e, None)) => (e, messages),
+                    _ => {
+                        return Err(rolled_back(format!(
+                            "the entity '{destination}' it sends to no longer exists."
                         )));
-                        self.handle_txn_event(ev);
-                        return;
                     }
+                },
+            };
+            match sends.iter_mut().find(|(e, _)| Arc::ptr_eq(e, &target)) {
+                Some((_, m)) => m.extend(messages),
+                None => sends.push((target, messages)),
+            }
+        }
+        let (targets, mut batches): (Vec<Arc<Entity>>, Vec<Vec<IncomingMessage>>) =
+            sends.into_iter().unzip();
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        order.sort_by_key(|&i| Arc::as_ptr(&targets[i]) as usize);
+        let mut guards: Vec<Option<crate::runtime::EntityGuard<'_>>> =
+            targets.iter().map(|_| None).collect();
+        for &i in &order {
+            if let (Some(slot), Some(target)) = (guards.get_mut(i), targets.get(i)) {
+                *slot = Some(target.lock());
+            }
+        }
+        let mut guards: Vec<crate::runtime::EntityGuard<'_>> =
+            guards.into_iter().flatten().collect();
+        let Some(own) = guards.first() else {
+            return Ok(None);
+        };
+        let lost = settles.iter().any(|(subscription, token, _)| {
+            !own.receiver_ref(subscription.as_deref())
+                .is_some_and(|q| q.holds_lock(*token, now))
+        });
+        if lost {
+            return Err(rolled_back(
+                "the lock of a message settled in it was lost before the commit.".into(),
+            ));
+        }
+        let mut pendings = Vec::new();
+        let mut refused = None;
+        for (i, (target, messages)) in targets.iter().zip(batches.iter_mut()).enumerate() {
+            if messages.is_empty() {
+                continue;
+            }
+            let Some(st) = guards.get_mut(i) else {
+                continue;
+            };
+            match st.send(std::mem::take(messages), now, false) {
+                Ok((_, p)) => pendings.push((i, target.clone(), p)),
+                Err(e) => {
+                    refused = Some(e.to_string());
+                    break;
                 }
             }
-            // The locks were checked above under this same lock and time: these succeed.
+        }
+        if let Some(why) = refused {
+            // Undo what was enqueued (still pending, never submitted).
+            for (i, _, p) in &pendings {
+                if let Some(st) = guards.get_mut(*i) {
+                    st.finish(p, false);
+                    st.machine.take_ops();
+                }
+            }
+            return Err(rolled_back(why));
+        }
+        if let Some(own) = guards.first_mut() {
             for (subscription, token, outcome) in settles {
-                if let Some(Err(e)) = st
+                // The locks were checked above under this same lock and time.
+                if let Some(Err(e)) = own
                     .receiver(subscription.as_deref())
                     .map(|q| q.settle(token, outcome, now))
                 {
-                    tracing::error!(connection = %self.id, txn = id.0, error = %e, "a settlement checked before the commit failed");
+                    tracing::error!(connection = %self.id, error = %e, "a settlement checked before the commit failed");
                 }
             }
-            let wakes = !pendings.is_empty();
-            let fut = entity.submit(&mut st);
-            if wakes {
-                st.wake();
-            }
-            fut
-        };
-        let entity = entity.clone();
-        let finish = move |ok: Result<(), keybus_core::StoreError>| {
-            let failed = ok.as_ref().err().map(errors::store_failure);
-            {
-                let mut st = entity.lock();
-                for p in &pendings {
-                    st.finish(p, failed.is_none());
-                }
-                st.wake();
-            }
-            vec![answer(match failed {
-                None => Ok(()),
-                Some((_, description)) => Err((
-                    keybus_core::TxnCondition::Rollback.symbol(),
-                    format!("the transaction's commit failed: {description}"),
-                )),
-            })]
-        };
-        match fut {
-            None => {
-                for ev in finish(Ok(())) {
-                    self.handle_txn_event(ev);
-                }
-            }
-            Some(fut) => self.await_commit(async move { finish(fut.await) }),
         }
+        let mut ops = Vec::new();
+        for st in guards.iter_mut() {
+            ops.extend(st.machine.take_ops());
+        }
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        let fut = self.broker.store().commit(ops);
+        for st in guards.iter_mut() {
+            st.wake();
+        }
+        drop(guards);
+        Ok(Some((
+            fut,
+            pendings.into_iter().map(|(_, e, p)| (e, p)).collect(),
+        )))
     }
 
     /// Answer a discharge (or a declare's refusal) on the coordinator link.

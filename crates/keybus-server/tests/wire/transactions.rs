@@ -12,6 +12,8 @@ on_both_stores!(
     closing_the_connection_rolls_back,
     unknown_ids_are_refused,
     a_transaction_stays_on_one_entity,
+    send_via_commits_across_entities_in_one_batch,
+    send_via_rolls_back_across_entities,
 );
 
 fn ids(peeked: &[Message]) -> Vec<String> {
@@ -157,6 +159,71 @@ async fn a_transaction_stays_on_one_entity(store: Store) {
     assert_eq!(err.condition(), Some("amqp:not-allowed"), "{err}");
     c.discharge(coord, &txn, false, T).await.unwrap();
     assert_eq!(ids(&c.peek("q", 1, 10, T).await.unwrap()), ["a"]);
+}
+
+/// A cross-entity transaction: received from `q`, sent via `q` to `graveyard` and to the
+/// topic `t`; the commit makes the complete and both sends durable in one store batch.
+async fn send_via_commits_across_entities_in_one_batch(store: Store) {
+    let b = Broker::start(store).await;
+    let mut c = b.client(&["q", "graveyard", "t"]).await;
+    let snd = c.create_sender("q", T).await.unwrap();
+    c.send(snd, &message("in", b"i"), T).await.unwrap();
+    let rcv = c
+        .create_receiver("q", &ReceiverOptions::default(), T)
+        .await
+        .unwrap();
+    let got = c.receive(rcv, 1, T).await.unwrap();
+    let to_graveyard = c.create_sender_via("q", "graveyard", T).await.unwrap();
+    let to_topic = c.create_sender_via("q", "t", T).await.unwrap();
+    let coord = c.create_coordinator(T).await.unwrap();
+    let txn = c.declare(coord, T).await.unwrap();
+    c.settle_in_transaction(rcv, &got[0], Outcome::Complete, &txn, T)
+        .await
+        .unwrap();
+    c.send_in_transaction(to_graveyard, &message("moved", b"m"), &txn, T)
+        .await
+        .unwrap();
+    c.send_in_transaction(to_topic, &message("published", b"p"), &txn, T)
+        .await
+        .unwrap();
+    assert!(c.peek("graveyard", 1, 10, T).await.unwrap().is_empty());
+    let commits = b.metric("keybus_store_commit_seconds_count").await;
+    c.discharge(coord, &txn, false, T).await.unwrap();
+    assert_eq!(
+        b.metric("keybus_store_commit_seconds_count").await,
+        commits + 1.0
+    );
+    assert!(c.peek("q", 1, 10, T).await.unwrap().is_empty());
+    assert_eq!(
+        ids(&c.peek("graveyard", 1, 10, T).await.unwrap()),
+        ["moved"]
+    );
+    assert_eq!(
+        ids(&c.peek("t/subscriptions/s1", 1, 10, T).await.unwrap()),
+        ["published"]
+    );
+    // Without a transaction a send-via link sends straight to its destination.
+    c.send(to_graveyard, &message("plain", b"x"), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&c.peek("graveyard", 1, 10, T).await.unwrap()),
+        ["moved", "plain"]
+    );
+}
+
+async fn send_via_rolls_back_across_entities(store: Store) {
+    let b = Broker::start(store).await;
+    let mut c = b.client(&["q", "graveyard"]).await;
+    let to_graveyard = c.create_sender_via("q", "graveyard", T).await.unwrap();
+    let coord = c.create_coordinator(T).await.unwrap();
+    let txn = c.declare(coord, T).await.unwrap();
+    c.send_in_transaction(to_graveyard, &message("never", b"n"), &txn, T)
+        .await
+        .unwrap();
+    c.discharge(coord, &txn, true, T).await.unwrap();
+    assert!(c.peek("graveyard", 1, 10, T).await.unwrap().is_empty());
+    assert!(c.peek("q", 1, 10, T).await.unwrap().is_empty());
 }
 
 /// A broker of queue `q` on a clock the test moves.
