@@ -128,11 +128,9 @@ impl Conn {
                 if let Some(txn_id) = txn {
                     self.enlist_send(
                         channel,
-                        delivery_id,
-                        settled,
+                        (delivery_id, settled),
                         txn_id,
-                        &entity,
-                        via.as_ref(),
+                        (&entity, via.as_ref()),
                         result,
                     );
                     if let Some(count) = top_up {

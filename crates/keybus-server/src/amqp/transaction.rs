@@ -144,15 +144,14 @@ impl Conn {
         }
     }
 
-    /// A transfer to an entity that carries `transactional-state`: kept in the transaction.
+    /// A transfer (delivery id, settled) to an entity (sent via another one, or not) that
+    /// carries `transactional-state`: kept in the transaction.
     pub(super) fn enlist_send(
         &mut self,
         channel: u16,
-        delivery_id: u32,
-        settled: bool,
+        (delivery_id, settled): (u32, bool),
         txn_id: Bytes,
-        entity: &Arc<Entity>,
-        via: Option<&Arc<Entity>>,
+        (entity, via): (&Arc<Entity>, Option<&Arc<Entity>>),
         decoded: Result<Vec<IncomingMessage>, (&'static str, String)>,
     ) {
         let state = match decoded {
