@@ -176,7 +176,9 @@ impl Connection {
             _ => None,
         };
         match echo {
-            Some(DeliveryState::Transactional { .. }) => Ok(()),
+            Some(DeliveryState::Transactional {
+                outcome: Some(o), ..
+            }) if !matches!(*o, DeliveryState::Rejected { .. }) => Ok(()),
             other => Err(ClientError::Rejected(Refusal::from_state(other.as_ref()))),
         }
     }

@@ -116,6 +116,9 @@ struct Open {
     declared_at: Timestamp,
     entity: Option<String>,
     work: Vec<TxnWork>,
+    /// Why the transaction can no longer commit (a piece of its work was refused): its
+    /// commit is refused with this reason.
+    doomed: Option<String>,
 }
 
 /// What a discharge hands back: the entity and the work to apply (commit), or nothing.
@@ -150,9 +153,19 @@ impl Transactions {
                 declared_at: now,
                 entity: None,
                 work: Vec::new(),
+                doomed: None,
             },
         );
         id
+    }
+
+    /// Mark transaction `id` of `owner` as unable to commit (some of its work was refused:
+    /// an SDK that does not look at the outcome of a transactional send learns it at the
+    /// commit, as `amqp:transaction:rollback`). The first reason is kept.
+    pub fn doom(&mut self, id: TxnId, owner: u64, reason: &str) {
+        if let Some(open) = self.open.get_mut(&id).filter(|o| o.owner == owner) {
+            open.doomed.get_or_insert_with(|| reason.to_string());
+        }
     }
 
     /// Whether `id` is open (and so work can join it).
@@ -198,6 +211,9 @@ impl Transactions {
     /// back transaction's work is dropped (an empty `work`).
     pub fn discharge(&mut self, id: TxnId, owner: u64, fail: bool) -> Result<Discharged, TxnError> {
         match self.open.remove(&id) {
+            Some(open) if open.owner == owner && !fail && open.doomed.is_some() => {
+                Err(TxnError::Rollback(open.doomed.unwrap_or_default()))
+            }
             Some(open) if open.owner == owner => Ok(Discharged {
                 entity: open.entity,
                 work: if fail { Vec::new() } else { open.work },
@@ -314,6 +330,25 @@ mod tests {
         let d = t.discharge(id, 1, true).unwrap();
         assert!(d.work.is_empty());
         assert!(!t.is_open(id));
+    }
+
+    #[test]
+    fn a_doomed_transaction_cannot_commit_but_can_roll_back() {
+        let mut t = Transactions::new();
+        let id = t.declare(1, 0);
+        t.enlist(id, 1, "q", settle(1)).unwrap();
+        t.doom(id, 1, "a send was refused");
+        t.doom(id, 1, "a later reason");
+        let err = t.discharge(id, 1, false).unwrap_err();
+        assert_eq!(err, TxnError::Rollback("a send was refused".into()));
+        assert_eq!(err.condition().symbol(), "amqp:transaction:rollback");
+        assert!(
+            !t.is_open(id),
+            "a refused commit still ends the transaction"
+        );
+        let other = t.declare(1, 0);
+        t.doom(other, 1, "refused");
+        assert!(t.discharge(other, 1, true).unwrap().work.is_empty());
     }
 
     #[test]

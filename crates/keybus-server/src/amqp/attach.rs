@@ -8,7 +8,7 @@ use keybus_core::{NodeAddress, NodeKind, ReceiveMode, SubQueue};
 
 use super::access::unauthorized;
 use super::errors::{self, error};
-use super::state::{Conn, ConnError, Link, LinkKind, SENDER_CREDIT, SessionBinding};
+use super::state::{Conn, ConnError, CrossEntity, Link, LinkKind, SENDER_CREDIT, SessionBinding};
 use super::terms::SESSION_FILTER;
 use keybus_auth::Right;
 
@@ -140,6 +140,17 @@ impl Conn {
                 SENDER_CREDIT,
             );
             self.add_link(channel, &a, LinkKind::Coordinator, None);
+            if let Some(s) = self.sessions.get_mut(&channel) {
+                let linked = s.links.values().any(|l| {
+                    matches!(
+                        l.kind,
+                        LinkKind::EntityIn { .. } | LinkKind::EntityOut { .. }
+                    )
+                });
+                if !linked && matches!(s.cross_entity, CrossEntity::Off) {
+                    s.cross_entity = CrossEntity::Awaiting;
+                }
+            }
             return Ok(());
         }
         let address = if client_sends {
@@ -334,6 +345,11 @@ impl Conn {
                         (dentity, node_key(&daddr), via, dmax)
                     }
                 };
+                // On a cross-entity session, a sender to another entity sends via the first.
+                let via = via.or_else(|| {
+                    self.cross_entity_via(channel, &entity)
+                        .filter(|v| !std::sync::Arc::ptr_eq(v, &entity))
+                });
                 if let Err(err) =
                     self.check_audited("authz", &path, Right::Send, Some(&a.name), None)
                 {
@@ -395,6 +411,8 @@ impl Conn {
                     self.refuse(channel, &a, error(errors::NOT_ALLOWED, text));
                     return Ok(());
                 }
+                // The first entity a cross-entity session receives from is its via entity.
+                self.cross_entity_via(channel, &entity);
                 let kind = LinkKind::EntityOut {
                     entity: entity.clone(),
                     subscription: subscription.clone(),
@@ -548,6 +566,25 @@ fn session_filter(a: &Attach) -> Option<Option<String>> {
         .and_then(|s| s.filter.as_ref())
         .and_then(|f| keybus_amqp::map_get(f, SESSION_FILTER))?;
     Some(v.as_str().map(str::to_string))
+}
+
+impl Conn {
+    /// The via entity of a cross-entity session; the first entity linked on it becomes it.
+    fn cross_entity_via(
+        &mut self,
+        channel: u16,
+        entity: &std::sync::Arc<crate::runtime::Entity>,
+    ) -> Option<std::sync::Arc<crate::runtime::Entity>> {
+        let s = self.sessions.get_mut(&channel)?;
+        match &s.cross_entity {
+            CrossEntity::Off => None,
+            CrossEntity::Awaiting => {
+                s.cross_entity = CrossEntity::Via(entity.clone());
+                Some(entity.clone())
+            }
+            CrossEntity::Via(via) => Some(via.clone()),
+        }
+    }
 }
 
 /// The attach property that makes a sender link send-via: the messages' real destination.

@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 
 use super::errors::{self, error};
 use super::events::ConnEvent;
-use super::state::{Binding, Conn, ConnError, Peer, SESSION_WINDOW, Session, session_flow};
+use super::state::{
+    Binding, Conn, ConnError, CrossEntity, Peer, SESSION_WINDOW, Session, session_flow,
+};
 use crate::runtime::Broker;
 use keybus_auth::Principal;
 
@@ -110,6 +112,7 @@ impl Conn {
                 links: HashMap::new(),
                 next_delivery_id: 0,
                 unsettled: HashMap::new(),
+                cross_entity: CrossEntity::Off,
             },
         );
         Ok(())

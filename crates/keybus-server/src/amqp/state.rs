@@ -177,6 +177,21 @@ pub(crate) struct Session {
     pub next_delivery_id: u32,
     /// Deliveries sent unsettled on this session: delivery-id → (link handle, lock token).
     pub unsettled: HashMap<u32, Unsettled>,
+    pub cross_entity: CrossEntity,
+}
+
+/// Cross-entity transactions on a session, as the Java SDK's `enableCrossEntityTransactions()`
+/// asks for them: every link on one session, the transaction coordinator attached first. The
+/// first entity linked after it is the "via" entity, and every sender link on the session to
+/// another entity sends via it (as an attach with `com.microsoft:transfer-destination-address`
+/// does).
+pub(crate) enum CrossEntity {
+    /// No coordinator came before the session's first entity link.
+    Off,
+    /// A coordinator came first; no entity is linked yet.
+    Awaiting,
+    /// The via entity.
+    Via(Arc<Entity>),
 }
 
 /// A delivery sent unsettled: (link handle, lock token, entity, subscription).

@@ -98,7 +98,11 @@ impl Conn {
         self.expire_transactions();
         let id = TxnId::from_bytes(txn_id).ok_or_else(|| unknown(txn_id))?;
         let name = entity.lock().name().to_string();
-        self.transactions.enlist(id, OWNER, &name, work)?;
+        if let Err(e) = self.transactions.enlist(id, OWNER, &name, work) {
+            // The transaction cannot do all of its work any more: its commit is refused.
+            self.transactions.doom(id, OWNER, &e.to_string());
+            return Err(e);
+        }
         self.txn_entities
             .entry(id)
             .or_insert_with(|| entity.clone());
@@ -154,19 +158,27 @@ impl Conn {
         (entity, via): (&Arc<Entity>, Option<&Arc<Entity>>),
         decoded: Result<Vec<IncomingMessage>, (&'static str, String)>,
     ) {
-        let state = match decoded {
-            Err((condition, description)) => DeliveryState::Rejected {
-                error: Some(error(condition, description)),
-            },
+        // Service Bus answers with the outcome inside `transactional-state`; a refused send
+        // also dooms the transaction, since SDKs may not look at the outcome (Java does not).
+        let outcome = match decoded {
+            Err((condition, description)) => {
+                if let Some(id) = TxnId::from_bytes(&txn_id) {
+                    self.transactions.doom(id, OWNER, &description);
+                }
+                DeliveryState::Rejected {
+                    error: Some(error(condition, description)),
+                }
+            }
             Ok(msgs) => match self.enlist_messages(&txn_id, entity, via, msgs) {
-                Ok(_) => DeliveryState::Transactional {
-                    txn_id,
-                    outcome: Some(Box::new(DeliveryState::Accepted)),
-                },
+                Ok(_) => DeliveryState::Accepted,
                 Err(e) => DeliveryState::Rejected {
                     error: Some(txn_error(&e)),
                 },
             },
+        };
+        let state = DeliveryState::Transactional {
+            txn_id,
+            outcome: Some(Box::new(outcome)),
         };
         if !settled {
             self.write_dispositions(channel, Role::Receiver, vec![(delivery_id, state)]);
@@ -238,8 +250,11 @@ impl Conn {
                         }
                         s.unsettled.insert(id, entry);
                     }
-                    DeliveryState::Rejected {
-                        error: Some(txn_error(&e)),
+                    DeliveryState::Transactional {
+                        txn_id: txn_id.clone(),
+                        outcome: Some(Box::new(DeliveryState::Rejected {
+                            error: Some(txn_error(&e)),
+                        })),
                     }
                 }
             };
