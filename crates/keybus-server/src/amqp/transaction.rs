@@ -5,10 +5,13 @@
 //!
 //! Work that joins a transaction is not applied when it arrives: a transactional send is
 //! answered `transactional-state(accepted)` and kept; a transactional settlement is answered
-//! with its outcome and the message stays locked. A commit applies every piece of work under
-//! the entity's lock and submits it as ONE store batch, answering the discharge once that
-//! batch is durable; if a settled message's lock ran out meanwhile, nothing is applied and
-//! the discharge is refused with `amqp:transaction:rollback`. A rollback drops the work.
+//! with its outcome and the message stays locked. Sends to other entities join only via the
+//! transaction's entity (send-via links, cross-entity sessions: see `attach.rs`); refused work
+//! dooms the transaction. A commit locks every entity the work touches (in address order),
+//! applies it and submits all of it as ONE store batch, answering the discharge once that
+//! batch is durable; if a settled message's lock ran out meanwhile or a send does not fit,
+//! nothing is applied and the discharge is refused with `amqp:transaction:rollback`. A
+//! rollback drops the work.
 
 use std::sync::Arc;
 
