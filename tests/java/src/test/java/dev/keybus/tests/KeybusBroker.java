@@ -31,6 +31,7 @@ public final class KeybusBroker implements AutoCloseable {
     private static final Pattern AMQP = Pattern.compile("keybus: amqp listening on [0-9A-Za-z.\\-\\[\\]:]+:(\\d+)\\s*$");
     private static final Pattern HTTP = Pattern.compile("keybus: http listening on [0-9A-Za-z.\\-\\[\\]:]+:(\\d+)\\s*$");
     private static final Pattern HTTPS = Pattern.compile("keybus: https listening on [0-9A-Za-z.\\-\\[\\]:]+:(\\d+)\\s*$");
+    private static final Pattern AMQPS = Pattern.compile("keybus: amqps listening on [0-9A-Za-z.\\-\\[\\]:]+:(\\d+)\\s*$");
     private static final Pattern CA = Pattern.compile("keybus: development CA at (\\S+?):");
 
     private final ProcessBuilder command;
@@ -41,6 +42,7 @@ public final class KeybusBroker implements AutoCloseable {
     private volatile int amqpPort;
     private volatile int httpPort;
     private volatile int httpsPort;
+    private volatile int amqpsPort;
     private volatile String caPath;
 
     private KeybusBroker(ProcessBuilder command, Process process, Path workdir, Path stderr) {
@@ -136,6 +138,10 @@ public final class KeybusBroker implements AutoCloseable {
                     if (m.find()) {
                         httpsPort = Integer.parseInt(m.group(1));
                     }
+                    m = AMQPS.matcher(line);
+                    if (m.find()) {
+                        amqpsPort = Integer.parseInt(m.group(1));
+                    }
                     m = CA.matcher(line);
                     if (m.find()) {
                         caPath = m.group(1);
@@ -185,6 +191,11 @@ public final class KeybusBroker implements AutoCloseable {
     /** The HTTPS port (0 unless started with {@code --dev-tls --https-port 0}). */
     public int httpsPort() {
         return httpsPort;
+    }
+
+    /** The AMQPS port (0 unless started with {@code --dev-tls --amqps-port 0}). */
+    public int amqpsPort() {
+        return amqpsPort;
     }
 
     /** The development CA certificate (PEM) of a {@code --dev-tls} broker. */
