@@ -76,8 +76,9 @@ pub use message::{
     SECTION_HEADER, SECTION_MESSAGE_ANNOTATIONS, SECTION_PROPERTIES,
 };
 pub use performative::{
-    AmqpError, Attach, Begin, Close, DeliveryState, Detach, Disposition, End, Flow, Open,
-    Performative, ReceiverSettleMode, Role, SenderSettleMode, Source, Target, Transfer, codes,
+    AmqpError, Attach, AttachTarget, Begin, Close, Coordinator, Declare, DeliveryState, Detach,
+    Discharge, Disposition, End, Flow, Open, Performative, ReceiverSettleMode, Role,
+    SenderSettleMode, Source, Target, Transfer, TxnControl, codes,
 };
 pub use sasl::{
     SASL_CHALLENGE, SASL_INIT, SASL_MECHANISMS, SASL_OUTCOME, SASL_RESPONSE, SaslFrameBody,

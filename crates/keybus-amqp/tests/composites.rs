@@ -81,6 +81,17 @@ fn error() -> impl Strategy<Value = AmqpError> {
 
 fn state() -> impl Strategy<Value = DeliveryState> {
     prop_oneof![
+        plain_state(),
+        bytes().prop_map(|txn_id| DeliveryState::Declared { txn_id }),
+        (bytes(), of(plain_state())).prop_map(|(txn_id, outcome)| DeliveryState::Transactional {
+            txn_id,
+            outcome: outcome.map(Box::new),
+        }),
+    ]
+}
+
+fn plain_state() -> impl Strategy<Value = DeliveryState> {
+    prop_oneof![
         (uint(), any::<u64>()).prop_map(|(section_number, section_offset)| {
             DeliveryState::Received {
                 section_number,
@@ -195,7 +206,12 @@ fn performative() -> BoxedStrategy<Performative> {
                 snd(),
                 rcv(),
                 of(source()),
-                of(target())
+                of(prop_oneof![
+                    target().prop_map(AttachTarget::Node),
+                    syms().prop_map(|capabilities| AttachTarget::Coordinator(Coordinator {
+                        capabilities
+                    })),
+                ])
             ),
             (fieldmap(), any::<bool>(), of(uint()), of(any::<u64>())),
             (syms(), syms(), fieldmap()),
@@ -429,6 +445,19 @@ proptest! {
     }
 
     #[test]
+    fn transaction_controls_round_trip(txn_id in bytes(), fail in any::<bool>()) {
+        for c in [
+            TxnControl::Declare(Declare { global_id: None }),
+            TxnControl::Discharge(Discharge { txn_id: txn_id.clone(), fail }),
+        ] {
+            let body = Message::body_value(&c.to_value());
+            let msg = Message::decode(&body).unwrap();
+            let v = msg.amqp_value().unwrap().unwrap();
+            prop_assert_eq!(TxnControl::from_value(&v).unwrap(), c);
+        }
+    }
+
+    #[test]
     fn sections_round_trip((h, p) in header_and_properties()) {
         let msg = Message {
             header: Some(h),
@@ -591,4 +620,27 @@ fn error_info_is_always_sent() {
             b'a', 0x40, 0xc1, 0x01, 0x00
         ]
     );
+}
+
+#[test]
+fn symbolic_transaction_descriptors_and_a_bare_discharge_decode() {
+    let v = Value::Described(
+        Box::new(Descriptor::Symbol(Symbol::new("amqp:discharge:list"))),
+        Box::new(Value::List(vec![Value::Binary(Bytes::from_static(
+            b"txn:1",
+        ))])),
+    );
+    assert_eq!(
+        TxnControl::from_value(&v).unwrap(),
+        TxnControl::Discharge(Discharge {
+            txn_id: Bytes::from_static(b"txn:1"),
+            fail: false
+        })
+    );
+    let not_control = Value::Described(
+        Box::new(Descriptor::Code(0x24)),
+        Box::new(Value::List(vec![])),
+    );
+    assert!(TxnControl::from_value(&not_control).is_err());
+    assert!(TxnControl::from_value(&Value::String("declare".into())).is_err());
 }

@@ -119,7 +119,7 @@ fn every_performative_round_trips() {
             outcomes: Some(vec!["amqp:accepted:list".into()]),
             capabilities: caps(),
         }),
-        target: Some(Target {
+        target: Some(AttachTarget::Node(Target {
             address: Some("/q".into()),
             durable: 1,
             expiry_policy: None,
@@ -127,7 +127,7 @@ fn every_performative_round_trips() {
             dynamic: false,
             dynamic_node_properties: None,
             capabilities: caps(),
-        }),
+        })),
         unsettled: Some(vec![(Value::Binary(Bytes::from_static(b"t")), Value::Null)]),
         incomplete_unsettled: true,
         initial_delivery_count: Some(0),
@@ -139,10 +139,10 @@ fn every_performative_round_trips() {
     perf_rt(Performative::Attach(Attach {
         name: "sender".into(),
         handle: 0,
-        target: Some(Target {
+        target: Some(AttachTarget::Node(Target {
             address: Some("q".into()),
             ..Default::default()
-        }),
+        })),
         source: Some(Source::default()),
         ..Default::default()
     }));
@@ -600,7 +600,7 @@ fn malformed_frames() {
     ));
     // unknown delivery state in disposition
     let d = [
-        0x00, 0x53, 0x15, 0xc0, 0x09, 0x05, 0x41, 0x43, 0x40, 0x41, 0x00, 0x53, 0x34, 0x45,
+        0x00, 0x53, 0x15, 0xc0, 0x09, 0x05, 0x41, 0x43, 0x40, 0x41, 0x00, 0x53, 0x38, 0x45,
     ];
     assert!(matches!(
         decode_frame(&amqp_frame(&d), 512),
@@ -700,7 +700,7 @@ fn encodes_exact_field_types() {
     assert!(b.windows(3).any(|w| w == [0x00, 0x53, 0x1d]));
     let s = Attach {
         source: Some(Source::default()),
-        target: Some(Target::default()),
+        target: Some(AttachTarget::default()),
         ..Default::default()
     };
     let mut b = BytesMut::new();

@@ -140,7 +140,7 @@ proptest! {
             0 => Performative::Attach(Attach {
                 name: "n".into(),
                 source: Some(Source { address: Some("q".into()), filter: Some(vec![(Value::symbol("f"), Value::Null)]), ..Default::default() }),
-                target: Some(Target::default()),
+                target: Some(AttachTarget::default()),
                 properties: Some(vec![(Value::symbol("p"), Value::Long(1))]),
                 ..Default::default()
             }),

@@ -2,8 +2,8 @@
 //! receive-and-delete, optionally on a session), and the links of request-response pairs.
 
 use keybus_amqp::{
-    Attach, Begin, Performative, ReceiverSettleMode, Role, SenderSettleMode, Source, Symbol,
-    Target, Value,
+    Attach, AttachTarget, Begin, Performative, ReceiverSettleMode, Role, SenderSettleMode, Source,
+    Symbol, Target, Value,
 };
 
 use crate::connection::{Connection, INCOMING_WINDOW};
@@ -108,7 +108,25 @@ impl Connection {
     }
 
     pub(crate) fn attach_sender(&mut self, session: usize, address: &str) -> LinkId {
+        self.attach_sender_via(session, address, None)
+    }
+
+    /// A sender link to `address`; with `destination`, a send-via link: its messages go to
+    /// `destination` through `address` (the attach property
+    /// `com.microsoft:transfer-destination-address`).
+    pub(crate) fn attach_sender_via(
+        &mut self,
+        session: usize,
+        address: &str,
+        destination: Option<&str>,
+    ) -> LinkId {
         let name = format!("kb-snd-{}", uuid::Uuid::new_v4().simple());
+        let properties = destination.map(|d| {
+            vec![(
+                Value::Symbol(Symbol::from("com.microsoft:transfer-destination-address")),
+                Value::String(d.to_string()),
+            )]
+        });
         let attach = Attach {
             name: name.clone(),
             role: Role::Sender,
@@ -118,11 +136,12 @@ impl Connection {
                 address: Some(name.clone()),
                 ..Default::default()
             }),
-            target: Some(Target {
+            target: Some(AttachTarget::Node(Target {
                 address: Some(address.to_string()),
                 ..Default::default()
-            }),
+            })),
             initial_delivery_count: Some(0),
+            properties,
             ..Default::default()
         };
         self.add_link(
@@ -170,10 +189,10 @@ impl Connection {
                 filter,
                 ..Default::default()
             }),
-            target: Some(Target {
+            target: Some(AttachTarget::Node(Target {
                 address: Some(name.clone()),
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         };
         let kind = LinkKind::Receiver(ReceiverLink {

@@ -38,9 +38,17 @@ impl Refusal {
                 condition: String::new(),
                 description: "modified".into(),
             },
-            Some(DeliveryState::Received { .. } | DeliveryState::Accepted) | None => {
-                Refusal::default()
-            }
+            Some(DeliveryState::Transactional {
+                outcome: Some(outcome),
+                ..
+            }) => Refusal::from_state(Some(outcome)),
+            Some(
+                DeliveryState::Received { .. }
+                | DeliveryState::Accepted
+                | DeliveryState::Declared { .. }
+                | DeliveryState::Transactional { outcome: None, .. },
+            )
+            | None => Refusal::default(),
         }
     }
 

@@ -16,7 +16,8 @@
 //! TLS), `attach` (sessions and
 //! links), `input` and `produce` (the two sides of the frame engine), `transfer` (transfer
 //! frames), `sender`, `receiver` (and settlement), `rpc` (request-response pairs), `cbs`,
-//! `management`, `workload`, `endpoint`, `sas`, `error`.
+//! `management`, `transaction` (coordinator, declare, discharge, transactional sends and
+//! settlements), `workload`, `endpoint`, `sas`, `error`.
 //!
 //! It depends on the codec (`keybus-amqp`) only, never on the broker's crates.
 
@@ -35,6 +36,7 @@ pub mod sas;
 mod sender;
 mod session;
 mod stream;
+mod transaction;
 mod transfer;
 mod workload;
 

@@ -14,6 +14,18 @@ impl Connection {
     /// Queue one unsettled transfer of message format `format` on a sender link (ignores
     /// credit: callers wait for it first). Returns its delivery id.
     pub(crate) fn send_one(&mut self, id: LinkId, format: u32, payload: &[u8]) -> Option<u32> {
+        self.send_one_in(id, format, payload, None)
+    }
+
+    /// [`Connection::send_one`] with a delivery state on the transfer (a
+    /// `transactional-state` naming the transaction the send joins).
+    pub(crate) fn send_one_in(
+        &mut self,
+        id: LinkId,
+        format: u32,
+        payload: &[u8],
+        state: Option<DeliveryState>,
+    ) -> Option<u32> {
         let max_frame = self.remote_max_frame as usize;
         let session = self.sessions.get_mut(id.session)?;
         let channel = session.channel;
@@ -46,6 +58,7 @@ impl Connection {
             tag,
             payload,
             max_frame,
+            state,
         );
         session.next_outgoing_id = delivery_id.wrapping_add(1);
         session.remote_incoming_window = session.remote_incoming_window.saturating_sub(frames);

@@ -33,7 +33,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn state(&self) -> DeliveryState {
+    pub(crate) fn state(&self) -> DeliveryState {
         match self {
             Outcome::Complete => DeliveryState::Accepted,
             Outcome::Abandon => DeliveryState::Modified {

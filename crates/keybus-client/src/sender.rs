@@ -22,6 +22,20 @@ impl Connection {
         Ok(id)
     }
 
+    /// [`Connection::create_sender`] for a send-via link: messages sent on it go to
+    /// `destination` through the entity `via` (whose transactions they can join).
+    pub async fn create_sender_via(
+        &mut self,
+        via: &str,
+        destination: &str,
+        timeout: Duration,
+    ) -> Result<LinkId, ClientError> {
+        let session = self.new_session();
+        let id = self.attach_sender_via(session, via, Some(destination));
+        self.wait_attached(id, timeout).await?;
+        Ok(id)
+    }
+
     /// Ask the broker to restate a sender link's credit (a `flow` with `echo`); its answer
     /// is applied when the connection next runs (any later call that waits).
     pub fn ask_credit(&mut self, link: LinkId) {

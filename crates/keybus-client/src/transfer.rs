@@ -1,6 +1,6 @@
 //! Writing deliveries as transfer frames, split to the peer's frame size.
 
-use keybus_amqp::{Bytes, BytesMut, Performative, Transfer};
+use keybus_amqp::{Bytes, BytesMut, DeliveryState, Performative, Transfer};
 
 use crate::workload::MessageTemplate;
 
@@ -18,12 +18,14 @@ pub(crate) fn write_transfer(
     tag: u64,
     payload: &[u8],
     max_frame: usize,
+    state: Option<DeliveryState>,
 ) -> u32 {
     let first = Transfer {
         handle,
         delivery_id: Some(delivery_id),
         delivery_tag: Some(Bytes::copy_from_slice(&tag.to_be_bytes())),
         message_format: Some(format),
+        state,
         ..Default::default()
     };
     let overhead = 8 + Performative::Transfer(first.clone()).encoded_size() + 2;
@@ -94,6 +96,7 @@ pub(crate) fn write_templated_transfer(
         tag,
         &payload,
         max_frame,
+        None,
     )
 }
 
@@ -107,7 +110,7 @@ mod tests {
     fn split_transfer() {
         let mut out = BytesMut::new();
         let payload = vec![7u8; 3000];
-        let n = write_transfer(&mut out, FORMAT_MESSAGE, 3, 0, 9, 1, &payload, 1024);
+        let n = write_transfer(&mut out, FORMAT_MESSAGE, 3, 0, 9, 1, &payload, 1024, None);
         assert!(n >= 3);
         let mut buf = out.freeze();
         let mut got = Vec::new();

@@ -21,6 +21,7 @@ pub mod record;
 pub mod settings;
 pub mod store;
 pub mod topic;
+pub mod transaction;
 
 pub use address::{NodeAddress, NodeKind, SubQueue};
 pub use bodies::{Bodies, BodyWindow};
@@ -46,3 +47,6 @@ pub use store::{
     StoreError, StoreOp,
 };
 pub use topic::{Fanout, RuleError, Subscription, Topic};
+pub use transaction::{
+    Discharged, TRANSACTION_TIMEOUT_MS, Transactions, TxnCondition, TxnError, TxnId, TxnWork,
+};

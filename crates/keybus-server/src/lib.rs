@@ -349,6 +349,17 @@ pub async fn start_with_store(
     config: Config,
     wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
 ) -> Result<Running, ServeError> {
+    start_with_clock(opts, config, Arc::new(SystemClock), wrap).await
+}
+
+/// [`start_with_store`] on the broker clock `clock` (tests pass a `ManualClock` to move
+/// time forward without waiting).
+pub async fn start_with_clock(
+    opts: ServeOptions,
+    config: Config,
+    clock: Arc<dyn keybus_core::Clock>,
+    wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+) -> Result<Running, ServeError> {
     admission::raise_nofile();
     let store: Arc<dyn Store> = if opts.in_memory {
         Arc::new(keybus_store::MemStore::new())
@@ -363,8 +374,7 @@ pub async fn start_with_store(
         config.policies.clone()
     };
     let auth = Arc::new(open_auth(&opts)?);
-    let broker =
-        Broker::open_with_auth(config, policies, store, Arc::new(SystemClock), auth).await?;
+    let broker = Broker::open_with_auth(config, policies, store, clock, auth).await?;
 
     let amqp = TcpListener::bind(SocketAddr::new(opts.bind, opts.amqp_port))
         .await

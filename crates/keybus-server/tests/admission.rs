@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use keybus_amqp::{
-    AMQP_HEADER, Attach, Begin, BytesMut, Frame, FrameBody, Message, Open, Performative, Role,
-    SASL_HEADER, SaslFrameBody, SaslInit, Symbol, Target, Transfer, Value,
+    AMQP_HEADER, Attach, AttachTarget, Begin, BytesMut, Frame, FrameBody, Message, Open,
+    Performative, Role, SASL_HEADER, SaslFrameBody, SaslInit, Symbol, Target, Transfer, Value,
 };
 use keybus_server::config::Config;
 use keybus_server::{Running, ServeOptions};
@@ -152,10 +152,10 @@ fn put_token(b: &Running) -> Vec<u8> {
             name: "cbs-sender".into(),
             handle: 0,
             role: Role::Sender,
-            target: Some(Target {
+            target: Some(AttachTarget::Node(Target {
                 address: Some("$cbs".into()),
                 ..Default::default()
-            }),
+            })),
             initial_delivery_count: Some(0),
             ..Default::default()
         }),

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use keybus_amqp::{
-    AMQP_HEADER, Attach, Begin, BytesMut, Frame, FrameBody, Open, Performative, Role, SASL_HEADER,
-    SaslFrameBody, SaslInit, Symbol, Target,
+    AMQP_HEADER, Attach, AttachTarget, Begin, BytesMut, Frame, FrameBody, Open, Performative, Role,
+    SASL_HEADER, SaslFrameBody, SaslInit, Symbol, Target,
 };
 use keybus_server::config::{Config, Limits};
 use keybus_server::{Running, ServeOptions};
@@ -347,10 +347,10 @@ async fn link_limit_and_unauthorized_attach() {
             name: format!("l{handle}"),
             handle,
             role: Role::Sender,
-            target: Some(Target {
+            target: Some(AttachTarget::Node(Target {
                 address: Some("q".into()),
                 ..Default::default()
-            }),
+            })),
             initial_delivery_count: Some(0),
             ..Default::default()
         })
@@ -375,10 +375,10 @@ async fn link_limit_and_unauthorized_attach() {
             name: "cbs".into(),
             handle: 1,
             role: Role::Sender,
-            target: Some(Target {
+            target: Some(AttachTarget::Node(Target {
                 address: Some("$cbs".into()),
                 ..Default::default()
-            }),
+            })),
             initial_delivery_count: Some(0),
             ..Default::default()
         }),
@@ -428,10 +428,10 @@ async fn missing_entity_is_not_found_with_js_description() {
             name: "x".into(),
             handle: 0,
             role: Role::Sender,
-            target: Some(Target {
+            target: Some(AttachTarget::Node(Target {
                 address: Some("nope".into()),
                 ..Default::default()
-            }),
+            })),
             initial_delivery_count: Some(0),
             ..Default::default()
         }),

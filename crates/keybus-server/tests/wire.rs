@@ -23,3 +23,5 @@ mod refusals;
 mod sessions;
 #[path = "wire/topics.rs"]
 mod topics;
+#[path = "wire/transactions.rs"]
+mod transactions;

@@ -106,3 +106,18 @@ impl<T: Composite> FieldType for Nested<T> {
         f.described(name, |dec, code| T::decode_body(dec, code, container, name))
     }
 }
+
+/// A nested composite type held in a box (a delivery state inside a transactional state).
+pub(crate) struct NestedBox<T>(PhantomData<T>);
+
+impl<T: Composite> FieldType for NestedBox<T> {
+    type Value = Box<T>;
+    fn field(v: &Box<T>) -> F<'_> {
+        F::Nested(&**v)
+    }
+    fn read(f: &mut Fields<'_, '_>, name: &'static str) -> Result<Option<Box<T>>> {
+        let container = f.name();
+        f.described(name, |dec, code| T::decode_body(dec, code, container, name))
+            .map(|v| v.map(Box::new))
+    }
+}

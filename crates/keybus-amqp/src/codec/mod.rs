@@ -39,8 +39,8 @@ pub(crate) use encode_value::{
 };
 pub use encode_value::{encode_map, map_size};
 pub(crate) use field_type::{
-    Address, Any, Bin, Bool, Composite, FieldType, Flag, Map, Nested, Str, Sym, Syms, Timestamp,
-    Ubyte, Uint, Ulong, Ushort,
+    Address, Any, Bin, Bool, Composite, FieldType, Flag, Map, Nested, NestedBox, Str, Sym, Syms,
+    Timestamp, Ubyte, Uint, Ulong, Ushort,
 };
 pub(crate) use fields::Fields;
 pub(crate) use symbolic::symbolic_descriptor_code;

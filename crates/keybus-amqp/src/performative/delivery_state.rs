@@ -3,7 +3,9 @@
 use bytes::BytesMut;
 
 use super::error::ErrorField;
-use crate::codec::{self, Bool, Composite, Dec, Map, Result, Uint, Ulong};
+use bytes::Bytes;
+
+use crate::codec::{self, Bin, Bool, Composite, Dec, Map, NestedBox, Result, Uint, Ulong};
 use crate::composite::composite_choice;
 use crate::performative::codes;
 use crate::{AmqpError, DecodeError, Value};
@@ -24,6 +26,15 @@ composite_choice! {
             delivery_failed("delivery-failed"): Option<bool> => Bool, optional;
             undeliverable_here("undeliverable-here"): Option<bool> => Bool, optional;
             message_annotations("message-annotations"): Option<Vec<(Value, Value)>> => Map, optional;
+        },
+        /// A coordinator's answer to `declare` (§4.5.4).
+        Declared("declared", codes::DECLARED) {
+            txn_id("txn-id"): Bytes => Bin, required;
+        },
+        /// A transfer's or disposition's work joining a transaction, with its outcome (§4.5.5).
+        Transactional("transactional-state", codes::TRANSACTIONAL_STATE) {
+            txn_id("txn-id"): Bytes => Bin, required;
+            outcome("outcome"): Option<Box<DeliveryState>> => NestedBox<DeliveryState>, optional;
         },
     }
 }

@@ -6,6 +6,7 @@ mod delivery_state;
 mod error;
 mod link_enums;
 mod terminus;
+mod transaction;
 
 use bytes::{Bytes, BytesMut};
 
@@ -21,7 +22,8 @@ use crate::{DecodeError, Symbol, Value};
 pub use delivery_state::DeliveryState;
 pub use error::AmqpError;
 pub use link_enums::{ReceiverSettleMode, Role, SenderSettleMode};
-pub use terminus::{Source, Target};
+pub use terminus::{AttachTarget, Coordinator, Source, Target};
+pub use transaction::{Declare, Discharge, TxnControl};
 
 type Fieldmap = Vec<(Value, Value)>;
 
@@ -44,6 +46,11 @@ pub mod codes {
     pub const MODIFIED: u64 = 0x27;
     pub const SOURCE: u64 = 0x28;
     pub const TARGET: u64 = 0x29;
+    pub const COORDINATOR: u64 = 0x30;
+    pub const DECLARE: u64 = 0x31;
+    pub const DISCHARGE: u64 = 0x32;
+    pub const DECLARED: u64 = 0x33;
+    pub const TRANSACTIONAL_STATE: u64 = 0x34;
 }
 
 composite! {
@@ -88,7 +95,7 @@ composite! {
         pub rcv_settle_mode("rcv-settle-mode"): ReceiverSettleMode => RcvSettleField,
             default(ReceiverSettleMode::default());
         pub source("source"): Option<Source> => Nested<Source>, optional;
-        pub target("target"): Option<Target> => Nested<Target>, optional;
+        pub target("target"): Option<AttachTarget> => Nested<AttachTarget>, optional;
         pub unsettled("unsettled"): Option<Fieldmap> => Map, optional;
         pub incomplete_unsettled("incomplete-unsettled"): bool => Flag, default(false);
         pub initial_delivery_count("initial-delivery-count"): Option<u32> => Uint, optional;

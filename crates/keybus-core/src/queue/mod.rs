@@ -1291,6 +1291,11 @@ impl Queue {
         }
     }
 
+    /// Whether `token` still locks a message at `now` (so settling it would succeed).
+    pub fn holds_lock(&self, token: LockToken, now: Timestamp) -> bool {
+        self.locked(token, now).is_ok()
+    }
+
     /// Whether a lock token is live on this queue.
     pub fn owns_lock(&self, token: LockToken) -> bool {
         self.locks.contains_key(&token)

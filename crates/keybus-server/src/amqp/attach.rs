@@ -8,7 +8,7 @@ use keybus_core::{NodeAddress, NodeKind, ReceiveMode, SubQueue};
 
 use super::access::unauthorized;
 use super::errors::{self, error};
-use super::state::{Conn, ConnError, Link, LinkKind, SENDER_CREDIT, SessionBinding};
+use super::state::{Conn, ConnError, CrossEntity, Link, LinkKind, SENDER_CREDIT, SessionBinding};
 use super::terms::SESSION_FILTER;
 use keybus_auth::Right;
 
@@ -129,8 +129,34 @@ impl Conn {
             return Ok(());
         }
         let client_sends = a.role == Role::Sender;
+        if client_sends && matches!(a.target, Some(keybus_amqp::AttachTarget::Coordinator(_))) {
+            // A transaction coordinator: the transfers on it declare and discharge; the work
+            // that joins a transaction is checked on the links it is done on.
+            self.reply_attach(channel, &a, 64 * 1024);
+            self.grant_credit(
+                channel,
+                a.handle,
+                a.initial_delivery_count.unwrap_or(0),
+                SENDER_CREDIT,
+            );
+            self.add_link(channel, &a, LinkKind::Coordinator, None);
+            if let Some(s) = self.sessions.get_mut(&channel) {
+                let linked = s.links.values().any(|l| {
+                    matches!(
+                        l.kind,
+                        LinkKind::EntityIn { .. } | LinkKind::EntityOut { .. }
+                    )
+                });
+                if !linked && matches!(s.cross_entity, CrossEntity::Off) {
+                    s.cross_entity = CrossEntity::Awaiting;
+                }
+            }
+            return Ok(());
+        }
         let address = if client_sends {
-            a.target.as_ref().and_then(|t| t.address.clone())
+            a.target
+                .as_ref()
+                .and_then(|t| t.address().map(str::to_string))
         } else {
             a.source.as_ref().and_then(|s| s.address.clone())
         };
@@ -157,7 +183,10 @@ impl Conn {
                 self.add_link(channel, &a, LinkKind::CbsIn, None);
             } else {
                 self.reply_attach(channel, &a, 1024 * 1024);
-                let target = a.target.as_ref().and_then(|t| t.address.clone());
+                let target = a
+                    .target
+                    .as_ref()
+                    .and_then(|t| t.address().map(str::to_string));
                 self.add_link(
                     channel,
                     &a,
@@ -232,7 +261,10 @@ impl Conn {
                         None,
                     );
                 } else {
-                    let target = a.target.as_ref().and_then(|t| t.address.clone());
+                    let target = a
+                        .target
+                        .as_ref()
+                        .and_then(|t| t.address().map(str::to_string));
                     let node = node_key(&addr);
                     self.add_link(
                         channel,
@@ -269,6 +301,55 @@ impl Conn {
                     );
                     return Ok(());
                 }
+                // Send-via: the link's target is the via entity (the first entity of a
+                // cross-entity transaction), its messages go to the destination it names.
+                let (entity, path, via, max_size) = match transfer_destination(&a) {
+                    None => (entity, path, None, max_size),
+                    Some(dest) => {
+                        let Some(daddr) = NodeAddress::parse(dest) else {
+                            self.refuse(
+                                channel,
+                                &a,
+                                error(
+                                    errors::INVALID_FIELD,
+                                    format!("invalid transfer destination address {dest:?}"),
+                                ),
+                            );
+                            return Ok(());
+                        };
+                        let Some((dentity, dsub)) = self.broker.resolve(&daddr.entity) else {
+                            let host = self.hostname.clone();
+                            self.refuse(
+                                channel,
+                                &a,
+                                errors::entity_not_found(&host, &daddr.entity),
+                            );
+                            return Ok(());
+                        };
+                        if dsub.is_some()
+                            || daddr.sub_queue() != SubQueue::Main
+                            || !matches!(daddr.kind, NodeKind::Entity(_))
+                        {
+                            self.refuse(
+                                channel,
+                                &a,
+                                error(
+                                    errors::NOT_ALLOWED,
+                                    "a transfer destination must be a queue or a topic",
+                                ),
+                            );
+                            return Ok(());
+                        }
+                        let dmax = dentity.lock().max_message_size();
+                        let via = (!std::sync::Arc::ptr_eq(&dentity, &entity)).then_some(entity);
+                        (dentity, node_key(&daddr), via, dmax)
+                    }
+                };
+                // On a cross-entity session, a sender to another entity sends via the first.
+                let via = via.or_else(|| {
+                    self.cross_entity_via(channel, &entity)
+                        .filter(|v| !std::sync::Arc::ptr_eq(v, &entity))
+                });
                 if let Err(err) =
                     self.check_audited("authz", &path, Right::Send, Some(&a.name), None)
                 {
@@ -285,7 +366,7 @@ impl Conn {
                 self.add_link(
                     channel,
                     &a,
-                    LinkKind::EntityIn { entity },
+                    LinkKind::EntityIn { entity, via },
                     Some((path, Right::Send)),
                 );
             }
@@ -330,6 +411,8 @@ impl Conn {
                     self.refuse(channel, &a, error(errors::NOT_ALLOWED, text));
                     return Ok(());
                 }
+                // The first entity a cross-entity session receives from is its via entity.
+                self.cross_entity_via(channel, &entity);
                 let kind = LinkKind::EntityOut {
                     entity: entity.clone(),
                     subscription: subscription.clone(),
@@ -395,7 +478,7 @@ impl Conn {
     pub(super) fn link_gone(&self, channel: u16, handle: u32) -> Option<AmqpError> {
         let link = self.sessions.get(&channel)?.links.get(&handle)?;
         let (entity, subscription) = match &link.kind {
-            LinkKind::EntityIn { entity } => (entity, None),
+            LinkKind::EntityIn { entity, .. } => (entity, None),
             LinkKind::EntityOut {
                 entity,
                 subscription,
@@ -406,7 +489,7 @@ impl Conn {
                 subscription,
                 ..
             } => (entity, subscription.as_deref()),
-            LinkKind::CbsIn | LinkKind::ReplyOut { .. } => return None,
+            LinkKind::CbsIn | LinkKind::Coordinator | LinkKind::ReplyOut { .. } => return None,
         };
         let st = entity.lock();
         let gone = st.deleted
@@ -483,6 +566,36 @@ fn session_filter(a: &Attach) -> Option<Option<String>> {
         .and_then(|s| s.filter.as_ref())
         .and_then(|f| keybus_amqp::map_get(f, SESSION_FILTER))?;
     Some(v.as_str().map(str::to_string))
+}
+
+impl Conn {
+    /// The via entity of a cross-entity session; the first entity linked on it becomes it.
+    fn cross_entity_via(
+        &mut self,
+        channel: u16,
+        entity: &std::sync::Arc<crate::runtime::Entity>,
+    ) -> Option<std::sync::Arc<crate::runtime::Entity>> {
+        let s = self.sessions.get_mut(&channel)?;
+        match &s.cross_entity {
+            CrossEntity::Off => None,
+            CrossEntity::Awaiting => {
+                s.cross_entity = CrossEntity::Via(entity.clone());
+                Some(entity.clone())
+            }
+            CrossEntity::Via(via) => Some(via.clone()),
+        }
+    }
+}
+
+/// The attach property that makes a sender link send-via: the messages' real destination.
+const TRANSFER_DESTINATION: &str = "com.microsoft:transfer-destination-address";
+
+fn transfer_destination(a: &Attach) -> Option<&str> {
+    a.properties
+        .as_ref()?
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(TRANSFER_DESTINATION))
+        .and_then(|(_, v)| v.as_str())
 }
 
 fn node_key(addr: &NodeAddress) -> String {

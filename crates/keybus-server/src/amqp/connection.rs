@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 
 use super::errors::{self, error};
 use super::events::ConnEvent;
-use super::state::{Binding, Conn, ConnError, Peer, SESSION_WINDOW, Session, session_flow};
+use super::state::{
+    Binding, Conn, ConnError, CrossEntity, Peer, SESSION_WINDOW, Session, session_flow,
+};
 use crate::runtime::Broker;
 use keybus_auth::Principal;
 
@@ -110,6 +112,7 @@ impl Conn {
                 links: HashMap::new(),
                 next_delivery_id: 0,
                 unsettled: HashMap::new(),
+                cross_entity: CrossEntity::Off,
             },
         );
         Ok(())
@@ -163,6 +166,7 @@ impl Conn {
             } => self.on_wake(channel, handle, generation),
             ConnEvent::SendsDone { channel, results } => self.on_sends_done(channel, results),
             ConnEvent::SettlesDone { channel, results } => self.on_settles_done(channel, results),
+            ev @ ConnEvent::TxnDone { .. } => self.handle_txn_event(ev),
             ConnEvent::Reply {
                 channel,
                 handle,
@@ -389,6 +393,9 @@ where
         next_generation: 1,
         hostname: String::new(),
         pending_sends: Vec::new(),
+        transactions: keybus_core::Transactions::new(),
+        txn_entities: std::collections::HashMap::new(),
+        txn_unsettled: std::collections::HashMap::new(),
         credit_withheld: false,
         commits: Default::default(),
         closed: false,
@@ -548,6 +555,7 @@ where
                     return Err(ConnError(err));
                 }
                 conn.detach_gone_links();
+                conn.expire_transactions();
             }
         }
     }

@@ -13,6 +13,7 @@ pub(crate) const INTERNAL: &str = "amqp:internal-error";
 pub(crate) const INVALID_FIELD: &str = "amqp:invalid-field";
 pub(crate) const UNATTACHED_HANDLE: &str = "amqp:session:unattached-handle";
 pub(crate) const MESSAGE_SIZE_EXCEEDED: &str = "amqp:link:message-size-exceeded";
+pub(crate) const NOT_IMPLEMENTED: &str = "amqp:not-implemented";
 
 pub(crate) fn error(condition: &str, description: impl Into<String>) -> AmqpError {
     AmqpError {

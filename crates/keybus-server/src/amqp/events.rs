@@ -25,6 +25,12 @@ pub(crate) enum ConnEvent {
         channel: u16,
         results: Vec<(u32, SendResult)>,
     },
+    /// A transaction was discharged (its commit durable, or refused): answer these
+    /// coordinator deliveries.
+    TxnDone {
+        channel: u16,
+        results: Vec<(u32, SendResult)>,
+    },
     /// Settlements became durable: echo these states.
     SettlesDone {
         channel: u16,

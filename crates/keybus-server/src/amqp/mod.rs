@@ -9,6 +9,7 @@
 //! | transfer (client → broker) | `send.rs` → entity send, `cbs.rs`, `management.rs` |
 //! | flow (link), transfer (broker → client) | `receive.rs` (`pump`) |
 //! | disposition | `settle.rs` → entity settle |
+//! | coordinator (declare, discharge), transactional transfers and dispositions | `transaction.rs` |
 //! | `$cbs`/`$management` responses | `reply.rs` |
 //!
 //! `state.rs` holds the data (connection, sessions, links); every other file adds behaviour
@@ -32,6 +33,7 @@ pub(crate) mod sessions;
 pub(crate) mod settle;
 pub(crate) mod state;
 pub(crate) mod terms;
+pub(crate) mod transaction;
 pub(crate) mod websocket;
 
 pub(crate) use listener::{admit, serve_socket, serve_tls};

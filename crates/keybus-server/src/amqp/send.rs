@@ -39,7 +39,7 @@ impl Conn {
             LinkKind::MgmtIn { entity, .. } => {
                 2 * entity.lock().max_message_size() as usize + 1024 * 1024
             }
-            LinkKind::CbsIn => 64 * 1024,
+            LinkKind::CbsIn | LinkKind::Coordinator => 64 * 1024,
             _ => {
                 return Err(ConnError(error(
                     errors::NOT_ALLOWED,
@@ -62,10 +62,14 @@ impl Conn {
                     settled: t.settled.unwrap_or(false),
                     buf: BytesMut::new(),
                     oversize: false,
+                    txn: None,
                 }
             }
         };
         let mut partial = partial;
+        if let Some(DeliveryState::Transactional { txn_id, .. }) = &t.state {
+            partial.txn = Some(txn_id.clone());
+        }
         if t.aborted {
             return Ok(());
         }
@@ -88,11 +92,12 @@ impl Conn {
             partial.buf.extend_from_slice(&payload);
             partial.buf.freeze()
         };
-        let (delivery_id, settled, format, oversize) = (
+        let (delivery_id, settled, format, oversize, txn) = (
             partial.delivery_id,
             partial.settled,
             partial.format,
             partial.oversize,
+            partial.txn,
         );
         link.in_count = link.in_count.wrapping_add(1);
         link.in_credit = link.in_credit.saturating_sub(1);
@@ -106,8 +111,8 @@ impl Conn {
             self.credit_withheld = true;
         }
         match &mut link.kind {
-            LinkKind::EntityIn { entity } => {
-                let entity = entity.clone();
+            LinkKind::EntityIn { entity, via } => {
+                let (entity, via) = (entity.clone(), via.clone());
                 let max = entity.lock().max_message_size() as usize;
                 let result = if oversize || body.len() > max {
                     Err((
@@ -120,6 +125,19 @@ impl Conn {
                 } else {
                     decode_incoming(&body, format)
                 };
+                if let Some(txn_id) = txn {
+                    self.enlist_send(
+                        channel,
+                        (delivery_id, settled),
+                        txn_id,
+                        (&entity, via.as_ref()),
+                        result,
+                    );
+                    if let Some(count) = top_up {
+                        self.grant_credit(channel, t.handle, count, SENDER_CREDIT);
+                    }
+                    return Ok(());
+                }
                 self.pending_sends.push(PendingSend {
                     channel,
                     delivery_id,
@@ -137,6 +155,8 @@ impl Conn {
                 };
                 self.on_cbs_request(channel, &msg);
             }
+            // An oversize control message arrives empty and is refused as undecodable.
+            LinkKind::Coordinator => self.on_coordinator_transfer(channel, delivery_id, &body),
             LinkKind::MgmtIn {
                 entity,
                 subscription,

@@ -48,6 +48,16 @@ impl Conn {
             return;
         }
         let Some(state) = d.state.clone() else { return };
+        if let DeliveryState::Transactional {
+            txn_id,
+            outcome: Some(inner),
+        } = state
+        {
+            if let Some(outcome) = outcome_of(&inner) {
+                self.enlist_settlements(channel, &d, txn_id, outcome, echo_of(&inner));
+            }
+            return;
+        }
         let Some(outcome) = outcome_of(&state) else {
             return;
         };
@@ -223,7 +233,9 @@ fn outcome_of(state: &DeliveryState) -> Option<Outcome> {
                 properties: (!properties.is_empty()).then_some(properties),
             })
         }
-        DeliveryState::Received { .. } => None,
+        DeliveryState::Received { .. }
+        | DeliveryState::Declared { .. }
+        | DeliveryState::Transactional { .. } => None,
     }
 }
 

@@ -24,8 +24,12 @@ pub(crate) const SENDER_CREDIT: u32 = 1000;
 
 /// What a link is attached to.
 pub(crate) enum LinkKind {
-    /// Client sends messages to an entity.
-    EntityIn { entity: Arc<Entity> },
+    /// Client sends messages to an entity; with send-via, `via` is the entity the link was
+    /// attached to (the one its transactions are bound to) and `entity` the destination.
+    EntityIn {
+        entity: Arc<Entity>,
+        via: Option<Arc<Entity>>,
+    },
     /// Client receives messages from an entity (sub-queue).
     EntityOut {
         entity: Arc<Entity>,
@@ -41,6 +45,8 @@ pub(crate) enum LinkKind {
     },
     /// Requests to `$cbs`.
     CbsIn,
+    /// `declare` and `discharge` sent to the transaction coordinator.
+    Coordinator,
     /// Requests to `<entity>/$management`.
     MgmtIn {
         entity: Arc<Entity>,
@@ -119,6 +125,8 @@ pub(crate) struct Partial {
     pub(crate) settled: bool,
     pub(crate) buf: BytesMut,
     pub(crate) oversize: bool,
+    /// The transaction the transfer joins (its `transactional-state`), as sent.
+    pub(crate) txn: Option<keybus_amqp::Bytes>,
 }
 
 /// One attached link.
@@ -169,6 +177,21 @@ pub(crate) struct Session {
     pub next_delivery_id: u32,
     /// Deliveries sent unsettled on this session: delivery-id → (link handle, lock token).
     pub unsettled: HashMap<u32, Unsettled>,
+    pub cross_entity: CrossEntity,
+}
+
+/// Cross-entity transactions on a session, as the Java SDK's `enableCrossEntityTransactions()`
+/// asks for them: every link on one session, the transaction coordinator attached first. The
+/// first entity linked after it is the "via" entity, and every sender link on the session to
+/// another entity sends via it (as an attach with `com.microsoft:transfer-destination-address`
+/// does).
+pub(crate) enum CrossEntity {
+    /// No coordinator came before the session's first entity link.
+    Off,
+    /// A coordinator came first; no entity is linked yet.
+    Awaiting,
+    /// The via entity.
+    Via(Arc<Entity>),
 }
 
 /// A delivery sent unsettled: (link handle, lock token, entity, subscription).
@@ -230,6 +253,13 @@ pub(crate) struct Conn {
     /// spawned per commit, and one already durable is answered in the same turn.
     pub commits: FuturesUnordered<Commit>,
     pub closed: bool,
+    /// The transactions this connection declared (closing it rolls them back: their work
+    /// is dropped with it) and the entity each is bound to.
+    pub transactions: keybus_core::Transactions,
+    pub txn_entities: HashMap<keybus_core::TxnId, Arc<Entity>>,
+    /// The deliveries whose settlement joined a transaction, by (channel, delivery id): a
+    /// rollback gives them back to their session, so the receiver can settle them again.
+    pub txn_unsettled: HashMap<keybus_core::TxnId, Vec<(u16, u32, Unsettled)>>,
 }
 
 /// A store commit in flight and what it yields once durable (or failed).
