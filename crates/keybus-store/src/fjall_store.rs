@@ -65,6 +65,11 @@ pub struct FjallOptions {
     /// While the store refuses writes after a failure, the writer tries to re-open it this
     /// often (see the module documentation).
     pub retry_interval: Duration,
+    /// Memtable bytes not yet flushed to disk tables above which the writer waits for fjall's
+    /// flushes before it takes the next group. fjall itself does not bound them: a stream of
+    /// large messages faster than its flush workers piled up gigabytes of sealed memtables.
+    /// While the writer waits, commits queue up and the broker answers server-busy.
+    pub max_unflushed_bytes: u64,
     /// After the disk filled up, the re-open waits until the file system has this much space
     /// available (at most a tenth of its size), so that it does not flap between full and
     /// healthy with every few bytes freed.
@@ -80,6 +85,7 @@ impl Default for FjallOptions {
             memtable_bytes: 8 * 1024 * 1024,
             journal_bytes: 128 * 1024 * 1024,
             retry_interval: Duration::from_secs(1),
+            max_unflushed_bytes: 64 * 1024 * 1024,
             min_free_bytes: 64 * 1024 * 1024,
         }
     }
@@ -653,6 +659,18 @@ impl Writer {
                 // The waiter may have gone away; the batch is written regardless.
                 let _ = request.done.send(result.clone());
             }
+            self.wait_for_flushes();
+        }
+    }
+
+    /// Hold the next group while more than `max_unflushed_bytes` of memtables wait for
+    /// fjall's flush workers (see [`FjallOptions::max_unflushed_bytes`]).
+    fn wait_for_flushes(&self) {
+        let Some(tables) = &self.tables else {
+            return;
+        };
+        while tables.db.write_buffer_size() > self.options.max_unflushed_bytes {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
